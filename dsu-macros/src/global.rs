@@ -1,0 +1,64 @@
+//! `#[dsu::global]`: a static owned by the runtime.
+
+use dsu_syntax::{keys, token_hash, Args};
+use proc_macro2::TokenStream;
+use quote::{quote, ToTokens};
+use syn::ItemStatic;
+
+use crate::ctxt::{with_original, Ctxt};
+
+pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    match expand_inner(args, item.clone()) {
+        Ok(ts) => ts,
+        Err(e) => with_original(e, &item),
+    }
+}
+
+fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    Args::parse(args, "global", keys::NONE)?;
+    let s: ItemStatic = syn::parse2(item).map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            "`#[dsu::global]` goes on a `static` item: `#[dsu::global] static NAME: Type = init;`",
+        )
+    })?;
+    let mut cx = Ctxt::default();
+    if let syn::StaticMutability::Mut(m) = &s.mutability {
+        cx.error(
+            m,
+            "a `#[dsu::global]` cannot be `static mut`: it is shared with every patch; give it \
+             interior mutability (an atomic, a `Mutex`) instead",
+        );
+    }
+    cx.check()?;
+    let ItemStatic {
+        attrs,
+        vis,
+        ident,
+        ty,
+        expr,
+        ..
+    } = &s;
+    let name = ident.to_string();
+    let ty_hash = token_hash(&ty.to_token_stream());
+    Ok(quote! {
+        #(#attrs)*
+        #vis static #ident: ::dsu::Global<#ty> = {
+            static __DSU_GLOBAL: ::dsu::__private::GlobalDesc = ::dsu::__private::GlobalDesc {
+                name: #name,
+                module_path: ::core::module_path!(),
+                fingerprint: ::dsu::__private::fingerprint::mix_all(#ty_hash, &[
+                    ::core::mem::size_of::<#ty>() as u64,
+                    ::core::mem::align_of::<#ty>() as u64,
+                ]),
+            };
+            #[::dsu::__private::linkme::distributed_slice(::dsu::__private::GLOBALS)]
+            #[linkme(crate = ::dsu::__private::linkme)]
+            static __DSU_GLOBAL_REG: &'static ::dsu::__private::GlobalDesc = &__DSU_GLOBAL;
+            fn __dsu_init() -> #ty {
+                #expr
+            }
+            ::dsu::__private::Global::new(&__DSU_GLOBAL, __dsu_init)
+        };
+    })
+}

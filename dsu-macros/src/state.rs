@@ -1,0 +1,144 @@
+//! `#[dsu::state]`: layout fingerprint and transfer hooks of a state type.
+
+use dsu_syntax::{keys, token_hash, Args};
+use proc_macro2::TokenStream;
+use quote::{quote, ToTokens};
+use syn::{Data, DeriveInput, Fields};
+
+use crate::ctxt::{with_original, Ctxt};
+
+pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    match expand_inner(args, item.clone()) {
+        Ok(ts) => ts,
+        Err(e) => with_original(e, &item),
+    }
+}
+
+struct Field {
+    name: String,
+    /// `None` for enum fields (Rust does not expose their offsets).
+    member: Option<TokenStream>,
+    ty: syn::Type,
+}
+
+fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let args = Args::parse(args, "state", keys::STATE)?;
+    let input: DeriveInput = syn::parse2(item.clone()).map_err(|e| {
+        syn::Error::new(e.span(), "`#[dsu::state]` goes on a struct or an enum")
+    })?;
+    let mut cx = Ctxt::default();
+    if !input.generics.params.is_empty() {
+        cx.error(
+            &input.generics,
+            "a state type must be concrete: its layout is fingerprinted and compared across \
+             versions, so generic parameters are not supported",
+        );
+    }
+    let (kind, fields) = match &input.data {
+        Data::Struct(s) => (quote!(Struct), struct_fields(&s.fields)),
+        Data::Enum(e) => {
+            let mut all = Vec::new();
+            for v in &e.variants {
+                for (i, f) in v.fields.iter().enumerate() {
+                    let fname = f
+                        .ident
+                        .as_ref()
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| i.to_string());
+                    all.push(Field {
+                        name: format!("{}.{}", v.ident, fname),
+                        member: None,
+                        ty: f.ty.clone(),
+                    });
+                }
+                if v.fields.is_empty() {
+                    all.push(Field {
+                        name: v.ident.to_string(),
+                        member: None,
+                        ty: syn::parse_quote!(()),
+                    });
+                }
+            }
+            (quote!(Enum), all)
+        }
+        Data::Union(u) => {
+            cx.error(
+                u.union_token,
+                "`#[dsu::state]` cannot describe a union: the runtime cannot tell which field is \
+                 live, so it can neither fingerprint nor transfer it; use an enum",
+            );
+            (quote!(Struct), Vec::new())
+        }
+    };
+    cx.check()?;
+
+    let ident = &input.ident;
+    let name = ident.to_string();
+    let is_old = args.has(keys::STATE_OLD);
+    let definition = token_hash(&input.to_token_stream());
+    let field_layouts = fields.iter().map(|f| {
+        let fname = &f.name;
+        let ty = &f.ty;
+        let ty_hash = token_hash(&ty.to_token_stream());
+        let offset = match &f.member {
+            Some(m) => quote!(::core::mem::offset_of!(#ident, #m)),
+            None => quote!(usize::MAX),
+        };
+        quote! {
+            ::dsu::__private::FieldLayout {
+                name: #fname,
+                offset: #offset,
+                size: ::core::mem::size_of::<#ty>(),
+                ty: #ty_hash,
+            }
+        }
+    });
+    Ok(quote! {
+        #item
+
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        const _: () = {
+            #[automatically_derived]
+            unsafe impl ::dsu::__private::State for #ident {
+                const LAYOUT: ::dsu::__private::StateLayout = ::dsu::__private::StateLayout {
+                    name: #name,
+                    module_path: ::core::module_path!(),
+                    is_old: #is_old,
+                    kind: ::dsu::__private::StateKind::#kind,
+                    size: ::core::mem::size_of::<#ident>(),
+                    align: ::core::mem::align_of::<#ident>(),
+                    fields: &[#(#field_layouts),*],
+                    definition: #definition,
+                };
+            }
+
+            #[::dsu::__private::linkme::distributed_slice(::dsu::__private::STATES)]
+            #[linkme(crate = ::dsu::__private::linkme)]
+            static __DSU_STATE: &'static ::dsu::__private::StateLayout =
+                &<#ident as ::dsu::__private::State>::LAYOUT;
+        };
+    })
+}
+
+fn struct_fields(fields: &Fields) -> Vec<Field> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| match &f.ident {
+            Some(id) => Field {
+                name: id.to_string(),
+                member: Some(id.to_token_stream()),
+                ty: f.ty.clone(),
+            },
+            None => {
+                let idx = syn::Index::from(i);
+                Field {
+                    name: i.to_string(),
+                    member: Some(idx.to_token_stream()),
+                    ty: f.ty.clone(),
+                }
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,467 @@
+//! Components: instances (slots), their tables, handles and the call path.
+//!
+//! A component *type* (one id across versions) has a canonical list of table entries, keyed by
+//! method name and signature fingerprint. Entries are only ever appended, so an index into the
+//! list stays valid forever; each compiled version's proxy finds its methods through index
+//! cells the runtime fills in (`desc::IndexCell`). When a version drops a method or changes its
+//! signature, its old entry keeps its index and gets the old version's typed trap, so a stale
+//! caller panics instead of calling a function of another type.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::context::ctx;
+use crate::desc::{
+    payload_message, CallResult, ComponentDesc, ErasedFn, MethodDesc, Receiver, StateLayout,
+    TransferDesc,
+};
+use crate::gate::{Access, Gate};
+use crate::thread::{self, lock, ThreadInfo};
+
+/// A `#[dsu::state]` type.
+///
+/// # Safety
+/// `LAYOUT` must describe `Self` (the macro computes it).
+pub unsafe trait State: 'static {
+    const LAYOUT: StateLayout;
+}
+
+/// A `#[dsu::component]` type.
+///
+/// # Safety
+/// `DESC` must describe `Self` and its table entries must have the types the proxy expects
+/// (the macro generates both from the same signatures).
+pub unsafe trait Component: State + Send + Sync + Sized {
+    /// The generated type whose methods call through the table.
+    type Proxy: Proxy;
+    const DESC: &'static ComponentDesc;
+}
+
+/// The generated proxy of a component (what a [`Handle`] dereferences to).
+pub trait Proxy: Send + Sync + Sized {
+    #[doc(hidden)]
+    fn from_raw(raw: RawHandle) -> Self;
+    #[doc(hidden)]
+    fn raw(&self) -> &RawHandle;
+}
+
+/// A table: its length, then its entries.
+pub(crate) struct Table {
+    pub(crate) entries: Box<[ErasedFn]>,
+    /// The version the table belongs to.
+    pub(crate) desc: &'static ComponentDesc,
+}
+
+/// One canonical table entry.
+pub(crate) struct Canonical {
+    pub(crate) name: &'static str,
+    pub(crate) signature: u64,
+    pub(crate) trap: ErasedFn,
+}
+
+/// A component type: all instances of one id, across versions.
+pub(crate) struct ComponentType {
+    pub(crate) id: String,
+    pub(crate) inner: Mutex<TypeInner>,
+}
+
+pub(crate) struct TypeInner {
+    pub(crate) canonical: Vec<Canonical>,
+    /// The running version's table (leaked: tables are never freed, callers may hold them).
+    pub(crate) table: &'static Table,
+    pub(crate) slots: Vec<Weak<Slot>>,
+    /// How many versions this type has been through (1 = as first registered).
+    pub(crate) version: u32,
+    /// The transfers applied to this type, oldest first: an instance registered later by code
+    /// of an older version (the base's accept loop, say) is carried through them.
+    pub(crate) transfers: Vec<&'static TransferDesc>,
+}
+
+impl TypeInner {
+    pub(crate) fn index_of(&self, name: &str, signature: u64) -> Option<usize> {
+        self.canonical
+            .iter()
+            .position(|c| c.name == name && c.signature == signature)
+    }
+
+    /// Builds the table `desc` would run with, appending canonical entries for its new methods.
+    /// Does not resolve cells or install anything.
+    pub(crate) fn table_for(&mut self, desc: &'static ComponentDesc) -> &'static Table {
+        for m in desc.methods {
+            if self.index_of(m.name, m.signature).is_none() {
+                self.canonical.push(Canonical {
+                    name: m.name,
+                    signature: m.signature,
+                    trap: m.trap,
+                });
+            }
+        }
+        let entries = self
+            .canonical
+            .iter()
+            .map(|c| {
+                desc.methods
+                    .iter()
+                    .find(|m| m.name == c.name && m.signature == c.signature)
+                    .map(|m| m.entry)
+                    .unwrap_or(c.trap)
+            })
+            .collect();
+        Box::leak(Box::new(Table { entries, desc }))
+    }
+
+    pub(crate) fn live_slots(&self) -> Vec<Arc<Slot>> {
+        self.slots.iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
+/// Resolves a version's index cells against a type's canonical entries. Returns the methods
+/// that are not in the table the type will run (name, signature).
+pub(crate) fn resolve_cells(inner: &TypeInner, desc: &ComponentDesc) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    for m in desc.methods {
+        match inner.index_of(m.name, m.signature) {
+            Some(i) => m.cell.set(i),
+            None => missing.push(m.name),
+        }
+    }
+    missing
+}
+
+/// One registered component instance.
+pub struct Slot {
+    pub(crate) gate: Gate,
+    /// The running table. Swapped only while the update manager holds the gate.
+    pub(crate) table: AtomicPtr<Table>,
+    /// The boxed state, of the running version's type. Swapped like `table`.
+    pub(crate) state: AtomicPtr<()>,
+    pub(crate) ty: Arc<ComponentType>,
+    /// Calls counted while a rate-bound policy samples the component.
+    pub(crate) calls: AtomicU64,
+}
+
+impl Slot {
+    pub(crate) fn current_table(&self) -> &'static Table {
+        // SAFETY: the pointer always comes from a leaked `Table`; Acquire pairs with the
+        // Release store in `install` (readers that are not inside the gate, e.g. status).
+        unsafe { &*self.table.load(Ordering::Acquire) }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let table = self.current_table();
+        let state = *self.state.get_mut();
+        // SAFETY: the state was boxed by the version whose `drop_state` is in the table that
+        // was installed together with it; nobody else holds the slot any more.
+        unsafe { (table.desc.drop_state)(state) };
+    }
+}
+
+/// A type-erased handle: what a proxy holds.
+#[derive(Clone)]
+pub struct RawHandle {
+    pub(crate) slot: Arc<Slot>,
+}
+
+/// A cloneable, `Send + Sync` handle to a registered component. Methods called on it (through
+/// `Deref` to the generated proxy) go through the component's gate and current table.
+pub struct Handle<T: Component> {
+    proxy: T::Proxy,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Component> Handle<T> {
+    pub(crate) fn from_raw(raw: RawHandle) -> Self {
+        Handle {
+            proxy: T::Proxy::from_raw(raw),
+            _t: PhantomData,
+        }
+    }
+
+    /// The component's identity (stable across versions).
+    pub fn id(&self) -> &str {
+        &self.proxy.raw().slot.ty.id
+    }
+
+    /// How many updates this component has gone through.
+    pub fn version(&self) -> u32 {
+        lock(&self.proxy.raw().slot.ty.inner).version
+    }
+}
+
+impl<T: Component> Clone for Handle<T> {
+    fn clone(&self) -> Self {
+        Handle::from_raw(self.proxy.raw().clone())
+    }
+}
+
+impl<T: Component> std::ops::Deref for Handle<T> {
+    type Target = T::Proxy;
+    fn deref(&self) -> &T::Proxy {
+        &self.proxy
+    }
+}
+
+impl<T: Component> std::fmt::Debug for Handle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle").field("id", &self.id()).finish()
+    }
+}
+
+/// Registers a component instance with the process's runtime and returns its handle.
+///
+/// Works from the host and from patched code alike (both reach the host's registry).
+pub fn register<T: Component>(state: T) -> Handle<T> {
+    let ptr = Box::into_raw(Box::new(state)) as *mut ();
+    // SAFETY: `ptr` is a boxed `T`, and `T::DESC` describes `T`.
+    let raw = unsafe { register_raw(T::DESC, ptr) };
+    Handle::from_raw(raw)
+}
+
+/// The component type of `desc`'s id, created with `desc` as its first version if new.
+pub(crate) fn type_for(desc: &'static ComponentDesc) -> Arc<ComponentType> {
+    let id = desc.id();
+    let mut types = lock(&ctx().components);
+    types
+        .entry(id.clone())
+        .or_insert_with(|| {
+            let mut inner = TypeInner {
+                canonical: Vec::new(),
+                table: Box::leak(Box::new(Table {
+                    entries: Box::new([]),
+                    desc,
+                })),
+                slots: Vec::new(),
+                version: 1,
+                transfers: Vec::new(),
+            };
+            inner.table = inner.table_for(desc);
+            let missing = resolve_cells(&inner, desc);
+            debug_assert!(missing.is_empty(), "a first version resolves");
+            Arc::new(ComponentType {
+                id,
+                inner: Mutex::new(inner),
+            })
+        })
+        .clone()
+}
+
+/// # Safety
+/// `state` must be a `Box` of the type `desc` describes.
+pub(crate) unsafe fn register_raw(desc: &'static ComponentDesc, state: *mut ()) -> RawHandle {
+    let ty = type_for(desc);
+    let mut inner = lock(&ty.inner);
+    let running = inner.table.desc;
+    let mut state = state;
+    let mut fp = desc.state.fingerprint();
+    if fp != running.state.fingerprint() {
+        // Code of an older version registers an instance: carry its state through the
+        // transfers applied since, oldest first.
+        let start = inner.transfers.iter().position(|t| t.old.fingerprint() == fp);
+        let Some(start) = start else {
+            drop(inner);
+            // SAFETY: caller's contract: `state` is a box of `desc`'s type.
+            unsafe { (desc.drop_state)(state) };
+            panic!(
+                "dsu: cannot register component `{}`: its state type is of a version this \
+                 process never ran, and no update transfers from it",
+                ty.id
+            );
+        };
+        for t in inner.transfers[start..].to_vec() {
+            if t.old.fingerprint() != fp {
+                continue;
+            }
+            // SAFETY: `state` is a live box of `t.old`'s layout (fingerprints match).
+            match unsafe { (t.transfer)(state) } {
+                Ok(new) => {
+                    // SAFETY: the transfer succeeded; the old box is released exactly once.
+                    unsafe { (t.release_old)(state) };
+                    state = new;
+                    fp = t.new.fingerprint();
+                }
+                Err(f) => {
+                    drop(inner);
+                    // SAFETY: `state` is still the live old box.
+                    unsafe { (t.release_old)(state) };
+                    panic!(
+                        "dsu: cannot register component `{}`: transferring its state to the \
+                         running version failed: {f}",
+                        ty.id
+                    );
+                }
+            }
+        }
+        debug_assert_eq!(fp, running.state.fingerprint());
+    }
+    // Code of an older version registers into the running version: its proxy's cells find
+    // their methods by name and signature; a method the running version dropped resolves to
+    // the trap left at its index.
+    if !std::ptr::eq(desc, running) {
+        resolve_cells(&inner, desc);
+    }
+    let slot = Arc::new(Slot {
+        gate: Gate::new(),
+        table: AtomicPtr::new(inner.table as *const Table as *mut Table),
+        state: AtomicPtr::new(state),
+        ty: ty.clone(),
+        calls: AtomicU64::new(0),
+    });
+    inner.slots.retain(|w| w.strong_count() > 0);
+    inner.slots.push(Arc::downgrade(&slot));
+    RawHandle { slot }
+}
+
+/// An entered call: holds the gate and the thread's call-stack entry until dropped.
+pub struct Call<'a> {
+    slot: &'a Slot,
+    thread: *const ThreadInfo,
+    depth: u32,
+    access: Access,
+}
+
+/// Whether rate-bound policies are sampling call counts (off: the counter is not touched).
+pub(crate) static COUNTING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+impl<'a> Call<'a> {
+    /// Enters `method` on the component behind `raw`.
+    #[inline]
+    pub fn enter(raw: &'a RawHandle, method: &'static MethodDesc) -> Call<'a> {
+        Self::enter_with(raw, method, false)
+    }
+
+    /// `force_nested`: the update manager calling a `prepare_to_die` hook passes the pending
+    /// gate as a nested call would.
+    #[inline]
+    pub(crate) fn enter_with(
+        raw: &'a RawHandle,
+        method: &'static MethodDesc,
+        force_nested: bool,
+    ) -> Call<'a> {
+        let slot = &*raw.slot;
+        let access = match method.receiver {
+            Receiver::Shared => Access::Shared,
+            Receiver::Exclusive => Access::Exclusive,
+        };
+        let thread = thread::current();
+        // SAFETY: `current()` returns null or this thread's live info.
+        let nested = force_nested || unsafe { thread.as_ref() }.is_some_and(|t| t.depth() > 0);
+        slot.gate.enter(access, thread, nested, method.name);
+        // SAFETY: as above.
+        let depth = match unsafe { thread.as_ref() } {
+            Some(t) => t.push(&slot.gate as *const Gate as *const (), method),
+            None => 0,
+        };
+        // Relaxed: a counter sampled by the policy loop; exactness is not needed.
+        if COUNTING.load(Ordering::Relaxed) {
+            slot.calls.fetch_add(1, Ordering::Relaxed);
+        }
+        Call {
+            slot,
+            thread,
+            depth,
+            access,
+        }
+    }
+
+    /// The running table's entry for `method`.
+    #[inline]
+    pub fn entry(&self, method: &'static MethodDesc) -> unsafe fn() {
+        // Relaxed: the table is only swapped while the manager holds the gate, and entering
+        // the gate (Acquire) synchronised with the manager's release.
+        // SAFETY: table pointers always come from leaked `Table`s.
+        let table = unsafe { &*self.slot.table.load(Ordering::Relaxed) };
+        match table.entries.get(method.cell.get()) {
+            Some(f) => f.get(),
+            None => unresolved(method.name),
+        }
+    }
+
+    /// The state pointer, of the type the running table's entries expect.
+    #[inline]
+    pub fn state(&self) -> *mut () {
+        // Relaxed: as for `entry`.
+        self.slot.state.load(Ordering::Relaxed)
+    }
+}
+
+#[cold]
+fn unresolved(name: &str) -> ! {
+    panic!("dsu: method `{name}` has no entry in the running table (its version was never loaded)")
+}
+
+impl Drop for Call<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: `thread` is null or this thread's live info (a Call never leaves its thread).
+        if let Some(t) = unsafe { self.thread.as_ref() } {
+            t.pop(self.depth);
+        }
+        self.slot.gate.leave(self.access);
+    }
+}
+
+/// Runs a method body on the callee's side of the boundary, catching a panic so it can be
+/// handed to the caller's copy of std (see [`finish`]).
+#[inline]
+pub fn catch<R>(f: impl FnOnce() -> R) -> CallResult<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+}
+
+/// Returns a table entry's value on the caller's side, resuming a panic caught on the callee's.
+#[inline]
+pub fn finish<R>(r: CallResult<R>) -> R {
+    match r {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// The body of every generated trap: a stale caller reached a method its version removed or
+/// changed.
+pub fn stale_call<R>(component: &'static str, method: &'static str) -> CallResult<R> {
+    Err(Box::new(format!(
+        "dsu: `{component}::{method}` was removed or changed its signature in an update; this \
+         caller is running code of an older version"
+    )))
+}
+
+/// Drops a boxed state of type `T` (the `drop_state` of every descriptor).
+///
+/// # Safety
+/// `p` must be a `Box<T>` turned into a raw pointer, not used afterwards.
+pub unsafe fn drop_state<T>(p: *mut ()) {
+    // SAFETY: caller's contract.
+    drop(unsafe { Box::from_raw(p as *mut T) });
+}
+
+/// Calls a `prepare_to_die` hook through the normal call path (the manager's thread counts as
+/// inside a call, so it passes the pending gate).
+pub(crate) fn call_hook(slot: &Arc<Slot>, index: usize) -> Result<(), String> {
+    let table = slot.current_table();
+    let method = &table.desc.methods[index];
+    let raw = RawHandle { slot: slot.clone() };
+    let call = Call::enter_with(&raw, method, true);
+    let f = call.entry(method);
+    // SAFETY: hooks take no arguments and return `()`: the macro only accepts that signature
+    // for `prepare_to_die`, so the entry has this type.
+    let f: unsafe fn(*mut ()) -> CallResult<()> = unsafe { std::mem::transmute(f) };
+    // SAFETY: the entry is called with the state of the version it belongs to, gate held.
+    let r = unsafe { f(call.state()) };
+    drop(call);
+    r.map_err(|p| payload_message(&*p))
+}
+
+/// Ids of all registered component types, for status reports.
+pub(crate) fn types_snapshot() -> Vec<Arc<ComponentType>> {
+    let types = lock(&ctx().components);
+    let mut v: Vec<_> = types.values().cloned().collect();
+    v.sort_by(|a, b| a.id.cmp(&b.id));
+    v
+}
+
+pub(crate) type TypeMap = HashMap<String, Arc<ComponentType>>;

@@ -1,0 +1,85 @@
+//! `#[dsu::global]`: statics owned by the runtime, so that a patch sees the host's instance.
+
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use crate::context::ctx;
+use crate::desc::GlobalDesc;
+use crate::thread::lock;
+
+/// A runtime-owned global. `#[dsu::global] static X: T = init;` expands to a `Global<T>`,
+/// which dereferences to the one instance of the process.
+pub struct Global<T: Send + Sync + 'static> {
+    cached: AtomicPtr<T>,
+    desc: &'static GlobalDesc,
+    init: fn() -> T,
+}
+
+/// A global's entry in the runtime: its fingerprint and the boxed value.
+pub(crate) struct GlobalEntry {
+    pub(crate) fingerprint: u64,
+    pub(crate) ptr: *mut (),
+}
+
+// SAFETY: the pointee is a `T: Send + Sync` that lives for the rest of the process.
+unsafe impl Send for GlobalEntry {}
+
+impl<T: Send + Sync + 'static> Global<T> {
+    #[doc(hidden)]
+    pub const fn new(desc: &'static GlobalDesc, init: fn() -> T) -> Self {
+        Global {
+            cached: AtomicPtr::new(std::ptr::null_mut()),
+            desc,
+            init,
+        }
+    }
+
+    #[cold]
+    fn resolve(&self) -> &T {
+        let id = self.desc.id();
+        let existing = lock(&ctx().globals).get(&id).map(|e| (e.fingerprint, e.ptr));
+        let ptr = match existing {
+            Some((fp, ptr)) => {
+                assert_eq!(
+                    fp, self.desc.fingerprint,
+                    "dsu: global `{id}` has another type in this version than in the running \
+                     process; a global that changes type needs a transfer"
+                );
+                ptr as *mut T
+            }
+            None => {
+                // Initialise outside the lock: an initialiser may use other globals.
+                let fresh = Box::into_raw(Box::new((self.init)()));
+                let mut map = lock(&ctx().globals);
+                let entry = map.entry(id).or_insert(GlobalEntry {
+                    fingerprint: self.desc.fingerprint,
+                    ptr: fresh as *mut (),
+                });
+                if entry.ptr != fresh as *mut () {
+                    // Another thread won the race.
+                    // SAFETY: `fresh` was never shared.
+                    drop(unsafe { Box::from_raw(fresh) });
+                }
+                entry.ptr as *mut T
+            }
+        };
+        // Release: pairs with the Acquire in `deref`.
+        self.cached.store(ptr, Ordering::Release);
+        // SAFETY: the runtime keeps the value alive for the rest of the process.
+        unsafe { &*ptr }
+    }
+}
+
+impl<T: Send + Sync + 'static> std::ops::Deref for Global<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        // Acquire: the pointee was initialised before the pointer was published.
+        let p = self.cached.load(Ordering::Acquire);
+        if p.is_null() {
+            self.resolve()
+        } else {
+            // SAFETY: as in `resolve`.
+            unsafe { &*p }
+        }
+    }
+}

@@ -1,0 +1,1117 @@
+//! The update manager: validate -> load -> prepare to die -> swap + transfer -> commit, or
+//! refuse / abort / roll back with nothing changed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::component::{self, ComponentType, Slot, Table, TypeInner, COUNTING};
+use crate::context::ctx;
+use crate::desc::{ComponentDesc, ProtocolRole, StateLayout, TransferDesc};
+use crate::loader::{self, PatchDescriptors};
+use crate::package::{Change, Package};
+use crate::policy::{self, Policy};
+use crate::protocol::{self, ProtocolState};
+use crate::thread::lock;
+
+/// How an update ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Applied: the new version runs.
+    Committed,
+    /// Refused before anything was touched (validation failed).
+    Refused,
+    /// Prepare-to-die did not reach the safe state in time; nothing changed.
+    Aborted,
+    /// The policy never allowed the update to start; nothing changed.
+    GivenUp,
+    /// A state transfer failed; old tables and state restored.
+    RolledBack,
+    /// Loaded and validated, waiting for an operator's commit.
+    Staged,
+}
+
+/// A call (or thread, or protocol) that kept an update from reaching its safe state.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BusyCall {
+    pub component: String,
+    pub method: Option<String>,
+    pub thread: String,
+    pub tid: i64,
+    /// How long it was seen busy (at least).
+    pub busy_ms: f64,
+}
+
+/// One entry of the update history.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UpdateRecord {
+    pub id: u64,
+    pub from: String,
+    pub to: String,
+    pub started_unix_ms: u64,
+    pub outcome: Outcome,
+    /// Why it was refused, aborted, given up or rolled back.
+    pub reason: Option<String>,
+    /// Components whose tables were (or would have been) swapped.
+    pub components: Vec<String>,
+    pub changes: Vec<Change>,
+    pub attempts: u32,
+    pub policy_wait_ms: f64,
+    /// From marking the components pending to reaching the safe state.
+    pub prepare_ms: f64,
+    /// How long new calls to the updated components waited (pending to release).
+    pub pause_ms: f64,
+    pub transfer_ms: f64,
+    pub total_ms: f64,
+    pub busy: Vec<BusyCall>,
+}
+
+/// What `apply` returns: the update's history record.
+pub type UpdateReport = UpdateRecord;
+
+/// Per-request overrides of the package's settings.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ApplyOptions {
+    pub timeout_ms: Option<u64>,
+    pub policy: Option<Policy>,
+}
+
+/// A component type in a status report.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ComponentStatus {
+    pub id: String,
+    /// 1 for the base version, +1 per update applied to it.
+    pub version: u32,
+    pub instances: usize,
+    pub methods: Vec<String>,
+    pub code: String,
+    pub state: String,
+}
+
+/// The process's update status.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub program: String,
+    pub version: String,
+    pub pid: u32,
+    pub rustc: String,
+    pub target: String,
+    pub dsu_rt: String,
+    pub components: Vec<ComponentStatus>,
+    pub staged: Vec<u64>,
+    pub history: Vec<UpdateRecord>,
+}
+
+pub(crate) struct Manager {
+    /// Serialises updates: a second apply waits and then sees the first one's result.
+    apply_lock: Mutex<()>,
+    inner: Mutex<ManagerInner>,
+}
+
+struct ManagerInner {
+    program: String,
+    version: String,
+    history: Vec<UpdateRecord>,
+    next_id: u64,
+    patch_dir: Option<PathBuf>,
+    staged: Vec<Staged>,
+    /// The running layout of every state type, by id (seeded from the host binary).
+    states: Option<HashMap<String, &'static StateLayout>>,
+}
+
+struct Staged {
+    id: u64,
+    record: UpdateRecord,
+    patch: LoadedPatch,
+}
+
+/// A validated, loaded package.
+struct LoadedPatch {
+    package_manifest: crate::package::Manifest,
+    descriptors: &'static PatchDescriptors,
+}
+
+/// What an update will do, computed against the running state.
+struct Plan {
+    types: Vec<TypeUpdate>,
+    protocols: Vec<&'static ProtocolState>,
+    park_threads: bool,
+    timeout: Duration,
+    policy: Policy,
+    new_states: Vec<&'static StateLayout>,
+}
+
+struct TypeUpdate {
+    ty: Arc<ComponentType>,
+    new_desc: &'static ComponentDesc,
+    new_table: &'static Table,
+    transfer: Option<&'static TransferDesc>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl Manager {
+    pub(crate) fn new() -> Self {
+        Manager {
+            apply_lock: Mutex::new(()),
+            inner: Mutex::new(ManagerInner {
+                program: String::new(),
+                version: "base".to_string(),
+                history: Vec::new(),
+                next_id: 1,
+                patch_dir: None,
+                staged: Vec::new(),
+                states: None,
+            }),
+        }
+    }
+
+    pub(crate) fn configure(&self, program: Option<String>, version: Option<String>, patch_dir: Option<PathBuf>) {
+        let mut m = lock(&self.inner);
+        if let Some(p) = program {
+            m.program = p;
+        }
+        if let Some(v) = version {
+            m.version = v;
+        }
+        if patch_dir.is_some() {
+            m.patch_dir = patch_dir;
+        }
+    }
+
+    pub(crate) fn history(&self) -> Vec<UpdateRecord> {
+        lock(&self.inner).history.clone()
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let components = component::types_snapshot()
+            .into_iter()
+            .map(|ty| {
+                let inner = lock(&ty.inner);
+                ComponentStatus {
+                    id: ty.id.clone(),
+                    version: inner.version,
+                    instances: inner.live_slots().len(),
+                    methods: inner.table.desc.methods.iter().map(|m| m.name.to_string()).collect(),
+                    code: format!("{:016x}", inner.table.desc.code),
+                    state: format!("{:016x}", inner.table.desc.state.fingerprint()),
+                }
+            })
+            .collect();
+        let m = lock(&self.inner);
+        Status {
+            program: m.program.clone(),
+            version: m.version.clone(),
+            pid: std::process::id(),
+            rustc: crate::build::RUSTC.to_string(),
+            target: crate::build::TARGET.to_string(),
+            dsu_rt: crate::build::DSU_RT.to_string(),
+            components,
+            staged: m.staged.iter().map(|s| s.id).collect(),
+            history: m.history.clone(),
+        }
+    }
+
+    fn record(&self, rec: UpdateRecord) -> UpdateRecord {
+        let mut m = lock(&self.inner);
+        if rec.outcome == Outcome::Committed {
+            m.version = rec.to.clone();
+        }
+        m.history.push(rec.clone());
+        match rec.outcome {
+            Outcome::Committed => log::info!(
+                "dsu: update {} committed: {} -> {} ({} components, pause {:.3} ms)",
+                rec.id, rec.from, rec.to, rec.components.len(), rec.pause_ms
+            ),
+            _ => log::warn!(
+                "dsu: update {} ({} -> {}) {:?}: {}",
+                rec.id,
+                rec.from,
+                rec.to,
+                rec.outcome,
+                rec.reason.as_deref().unwrap_or("")
+            ),
+        }
+        rec
+    }
+
+    /// Applies a package (see the module documentation). Never panics on bad input: every
+    /// failure is an outcome in the returned record, also kept in the history.
+    pub(crate) fn apply(&self, pkg: Package, opts: &ApplyOptions) -> UpdateRecord {
+        let _serial = lock(&self.apply_lock);
+        let started = Instant::now();
+        let mut rec = {
+            let mut m = lock(&self.inner);
+            let id = m.next_id;
+            m.next_id += 1;
+            UpdateRecord {
+                id,
+                from: m.version.clone(),
+                to: pkg.manifest.to.clone(),
+                started_unix_ms: unix_ms(),
+                outcome: Outcome::Refused,
+                reason: None,
+                components: Vec::new(),
+                changes: pkg.manifest.changes.clone(),
+                attempts: 0,
+                policy_wait_ms: 0.0,
+                prepare_ms: 0.0,
+                pause_ms: 0.0,
+                transfer_ms: 0.0,
+                total_ms: 0.0,
+                busy: Vec::new(),
+            }
+        };
+        let patch = match self.load(pkg, rec.id) {
+            Ok(p) => p,
+            Err(reason) => {
+                rec.reason = Some(reason);
+                rec.total_ms = ms(started.elapsed());
+                return self.record(rec);
+            }
+        };
+        let policy = opts
+            .policy
+            .clone()
+            .unwrap_or_else(|| patch.package_manifest.policy.clone());
+        if policy == Policy::Staged {
+            // Validate now, so the operator is told at once whether it could apply.
+            if let Err(reason) = self.plan(&patch, opts) {
+                rec.reason = Some(reason);
+                rec.total_ms = ms(started.elapsed());
+                return self.record(rec);
+            }
+            rec.outcome = Outcome::Staged;
+            rec.total_ms = ms(started.elapsed());
+            let mut m = lock(&self.inner);
+            m.staged.push(Staged {
+                id: rec.id,
+                record: rec.clone(),
+                patch,
+            });
+            m.history.push(rec.clone());
+            return rec;
+        }
+        self.run(patch, rec, opts, policy, started)
+    }
+
+    /// Applies a staged update.
+    pub(crate) fn commit_staged(&self, id: u64, opts: &ApplyOptions) -> Result<UpdateRecord, String> {
+        let _serial = lock(&self.apply_lock);
+        let staged = {
+            let mut m = lock(&self.inner);
+            let pos = m
+                .staged
+                .iter()
+                .position(|s| s.id == id)
+                .ok_or_else(|| format!("no staged update with id {id}; `status` lists the staged ones"))?;
+            m.staged.remove(pos)
+        };
+        let mut rec = staged.record;
+        rec.from = lock(&self.inner).version.clone();
+        let policy = match opts.policy.clone() {
+            Some(Policy::Staged) | None => Policy::default(),
+            Some(p) => p,
+        };
+        Ok(self.run(staged.patch, rec, opts, policy, Instant::now()))
+    }
+
+    fn run(
+        &self,
+        patch: LoadedPatch,
+        mut rec: UpdateRecord,
+        opts: &ApplyOptions,
+        policy: Policy,
+        started: Instant,
+    ) -> UpdateRecord {
+        let mut plan = match self.plan(&patch, opts) {
+            Ok(p) => p,
+            Err(reason) => {
+                rec.outcome = Outcome::Refused;
+                rec.reason = Some(reason);
+                rec.total_ms = ms(started.elapsed());
+                return self.record(rec);
+            }
+        };
+        plan.policy = policy;
+        rec.components = plan.types.iter().map(|t| t.ty.id.clone()).collect();
+        let attempts = 1 + plan.policy.retries();
+        for attempt in 1..=attempts {
+            rec.attempts = attempt;
+            let wait_start = Instant::now();
+            if let Err(reason) = wait_for_policy(&plan) {
+                rec.policy_wait_ms += ms(wait_start.elapsed());
+                rec.outcome = Outcome::GivenUp;
+                rec.reason = Some(reason);
+                rec.total_ms = ms(started.elapsed());
+                return self.record(rec);
+            }
+            rec.policy_wait_ms += ms(wait_start.elapsed());
+            match prepare(&plan) {
+                Ok(ready) => {
+                    rec.prepare_ms = ms(ready.prepared_at - ready.pending_at);
+                    let res = swap(&plan, ready, &mut rec);
+                    if res.is_ok() {
+                        let mut m = lock(&self.inner);
+                        let states = m.states.get_or_insert_with(host_states);
+                        for s in &plan.new_states {
+                            states.insert(s.id(), s);
+                        }
+                    }
+                    rec.total_ms = ms(started.elapsed());
+                    return self.record(rec);
+                }
+                Err(abort) => {
+                    rec.prepare_ms = ms(abort.waited);
+                    rec.pause_ms = ms(abort.waited);
+                    rec.busy = abort.busy;
+                    rec.reason = Some(abort.reason);
+                    rec.outcome = Outcome::Aborted;
+                    if attempt < attempts {
+                        std::thread::sleep(plan.policy.retry_delay());
+                    }
+                }
+            }
+        }
+        if attempts > 1 {
+            let reason = rec.reason.take().unwrap_or_default();
+            rec.reason = Some(format!("gave up after {attempts} attempts; last: {reason}"));
+        }
+        rec.total_ms = ms(started.elapsed());
+        self.record(rec)
+    }
+
+    /// Checks the manifest, loads the library from a path of its own, checks its root and
+    /// adopts the host's context.
+    fn load(&self, pkg: Package, id: u64) -> Result<LoadedPatch, String> {
+        let man = &pkg.manifest;
+        let host = [
+            ("rustc", man.rustc.as_str(), crate::build::RUSTC),
+            ("target", man.target.as_str(), crate::build::TARGET),
+            ("dsu-rt", man.dsu_rt.as_str(), crate::build::DSU_RT),
+        ];
+        for (what, pkgv, hostv) in host {
+            if pkgv != hostv {
+                return Err(format!(
+                    "the package was built with {what} `{pkgv}`, this process with `{hostv}`; \
+                     rebuild the patch with the base's toolchain and Cargo.lock"
+                ));
+            }
+        }
+        if man.debug_assertions != crate::build::DEBUG_ASSERTIONS {
+            return Err(format!(
+                "the package was built with debug assertions {}, this process {}; build the \
+                 patch with the base's profile (--release or not)",
+                on_off(man.debug_assertions),
+                on_off(crate::build::DEBUG_ASSERTIONS)
+            ));
+        }
+        let (program, running_version) = {
+            let m = lock(&self.inner);
+            (m.program.clone(), m.version.clone())
+        };
+        if !program.is_empty() && !man.program.is_empty() && program != man.program {
+            return Err(format!(
+                "the package is for program `{}`, this process is `{program}`",
+                man.program
+            ));
+        }
+        let _ = running_version;
+        let dir = {
+            let m = lock(&self.inner);
+            m.patch_dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("dsu-{}", std::process::id()))
+            })
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create the patch directory {}: {e}", dir.display()))?;
+        // dlopen hands back the library it already has for a path it has seen, so every patch
+        // gets a path of its own.
+        let path = dir.join(format!("patch-{id}-{}.so", sanitize(&man.to)));
+        std::fs::write(&path, &pkg.library)
+            .map_err(|e| format!("cannot write the patch library to {}: {e}", path.display()))?;
+        let loaded = loader::load(&path).map_err(|e| e.to_string())?;
+        Ok(LoadedPatch {
+            package_manifest: pkg.manifest,
+            descriptors: loaded.descriptors,
+        })
+    }
+
+    /// Validates a loaded patch against the running state and computes what to swap.
+    fn plan(&self, patch: &LoadedPatch, opts: &ApplyOptions) -> Result<Plan, String> {
+        let man = &patch.package_manifest;
+        let d = patch.descriptors;
+        let running_states: HashMap<String, &'static StateLayout> = {
+            let mut m = lock(&self.inner);
+            m.states.get_or_insert_with(host_states).clone()
+        };
+        // The base the package was built against must be what runs.
+        for b in &man.base {
+            if let Some(ty) = find_type(&b.id) {
+                let code = lock(&ty.inner).table.desc.code;
+                if code != b.code {
+                    return Err(format!(
+                        "the package was built against another version of component `{}` than \
+                         the one running (code {:016x}, running {:016x}); build it from the \
+                         running version's source",
+                        b.id, b.code, code
+                    ));
+                }
+            }
+        }
+        // Old definitions the patch carries must be the running ones.
+        for s in d.states.iter().filter(|s| s.is_old) {
+            let id = s.id();
+            match running_states.get(&id) {
+                Some(r) if r.fingerprint() == s.fingerprint() => {}
+                Some(r) => {
+                    return Err(format!(
+                        "the patch expects state type `{id}` as {}, but the process runs {}; the \
+                         patch was built against another base",
+                        describe(s),
+                        describe(r)
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "the patch carries an old definition of `{id}`, which this process does \
+                         not have; the patch was built against another program"
+                    ))
+                }
+            }
+        }
+        let olds: HashSet<String> = d.states.iter().filter(|s| s.is_old).map(|s| s.id()).collect();
+        for s in d.states.iter().filter(|s| !s.is_old) {
+            let id = s.id();
+            if let Some(r) = running_states.get(&id) {
+                if r.fingerprint() != s.fingerprint() && !olds.contains(&id) {
+                    return Err(format!(
+                        "state type `{id}` changed ({} -> {}) but the patch carries no old \
+                         definition of it to transfer from; build the patch with `cargo dsu diff`",
+                        describe(r),
+                        describe(s)
+                    ));
+                }
+            }
+        }
+        // Globals are shared with the host, so their types must not change.
+        let running_globals = running_globals();
+        for g in d.globals {
+            if let Some(fp) = running_globals.get(&g.id()) {
+                if *fp != g.fingerprint {
+                    return Err(format!(
+                        "global `{}` changed type; a patch shares the running instance, so a \
+                         global cannot change type in place",
+                        g.id()
+                    ));
+                }
+            }
+        }
+        let host_descs: HashMap<String, &'static ComponentDesc> = loader::this_artifact()
+            .components
+            .iter()
+            .map(|c| (c.id(), *c))
+            .collect();
+        let forced: HashSet<&str> = man.constraints.components.iter().map(String::as_str).collect();
+        let mut types = Vec::new();
+        let mut protocol_names: HashSet<String> =
+            man.constraints.protocols_idle.iter().cloned().collect();
+        let mut seen = HashSet::new();
+        for p in d.components {
+            let id = p.id();
+            if !seen.insert(id.clone()) {
+                return Err(format!("the patch defines component `{id}` twice"));
+            }
+            let ty = match find_type(&id) {
+                Some(ty) => ty,
+                None => match host_descs.get(&id) {
+                    // Declared by the host but not registered yet: update it all the same, so
+                    // that later registrations of the old version are transferred.
+                    Some(h) => component::type_for(h),
+                    // New in this version: nothing runs it yet.
+                    None => continue,
+                },
+            };
+            let mut inner = lock(&ty.inner);
+            let running = inner.table.desc;
+            let state_changed = running.state.fingerprint() != p.state.fingerprint();
+            let changed = state_changed || running.code != p.code || forced.contains(id.as_str());
+            if !changed {
+                let missing = component::resolve_cells(&inner, p);
+                if !missing.is_empty() {
+                    return Err(format!(
+                        "the patch calls {} of component `{id}`, which the running version does \
+                         not have, but does not update `{id}`",
+                        missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                continue;
+            }
+            let transfer = if state_changed {
+                let t = d.transfers.iter().find(|t| {
+                    t.new.fingerprint() == p.state.fingerprint()
+                        && t.old.fingerprint() == running.state.fingerprint()
+                });
+                match t {
+                    Some(t) => Some(*t),
+                    None => {
+                        return Err(format!(
+                            "the state of component `{id}` changed ({} -> {}) and the patch \
+                             carries no transfer from the running layout; write a \
+                             `#[dsu::transfer]` or let `cargo dsu diff` generate one",
+                            describe(running.state),
+                            describe(p.state)
+                        ))
+                    }
+                }
+            } else {
+                None
+            };
+            for m in running.methods.iter().chain(p.methods) {
+                if let ProtocolRole::Begin(n) | ProtocolRole::End(n) = m.protocol {
+                    protocol_names.insert(n.to_string());
+                }
+            }
+            let new_table = inner.table_for(p);
+            let missing = component::resolve_cells(&inner, p);
+            debug_assert!(missing.is_empty());
+            drop(inner);
+            types.push(TypeUpdate {
+                ty,
+                new_desc: p,
+                new_table,
+                transfer,
+            });
+        }
+        for id in &forced {
+            if !types.iter().any(|t| t.ty.id == *id) {
+                return Err(format!(
+                    "the package requires component `{id}` to be updated, but the patch does \
+                     not contain it"
+                ));
+            }
+        }
+        types.sort_by(|a, b| a.ty.id.cmp(&b.ty.id));
+        let mut protocol_names: Vec<String> = protocol_names.into_iter().collect();
+        protocol_names.sort();
+        Ok(Plan {
+            types,
+            protocols: protocol_names.iter().map(|n| protocol::state(n)).collect(),
+            park_threads: man.constraints.park_threads,
+            timeout: Duration::from_millis(opts.timeout_ms.unwrap_or(man.timeout_ms).max(1)),
+            policy: Policy::default(),
+            new_states: d.states.iter().filter(|s| !s.is_old).copied().collect(),
+        })
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .take(40)
+        .collect()
+}
+
+fn describe(s: &StateLayout) -> String {
+    let fields: Vec<&str> = s.fields.iter().map(|f| f.name).collect();
+    format!("{} bytes {{{}}}", s.size, fields.join(", "))
+}
+
+fn find_type(id: &str) -> Option<Arc<ComponentType>> {
+    lock(&ctx().components).get(id).cloned()
+}
+
+fn host_states() -> HashMap<String, &'static StateLayout> {
+    loader::this_artifact()
+        .states
+        .iter()
+        .filter(|s| !s.is_old)
+        .map(|s| (s.id(), *s))
+        .collect()
+}
+
+fn running_globals() -> HashMap<String, u64> {
+    let mut all: HashMap<String, u64> = loader::this_artifact()
+        .globals
+        .iter()
+        .map(|g| (g.id(), g.fingerprint))
+        .collect();
+    for (id, e) in lock(&ctx().globals).iter() {
+        all.insert(id.clone(), e.fingerprint);
+    }
+    all
+}
+
+fn all_slots(plan: &Plan) -> Vec<(usize, Arc<Slot>)> {
+    let mut v = Vec::new();
+    for (i, t) in plan.types.iter().enumerate() {
+        for s in lock(&t.ty.inner).live_slots() {
+            v.push((i, s));
+        }
+    }
+    v
+}
+
+fn wait_for_policy(plan: &Plan) -> Result<(), String> {
+    match &plan.policy {
+        Policy::Asap { .. } | Policy::Staged => Ok(()),
+        Policy::Window { start, end, give_up_ms, .. } => {
+            let deadline = Instant::now() + Duration::from_millis(*give_up_ms);
+            loop {
+                if policy::in_window(*start, *end, policy::now_minutes()) {
+                    return Ok(());
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(format!(
+                        "the update window {}-{} UTC did not open within {give_up_ms} ms",
+                        String::from(*start),
+                        String::from(*end)
+                    ));
+                }
+                std::thread::sleep((deadline - now).min(Duration::from_secs(1)));
+            }
+        }
+        Policy::RateBelow { calls_per_sec, sample_ms, give_up_ms, .. } => {
+            let deadline = Instant::now() + Duration::from_millis(*give_up_ms);
+            let sample = Duration::from_millis((*sample_ms).max(1));
+            // Relaxed: a switch for a statistics counter.
+            COUNTING.store(true, Ordering::Relaxed);
+            let result = loop {
+                let slots = all_slots(plan);
+                let before: Vec<u64> = slots.iter().map(|(_, s)| s.calls.load(Ordering::Relaxed)).collect();
+                let t0 = Instant::now();
+                std::thread::sleep(sample);
+                let secs = t0.elapsed().as_secs_f64();
+                let busiest = slots
+                    .iter()
+                    .zip(before)
+                    .map(|((_, s), b)| {
+                        let n = s.calls.load(Ordering::Relaxed).saturating_sub(b);
+                        (n as f64 / secs, s.ty.id.clone())
+                    })
+                    .fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a });
+                if busiest.0 < *calls_per_sec {
+                    break Ok(());
+                }
+                if Instant::now() >= deadline {
+                    break Err(format!(
+                        "component `{}` stayed at {:.0} calls/s, above the policy's bound of \
+                         {calls_per_sec} calls/s, for {give_up_ms} ms",
+                        busiest.1, busiest.0
+                    ));
+                }
+            };
+            COUNTING.store(false, Ordering::Relaxed);
+            result
+        }
+    }
+}
+
+/// The safe state, reached: every affected gate held by the manager, with the type locks that
+/// keep new instances from being registered until the swap is done.
+struct Ready {
+    slots: Vec<(usize, Arc<Slot>)>,
+    pending_at: Instant,
+    prepared_at: Instant,
+}
+
+struct Abort {
+    reason: String,
+    busy: Vec<BusyCall>,
+    waited: Duration,
+}
+
+/// Releases everything prepare-to-die took, on every exit path.
+struct Release<'a> {
+    plan: &'a Plan,
+    pending: Vec<Arc<Slot>>,
+    parked: bool,
+    armed: bool,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for s in &self.pending {
+            s.gate.clear_pending();
+        }
+        for p in &self.plan.protocols {
+            p.unblock();
+        }
+        if self.parked {
+            crate::thread::registry().parking.release();
+        }
+    }
+}
+
+fn prepare(plan: &Plan) -> Result<Ready, Abort> {
+    let start = Instant::now();
+    let deadline = start + plan.timeout;
+    let mut release = Release {
+        plan,
+        pending: Vec::new(),
+        parked: false,
+        armed: true,
+    };
+    let abort = |reason: String, busy: Vec<BusyCall>| Abort {
+        reason,
+        busy,
+        waited: start.elapsed(),
+    };
+    // Protocols first: new instances wait, instances in progress run to their end.
+    for p in &plan.protocols {
+        p.block();
+    }
+    for p in &plan.protocols {
+        if !p.wait_idle(deadline) {
+            return Err(abort(
+                format!(
+                    "protocol `{}` still had {} instance(s) in progress after {} ms",
+                    p.name,
+                    p.active(),
+                    plan.timeout.as_millis()
+                ),
+                Vec::new(),
+            ));
+        }
+    }
+    let pending_at = Instant::now();
+    let mut slots = all_slots(plan);
+    for (_, s) in &slots {
+        s.gate.set_pending();
+        release.pending.push(s.clone());
+    }
+    // prepare_to_die hooks run on a helper thread, so a hook stuck behind a busy call cannot
+    // keep the manager from honouring its timeout.
+    let hooks: Vec<(Arc<Slot>, usize, String)> = slots
+        .iter()
+        .filter_map(|(_, s)| {
+            let desc = s.current_table().desc;
+            desc.prepare_to_die.map(|i| (s.clone(), i, s.ty.id.clone()))
+        })
+        .collect();
+    if !hooks.is_empty() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("dsu-prepare-to-die".into())
+            .spawn(move || {
+                for (slot, i, id) in hooks {
+                    if let Err(p) = component::call_hook(&slot, i) {
+                        let _ = tx.send(Err(format!("the `prepare_to_die` hook of `{id}` panicked: {p}")));
+                        return;
+                    }
+                }
+                let _ = tx.send(Ok(()));
+            })
+            .map_err(|e| abort(format!("cannot start the prepare-to-die thread: {e}"), Vec::new()))?;
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(abort(reason, Vec::new())),
+            Err(_) => {
+                let busy = busy_calls(&slots, &HashMap::new());
+                return Err(abort(
+                    format!(
+                        "the `prepare_to_die` hooks did not finish within {} ms",
+                        plan.timeout.as_millis()
+                    ),
+                    busy,
+                ));
+            }
+        }
+    }
+    if plan.park_threads {
+        release.parked = true;
+        let reg = crate::thread::registry();
+        if let Err((busy, total)) = reg.parking.request_and_wait(deadline) {
+            let all = lock(&reg.all).clone();
+            let names = reg.parking.busy_threads(&all);
+            return Err(abort(
+                format!(
+                    "{busy} of {total} registered thread(s) did not reach an update point within \
+                     {} ms: {}",
+                    plan.timeout.as_millis(),
+                    names.iter().map(|(n, t)| format!("`{n}` (tid {t})")).collect::<Vec<_>>().join(", ")
+                ),
+                names
+                    .into_iter()
+                    .map(|(thread, tid)| BusyCall {
+                        component: String::new(),
+                        method: None,
+                        thread,
+                        tid,
+                        busy_ms: ms(start.elapsed()),
+                    })
+                    .collect(),
+            ));
+        }
+    }
+    // Drain: take every gate at once. A gate that cannot be taken releases the others, so a
+    // call chain through two affected components never waits on the manager holding one.
+    let mut first_seen: HashMap<(i64, u64), Instant> = HashMap::new();
+    let mut spins = 0u32;
+    let mut last_scan = Instant::now();
+    loop {
+        let mut taken = 0;
+        for (_, s) in &slots {
+            if s.gate.try_lock_for_update() {
+                taken += 1;
+            } else {
+                break;
+            }
+        }
+        if taken == slots.len() {
+            // Instances registered while we waited must be in the update too.
+            let now_slots = all_slots(plan);
+            let missing: Vec<_> = now_slots
+                .iter()
+                .filter(|(_, n)| !slots.iter().any(|(_, s)| Arc::ptr_eq(s, n)))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                release.armed = false;
+                return Ok(Ready {
+                    slots,
+                    pending_at,
+                    prepared_at: Instant::now(),
+                });
+            }
+            for (_, s) in &slots {
+                s.gate.unlock_keep_pending();
+            }
+            for (_, s) in &missing {
+                s.gate.set_pending();
+                release.pending.push(s.clone());
+            }
+            slots.extend(missing);
+            continue;
+        }
+        for (_, s) in &slots[..taken] {
+            s.gate.unlock_keep_pending();
+        }
+        let now = Instant::now();
+        if now.duration_since(last_scan) > Duration::from_millis(5) {
+            last_scan = now;
+            note_busy(&slots, &mut first_seen);
+        }
+        if now >= deadline {
+            note_busy(&slots, &mut first_seen);
+            let busy = busy_calls(&slots, &first_seen);
+            let who = if busy.is_empty() {
+                "calls in flight".to_string()
+            } else {
+                busy.iter()
+                    .map(|b| {
+                        format!(
+                            "`{}::{}` on thread `{}` (tid {}) for {:.0} ms",
+                            b.component,
+                            b.method.as_deref().unwrap_or("?"),
+                            b.thread,
+                            b.tid,
+                            b.busy_ms
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(abort(
+                format!(
+                    "the components did not become passive within {} ms: busy: {who}",
+                    plan.timeout.as_millis()
+                ),
+                busy,
+            ));
+        }
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else if spins < 128 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+fn note_busy(slots: &[(usize, Arc<Slot>)], first_seen: &mut HashMap<(i64, u64), Instant>) {
+    let threads = lock(&crate::thread::registry().all).clone();
+    let now = Instant::now();
+    for t in threads {
+        if t.depth() == 0 {
+            continue;
+        }
+        let frames = (t.depth() as usize).min(crate::thread::TRACKED);
+        let on_ours = t.slots[..frames].iter().any(|p| {
+            let p = p.load(Ordering::Relaxed) as *const ();
+            slots.iter().any(|(_, s)| std::ptr::eq(&s.gate as *const _ as *const (), p))
+        });
+        if on_ours {
+            first_seen
+                .entry((t.os_tid, t.seq.load(Ordering::Relaxed)))
+                .or_insert(now);
+        }
+    }
+}
+
+fn busy_calls(
+    slots: &[(usize, Arc<Slot>)],
+    first_seen: &HashMap<(i64, u64), Instant>,
+) -> Vec<BusyCall> {
+    let threads = lock(&crate::thread::registry().all).clone();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for t in threads {
+        let depth = t.depth() as usize;
+        for i in 0..depth.min(crate::thread::TRACKED) {
+            let p = t.slots[i].load(Ordering::Relaxed) as *const ();
+            let Some((_, s)) = slots
+                .iter()
+                .find(|(_, s)| std::ptr::eq(&s.gate as *const _ as *const (), p))
+            else {
+                continue;
+            };
+            let m = t.methods[i].load(Ordering::Relaxed);
+            // SAFETY: method descriptors are statics of the host or of a never-unloaded patch.
+            let method = unsafe { m.as_ref() }.map(|m| m.name.to_string());
+            let since = first_seen
+                .get(&(t.os_tid, t.seq.load(Ordering::Relaxed)))
+                .copied()
+                .unwrap_or(now);
+            out.push(BusyCall {
+                component: s.ty.id.clone(),
+                method,
+                thread: t.name.clone(),
+                tid: t.os_tid,
+                busy_ms: ms(now - since),
+            });
+        }
+    }
+    // Gates held by threads the registry does not track (deeper than TRACKED frames).
+    for (_, s) in slots {
+        let (readers, writer) = s.gate.in_flight();
+        let listed = out.iter().filter(|b| b.component == s.ty.id).count();
+        if (readers > 0 || writer) && listed == 0 {
+            out.push(BusyCall {
+                component: s.ty.id.clone(),
+                method: None,
+                thread: format!("{} call(s) in flight", readers.max(writer as usize)),
+                tid: 0,
+                busy_ms: 0.0,
+            });
+        }
+    }
+    out
+}
+
+/// Swaps tables and transfers state with every affected gate held. On a failed transfer,
+/// nothing is installed and the old state is untouched.
+fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
+    // Hold every affected type's lock (in id order) so that no instance is registered between
+    // the transfer and the install.
+    let guards: Vec<MutexGuard<'_, TypeInner>> = plan.types.iter().map(|t| lock(&t.ty.inner)).collect();
+    let t0 = Instant::now();
+    let mut transferred: Vec<(usize, Arc<Slot>, *mut (), *mut ())> = Vec::new();
+    let mut failure = None;
+    for (i, slot) in &ready.slots {
+        let Some(t) = plan.types[*i].transfer else { continue };
+        // Relaxed: the manager holds the gate (acquired with Acquire).
+        let old = slot.state.load(Ordering::Relaxed);
+        // SAFETY: `old` is a live state of the running type, whose layout equals `t.old`
+        // (checked in `plan`); the transfer only reads it.
+        match unsafe { (t.transfer)(old) } {
+            Ok(new) => transferred.push((*i, slot.clone(), old, new)),
+            Err(f) => {
+                failure = Some(format!(
+                    "the state transfer of component `{}` {f}; rolled back, the old version keeps \
+                     running with its state",
+                    slot.ty.id
+                ));
+                break;
+            }
+        }
+    }
+    rec.transfer_ms = ms(t0.elapsed());
+    if let Some(reason) = failure {
+        for (i, _, _, new) in transferred {
+            let t = plan.types[i].transfer.expect("transferred with a transfer");
+            // SAFETY: `new` was produced by this transfer and never published.
+            unsafe { (t.drop_new)(new) };
+        }
+        drop(guards);
+        for (_, s) in &ready.slots {
+            s.gate.unlock_after_update();
+        }
+        release_after(plan);
+        rec.pause_ms = ms(ready.pending_at.elapsed());
+        rec.outcome = Outcome::RolledBack;
+        rec.reason = Some(reason);
+        return Err(());
+    }
+    let mut guards = guards;
+    for (t, inner) in plan.types.iter().zip(guards.iter_mut()) {
+        inner.table = t.new_table;
+        inner.version += 1;
+        if let Some(tr) = t.transfer {
+            inner.transfers.push(tr);
+        }
+    }
+    for (i, slot) in &ready.slots {
+        let table = plan.types[*i].new_table;
+        // Release: readers outside the gate (status) see a complete table; callers are ordered
+        // by the gate's release below.
+        slot.table
+            .store(table as *const Table as *mut Table, Ordering::Release);
+    }
+    for (_, slot, _, new) in &transferred {
+        slot.state.store(*new, Ordering::Release);
+    }
+    drop(guards);
+    for (_, s) in &ready.slots {
+        s.gate.unlock_after_update();
+    }
+    release_after(plan);
+    rec.pause_ms = ms(ready.pending_at.elapsed());
+    rec.outcome = Outcome::Committed;
+    // The old states are released after the callers are let go: freeing a large state must not
+    // lengthen the pause.
+    for (i, _, old, _) in transferred {
+        let t = plan.types[i].transfer.expect("transferred with a transfer");
+        // SAFETY: the transfer succeeded, so the old state is released exactly once, here.
+        unsafe { (t.release_old)(old) };
+    }
+    let _ = plan.types.iter().map(|t| t.new_desc).count();
+    Ok(())
+}
+
+fn release_after(plan: &Plan) {
+    for p in &plan.protocols {
+        p.unblock();
+    }
+    if plan.park_threads {
+        crate::thread::registry().parking.release();
+    }
+}

@@ -1,0 +1,257 @@
+//! The live update package (`.dsu`): a manifest and the patch library, in one file.
+//!
+//! ```text
+//! magic        8 bytes   "DSUPKG\0\x01"
+//! manifest_len u32 LE
+//! manifest     JSON      (see `Manifest`)
+//! library_len  u64 LE
+//! library      bytes     the patch cdylib
+//! ```
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Policy;
+
+/// The magic bytes every package starts with (the last byte is the container version).
+pub const MAGIC: &[u8; 8] = b"DSUPKG\0\x01";
+/// Version of the manifest format.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// Largest manifest accepted (a manifest is a few kilobytes).
+pub const MAX_MANIFEST: usize = 16 << 20;
+
+/// What a package says about itself and the update it carries.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    /// The program the patch is for.
+    pub program: String,
+    /// The version it updates from, and the one it brings.
+    pub from: String,
+    pub to: String,
+    pub rustc: String,
+    pub target: String,
+    pub dsu_rt: String,
+    pub debug_assertions: bool,
+    /// The base's components as the patch expects to find them (id and code fingerprint).
+    #[serde(default)]
+    pub base: Vec<BaseComponent>,
+    /// What changed, as classified by `cargo dsu diff` (kept in the update history).
+    #[serde(default)]
+    pub changes: Vec<Change>,
+    #[serde(default)]
+    pub constraints: Constraints,
+    #[serde(default)]
+    pub policy: Policy,
+    /// How long prepare-to-die may take before the update is aborted.
+    pub timeout_ms: u64,
+}
+
+/// A base component the patch was built against.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BaseComponent {
+    pub id: String,
+    pub code: u64,
+}
+
+/// One classified change.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Change {
+    pub item: String,
+    #[serde(default)]
+    pub file: String,
+    #[serde(default)]
+    pub line: u32,
+    /// Category in the update taxonomy (1 = one component ... 6 = environment).
+    pub category: u8,
+    pub description: String,
+}
+
+/// What the running system must guarantee before the update is applied.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Constraints {
+    /// Components that must be passive (besides those whose code or state changed, which
+    /// always must).
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// Protocols that must be idle (besides those whose methods belong to updated components).
+    #[serde(default)]
+    pub protocols_idle: Vec<String>,
+    /// Whether registered threads must be parked at an update point.
+    #[serde(default)]
+    pub park_threads: bool,
+}
+
+impl Manifest {
+    /// A manifest for a patch built by this toolchain, with defaults for the rest.
+    pub fn for_this_toolchain(program: &str, from: &str, to: &str) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            program: program.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+            rustc: crate::build::RUSTC.to_string(),
+            target: crate::build::TARGET.to_string(),
+            dsu_rt: crate::build::DSU_RT.to_string(),
+            debug_assertions: crate::build::DEBUG_ASSERTIONS,
+            base: Vec::new(),
+            changes: Vec::new(),
+            constraints: Constraints::default(),
+            policy: Policy::default(),
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+/// A package read into memory.
+#[derive(Clone, Debug)]
+pub struct Package {
+    pub manifest: Manifest,
+    pub library: Vec<u8>,
+}
+
+/// Why a file is not a usable package.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("cannot read the package {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a dsu package (it does not start with the dsu magic bytes); build one with `cargo dsu diff OLD NEW -o FILE`")]
+    BadMagic,
+    #[error("the package is truncated: {0}; copy it again or rebuild it")]
+    Truncated(&'static str),
+    #[error("the package's manifest is invalid: {0}")]
+    Manifest(String),
+    #[error("the package uses manifest format {found}, this runtime reads format {expected}; rebuild it with a matching cargo-dsu")]
+    Format { found: u32, expected: u32 },
+    #[error("the package has {0} bytes after its library; it is corrupt")]
+    Trailing(usize),
+}
+
+impl Package {
+    /// Serialises the package.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let manifest = serde_json::to_vec_pretty(&self.manifest).expect("a manifest serialises");
+        let mut out = Vec::with_capacity(8 + 4 + manifest.len() + 8 + self.library.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
+        out.extend_from_slice(&manifest);
+        out.extend_from_slice(&(self.library.len() as u64).to_le_bytes());
+        out.extend_from_slice(&self.library);
+        out
+    }
+
+    /// Parses a package, checking every length against the data.
+    pub fn from_bytes(b: &[u8]) -> Result<Package, PackageError> {
+        if b.len() < MAGIC.len() {
+            return Err(if MAGIC.starts_with(b) {
+                PackageError::Truncated("it ends inside the magic bytes")
+            } else {
+                PackageError::BadMagic
+            });
+        }
+        if &b[..8] != MAGIC {
+            return Err(PackageError::BadMagic);
+        }
+        let rest = &b[8..];
+        let len = u32::from_le_bytes(
+            rest.get(..4)
+                .ok_or(PackageError::Truncated("it ends before the manifest length"))?
+                .try_into()
+                .expect("4 bytes"),
+        ) as usize;
+        if len > MAX_MANIFEST {
+            return Err(PackageError::Manifest(format!(
+                "it claims {len} bytes, more than the {MAX_MANIFEST} accepted"
+            )));
+        }
+        let rest = &rest[4..];
+        let manifest_bytes = rest
+            .get(..len)
+            .ok_or(PackageError::Truncated("it ends inside the manifest"))?;
+        let manifest: Manifest = serde_json::from_slice(manifest_bytes)
+            .map_err(|e| PackageError::Manifest(e.to_string()))?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(PackageError::Format {
+                found: manifest.format,
+                expected: MANIFEST_FORMAT,
+            });
+        }
+        let rest = &rest[len..];
+        let lib_len = u64::from_le_bytes(
+            rest.get(..8)
+                .ok_or(PackageError::Truncated("it ends before the library length"))?
+                .try_into()
+                .expect("8 bytes"),
+        );
+        let rest = &rest[8..];
+        if (rest.len() as u64) < lib_len {
+            return Err(PackageError::Truncated("it ends inside the library"));
+        }
+        if rest.len() as u64 > lib_len {
+            return Err(PackageError::Trailing(rest.len() - lib_len as usize));
+        }
+        Ok(Package {
+            manifest,
+            library: rest.to_vec(),
+        })
+    }
+
+    /// Reads a package file.
+    pub fn read(path: &Path) -> Result<Package, PackageError> {
+        let b = std::fs::read(path).map_err(|source| PackageError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Package::from_bytes(&b)
+    }
+
+    /// Writes a package file.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, self.to_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Package {
+        Package {
+            manifest: Manifest::for_this_toolchain("p", "v1", "v2"),
+            library: vec![1, 2, 3, 4],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let p = sample();
+        let q = Package::from_bytes(&p.to_bytes()).unwrap();
+        assert_eq!(q.manifest, p.manifest);
+        assert_eq!(q.library, p.library);
+    }
+
+    #[test]
+    fn every_truncation_is_reported_not_misread() {
+        let b = sample().to_bytes();
+        for cut in 0..b.len() {
+            let e = Package::from_bytes(&b[..cut]).unwrap_err();
+            assert!(
+                matches!(e, PackageError::Truncated(_) | PackageError::Manifest(_)),
+                "cut at {cut}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn foreign_bytes_are_not_a_package() {
+        assert!(matches!(
+            Package::from_bytes(b"\x7fELF\x02\x01\x01\0\0\0\0\0"),
+            Err(PackageError::BadMagic)
+        ));
+    }
+}

@@ -1,0 +1,324 @@
+//! Per-thread call tracking, registered threads and update points.
+//!
+//! Every thread that calls into a component has a [`ThreadInfo`], owned by a thread-local of
+//! the *host*. A patch has its own copy of this crate, and so its own thread-locals; after
+//! adoption, a patch reaches the host's through [`FORWARD`]. Without that, a nested call made
+//! from patched code would look like an outer call and wait at a pending gate that the update
+//! manager, in turn, waits to drain: a deadlock.
+//!
+//! Orderings: the fields of `ThreadInfo` are written only by the owning thread and read by
+//! others only for diagnostics (the "who was busy" report), so they are `Relaxed`. Parking
+//! state is protected by the [`Parking`] mutex.
+
+use std::cell::Cell;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::desc::MethodDesc;
+
+/// How many nested calls per thread are tracked for reports (deeper calls still work).
+pub(crate) const TRACKED: usize = 8;
+
+/// What the runtime knows about one thread.
+pub struct ThreadInfo {
+    pub(crate) name: String,
+    pub(crate) os_tid: i64,
+    pub(crate) depth: AtomicU32,
+    pub(crate) methods: [AtomicPtr<MethodDesc>; TRACKED],
+    /// Erased `*const Slot` of each tracked call.
+    pub(crate) slots: [AtomicPtr<()>; TRACKED],
+    /// Counts outer calls, so a report can tell one long call from many short ones.
+    pub(crate) seq: AtomicU64,
+    pub(crate) registered: AtomicBool,
+    /// Set while the thread is quiescent (parked at an update point, or waiting at a gate
+    /// outside any call). Written under the [`Parking`] mutex.
+    pub(crate) quiescent: Cell<bool>,
+}
+
+// SAFETY: `quiescent` is the only non-Sync field; it is only read and written with the
+// `Parking` mutex held.
+unsafe impl Sync for ThreadInfo {}
+
+impl ThreadInfo {
+    fn new() -> Self {
+        let t = std::thread::current();
+        ThreadInfo {
+            name: t
+                .name()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{:?}", t.id())),
+            // SAFETY: gettid has no preconditions.
+            os_tid: unsafe { libc::gettid() } as i64,
+            depth: AtomicU32::new(0),
+            methods: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            slots: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            seq: AtomicU64::new(0),
+            registered: AtomicBool::new(false),
+            quiescent: Cell::new(false),
+        }
+    }
+
+    /// Nesting depth of dsu calls on this thread.
+    #[inline]
+    pub(crate) fn depth(&self) -> u32 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn push(&self, slot: *const (), method: &'static MethodDesc) -> u32 {
+        let d = self.depth.load(Ordering::Relaxed);
+        if (d as usize) < TRACKED {
+            self.methods[d as usize].store(method as *const _ as *mut _, Ordering::Relaxed);
+            self.slots[d as usize].store(slot as *mut (), Ordering::Relaxed);
+        }
+        if d == 0 {
+            self.seq.fetch_add(1, Ordering::Relaxed);
+        }
+        self.depth.store(d + 1, Ordering::Relaxed);
+        d
+    }
+
+    #[inline]
+    pub(crate) fn pop(&self, d: u32) {
+        self.depth.store(d, Ordering::Relaxed);
+    }
+
+    /// Whether this thread is inside a call on `slot` (used to turn a self-deadlock into a panic).
+    pub(crate) fn is_inside(&self, slot: *const ()) -> bool {
+        let d = (self.depth() as usize).min(TRACKED);
+        self.slots[..d]
+            .iter()
+            .any(|s| s.load(Ordering::Relaxed) as *const () == slot)
+    }
+}
+
+/// The per-thread handle kept in the host's thread-local; unregisters the thread when it ends.
+struct Current(Arc<ThreadInfo>);
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        let reg = registry();
+        let mut all = lock(&reg.all);
+        all.retain(|t| !Arc::ptr_eq(t, &self.0));
+    }
+}
+
+thread_local! {
+    static CURRENT: Current = {
+        let info = Arc::new(ThreadInfo::new());
+        lock(&registry().all).push(info.clone());
+        Current(info)
+    };
+}
+
+/// In a patch: the host's accessor for the current thread's info; null in the host.
+pub(crate) static FORWARD: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
+
+/// The host's accessor, handed to a patch at adoption.
+pub(crate) fn host_current() -> *const ThreadInfo {
+    CURRENT
+        .try_with(|c| Arc::as_ptr(&c.0))
+        .unwrap_or(ptr::null())
+}
+
+/// The current thread's info, or null while the thread is being torn down.
+#[inline]
+pub(crate) fn current() -> *const ThreadInfo {
+    // Relaxed: FORWARD is written once at adoption, before any patched code can run.
+    let f = FORWARD.load(Ordering::Relaxed);
+    if f.is_null() {
+        host_current()
+    } else {
+        // SAFETY: FORWARD only ever holds a `fn() -> *const ThreadInfo` (set in `adopt`).
+        let f: fn() -> *const ThreadInfo = unsafe { std::mem::transmute(f) };
+        f()
+    }
+}
+
+pub(crate) struct Registry {
+    pub(crate) all: Mutex<Vec<Arc<ThreadInfo>>>,
+    pub(crate) parking: Parking,
+}
+
+/// Coordinates registered threads and update points.
+pub(crate) struct Parking {
+    state: Mutex<ParkState>,
+    changed: Condvar,
+    /// Fast-path flag for `update_point!()`: is a park requested?
+    requested: AtomicBool,
+}
+
+#[derive(Default)]
+struct ParkState {
+    registered: usize,
+    quiescent: usize,
+    requested: bool,
+}
+
+pub(crate) fn registry() -> &'static Registry {
+    &crate::context::ctx().threads
+}
+
+impl Registry {
+    pub(crate) fn new() -> Self {
+        Registry {
+            all: Mutex::new(Vec::new()),
+            parking: Parking {
+                state: Mutex::new(ParkState::default()),
+                changed: Condvar::new(),
+                requested: AtomicBool::new(false),
+            },
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of the runtime's locks leaves data that is still consistent
+    // (every critical section is a few assignments), so poisoning is ignored.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A registered thread; dropping it unregisters the thread.
+///
+/// Registered threads are the ones an update may require to be parked at an update point
+/// (`dsu::update_point!()`) before it is applied.
+pub struct ThreadRegistration {
+    info: Arc<ThreadInfo>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for ThreadRegistration {
+    fn drop(&mut self) {
+        let p = &registry().parking;
+        let mut st = lock(&p.state);
+        self.info.registered.store(false, Ordering::Relaxed);
+        st.registered -= 1;
+        p.changed.notify_all();
+    }
+}
+
+/// Registers the current thread (see [`ThreadRegistration`]).
+pub fn register_thread() -> ThreadRegistration {
+    let info = CURRENT.with(|c| c.0.clone());
+    let p = &registry().parking;
+    let mut st = lock(&p.state);
+    assert!(
+        !info.registered.swap(true, Ordering::Relaxed),
+        "dsu: this thread is already registered with the runtime"
+    );
+    st.registered += 1;
+    ThreadRegistration {
+        info,
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+/// `dsu::update_point!()`: parks the thread while an update that requires it is applied.
+#[inline]
+pub fn update_point() {
+    // Relaxed: a stale `false` only delays parking to the next update point; the slow path
+    // re-checks under the mutex.
+    if registry().parking.requested.load(Ordering::Relaxed) {
+        park_here();
+    }
+}
+
+#[cold]
+fn park_here() {
+    let t = current();
+    if t.is_null() {
+        return;
+    }
+    // SAFETY: `current()` returns the live info of this thread.
+    let t = unsafe { &*t };
+    // Not a safe point inside a call, or for a thread the runtime does not wait for.
+    if t.depth() > 0 || !t.registered.load(Ordering::Relaxed) {
+        return;
+    }
+    let p = &registry().parking;
+    let mut st = lock(&p.state);
+    if !st.requested {
+        return;
+    }
+    set_quiescent(&mut st, t, true);
+    p.changed.notify_all();
+    while st.requested {
+        st = p.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+    }
+    set_quiescent(&mut st, t, false);
+}
+
+fn set_quiescent(st: &mut ParkState, t: &ThreadInfo, q: bool) {
+    if t.quiescent.get() != q && t.registered.load(Ordering::Relaxed) {
+        if q {
+            st.quiescent += 1;
+        } else {
+            st.quiescent -= 1;
+        }
+    }
+    t.quiescent.set(q);
+}
+
+/// Called around a wait at a gate by an outer call: such a thread is at a safe point too.
+pub(crate) fn quiescent_while<R>(t: *const ThreadInfo, f: impl FnOnce() -> R) -> R {
+    // SAFETY: `t` is null or the live info of this thread.
+    let Some(t) = (unsafe { t.as_ref() }) else {
+        return f();
+    };
+    if t.depth() > 0 || !t.registered.load(Ordering::Relaxed) {
+        return f();
+    }
+    let p = &registry().parking;
+    {
+        let mut st = lock(&p.state);
+        set_quiescent(&mut st, t, true);
+        p.changed.notify_all();
+    }
+    let r = f();
+    let mut st = lock(&p.state);
+    set_quiescent(&mut st, t, false);
+    r
+}
+
+impl Parking {
+    /// Asks registered threads to park; returns once all are quiescent or at `deadline`.
+    pub(crate) fn request_and_wait(&self, deadline: Instant) -> Result<(), (usize, usize)> {
+        let mut st = lock(&self.state);
+        st.requested = true;
+        // Relaxed: see `update_point`.
+        self.requested.store(true, Ordering::Relaxed);
+        loop {
+            if st.quiescent >= st.registered {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err((st.registered - st.quiescent, st.registered));
+            }
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Lets parked threads go.
+    pub(crate) fn release(&self) {
+        let mut st = lock(&self.state);
+        st.requested = false;
+        self.requested.store(false, Ordering::Relaxed);
+        self.changed.notify_all();
+    }
+
+    /// Registered threads that are not parked, by name and tid.
+    pub(crate) fn busy_threads(&self, all: &[Arc<ThreadInfo>]) -> Vec<(String, i64)> {
+        let _st = lock(&self.state);
+        all.iter()
+            .filter(|t| t.registered.load(Ordering::Relaxed) && !t.quiescent.get())
+            .map(|t| (t.name.clone(), t.os_tid))
+            .collect()
+    }
+}
