@@ -182,13 +182,16 @@ impl<T: Component> Handle<T> {
     }
 
     /// The component's identity (stable across versions).
-    pub fn id(&self) -> &str {
-        &self.proxy.raw().slot.ty.id
+    ///
+    /// An associated function, not a method (`Handle::id(&h)`), so that it never shadows a
+    /// component method called through the handle: the same convention as `Arc::strong_count`.
+    pub fn id(this: &Self) -> &str {
+        &this.proxy.raw().slot.ty.id
     }
 
-    /// How many updates this component has gone through.
-    pub fn version(&self) -> u32 {
-        lock(&self.proxy.raw().slot.ty.inner).version
+    /// The component's version: 1 as registered by the base, +1 per update applied to it.
+    pub fn version(this: &Self) -> u32 {
+        lock(&this.proxy.raw().slot.ty.inner).version
     }
 }
 
@@ -207,7 +210,7 @@ impl<T: Component> std::ops::Deref for Handle<T> {
 
 impl<T: Component> std::fmt::Debug for Handle<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle").field("id", &self.id()).finish()
+        f.debug_struct("Handle").field("id", &Handle::id(self)).finish()
     }
 }
 
