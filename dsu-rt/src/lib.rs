@@ -91,6 +91,7 @@ pub mod __private {
     pub use crate::fingerprint;
     pub use crate::global::Global;
     pub use crate::loader::{patch_root_module, PatchDescriptors, PatchRoot, PatchRootRef};
+    pub use crate::patch_root;
     pub use crate::protocol::ProtocolRef;
     pub use crate::thread::update_point;
     pub use abi_stable;

@@ -169,7 +169,15 @@ fn write_canonical(tokens: TokenStream, out: &mut String) {
             }
             TokenTree::Ident(i) => out.push_str(&i.to_string()),
             TokenTree::Punct(p) => out.push(p.as_char()),
-            TokenTree::Literal(l) => out.push_str(&l.to_string()),
+            TokenTree::Literal(l) => {
+                // rustc hands doc comments to macros as raw strings (`r" doc"`), a parser as
+                // plain ones (`" doc"`): compare string literals by value.
+                let text = l.to_string();
+                match syn::parse_str::<syn::LitStr>(&text) {
+                    Ok(s) => out.push_str(&format!("{:?}", s.value())),
+                    Err(_) => out.push_str(&text),
+                }
+            }
         }
     }
 }
@@ -200,6 +208,13 @@ mod tests {
         let b = quote!(impl Foo { fn a(&self) -> u8 { 1 } });
         assert_eq!(canonical(&a), canonical(&b));
         assert_eq!(token_hash(&a), token_hash(&b));
+    }
+
+    #[test]
+    fn raw_and_plain_strings_hash_alike() {
+        let a: TokenStream = "#[doc = r\" text\"] fn f() {}".parse().unwrap();
+        let b: TokenStream = "/// text\nfn f() {}".parse().unwrap();
+        assert_eq!(canonical(&a), canonical(&b));
     }
 
     #[test]

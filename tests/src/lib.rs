@@ -1,1 +1,279 @@
-//! placeholder
+//! Test harness: builds test programs and their patches, runs them as child processes, drives
+//! them over their line protocol and their control socket.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use dsu::control::{request, Request, Response};
+use dsu::UpdateRecord;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}
+
+/// Where test programs and their patches are built (shared, so dependencies build once).
+pub fn programs_target() -> PathBuf {
+    repo_root().join("target").join("dsu-programs")
+}
+
+/// `tests/programs/NAME/VERSION`.
+pub fn program(name: &str, version: &str) -> PathBuf {
+    repo_root().join("tests/programs").join(name).join(version)
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+/// Serialises builds in this test binary (cargo would serialise them anyway, and two tests
+/// must not regenerate the same patch crate at once).
+fn build_lock() -> &'static Mutex<HashMap<String, PathBuf>> {
+    static LOCK: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    LOCK.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Builds a program version as a normal binary and returns its path.
+pub fn build_base(dir: &Path) -> Result<PathBuf> {
+    let mut cache = build_lock().lock().unwrap_or_else(|e| e.into_inner());
+    let key = format!("base:{}", dir.display());
+    if let Some(p) = cache.get(&key) {
+        return Ok(p.clone());
+    }
+    let out = Command::new(cargo())
+        .args(["build", "--message-format=json-render-diagnostics", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", programs_target())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run cargo build")?;
+    if !out.status.success() {
+        bail!("building {} failed", dir.display());
+    }
+    let mut exe = None;
+    for msg in cargo_metadata::Message::parse_stream(&out.stdout[..]) {
+        if let Ok(cargo_metadata::Message::CompilerArtifact(a)) = msg {
+            if let Some(e) = a.executable {
+                exe = Some(e.into_std_path_buf());
+            }
+        }
+    }
+    let exe = exe.ok_or_else(|| anyhow!("no executable built for {}", dir.display()))?;
+    cache.insert(key, exe.clone());
+    Ok(exe)
+}
+
+/// Builds the live update package OLD -> NEW and returns the package file.
+pub fn build_patch(old: &Path, new: &Path) -> Result<PathBuf> {
+    build_base(old)?;
+    let mut cache = build_lock().lock().unwrap_or_else(|e| e.into_inner());
+    let key = format!("patch:{}:{}", old.display(), new.display());
+    if let Some(p) = cache.get(&key) {
+        return Ok(p.clone());
+    }
+    let mut opts = cargo_dsu::patch::PatchOptions::new(old, new);
+    opts.target_dir = Some(programs_target());
+    let built = cargo_dsu::patch::build(&opts)?;
+    let dir = programs_target().join("packages");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!(
+        "{}-{}-to-{}.dsu",
+        built.package.manifest.program, built.package.manifest.from, built.package.manifest.to
+    ));
+    built.package.write(&file)?;
+    cache.insert(key, file.clone());
+    Ok(file)
+}
+
+/// A running test program.
+pub struct Process {
+    child: Child,
+    pub port: u16,
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Starts `exe --port 0 --socket DIR/ctl.sock` and waits for its `ready PORT` line.
+    pub fn start(exe: &Path) -> Result<Process> {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("ctl.sock");
+        let mut child = Command::new(exe)
+            .args(["--port", "0", "--socket"])
+            .arg(&socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("start {}", exe.display()))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let port = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow!("{} did not print `ready PORT` (got {line:?})", exe.display()))?;
+        Ok(Process {
+            child,
+            port,
+            socket,
+            _dir: dir,
+        })
+    }
+
+    pub fn connect(&self) -> Result<Conn> {
+        Conn::open(self.port)
+    }
+
+    /// Applies a package through the control socket.
+    pub fn apply(&self, package: &Path, timeout_ms: Option<u64>) -> Result<UpdateRecord> {
+        let resp = self.control(&Request::Apply {
+            package: package.to_path_buf(),
+            timeout_ms,
+            policy: None,
+        })?;
+        resp.report.ok_or_else(|| anyhow!("apply failed: {:?}", resp.error))
+    }
+
+    pub fn status(&self) -> Result<dsu::Status> {
+        let resp = self.control(&Request::Status)?;
+        resp.status.ok_or_else(|| anyhow!("status failed: {:?}", resp.error))
+    }
+
+    pub fn control(&self, req: &Request) -> Result<Response> {
+        Ok(request(&self.socket, req)?)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client connection speaking the test programs' line protocol.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    pub fn open(port: u16) -> Result<Conn> {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(Conn {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+        })
+    }
+
+    /// Sends one command and returns its reply line.
+    pub fn cmd(&mut self, line: &str) -> Result<String> {
+        self.writer.write_all(format!("{line}\n").as_bytes())?;
+        let mut reply = String::new();
+        if self.reader.read_line(&mut reply)? == 0 {
+            bail!("connection closed while waiting for the reply to `{line}`");
+        }
+        Ok(reply.trim_end().to_string())
+    }
+}
+
+/// Clients calling a program in a loop while a test updates it.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Vec<String>>>,
+    ok: Arc<AtomicU64>,
+}
+
+/// What a load run saw.
+pub struct LoadReport {
+    pub ok: u64,
+    pub failures: Vec<String>,
+}
+
+impl Load {
+    /// `clients` threads, each on its own connection, each calling `step(conn, i)` with a
+    /// growing `i` until stopped. `step` returns `Err` for a failed call.
+    pub fn start<F>(port: u16, clients: usize, step: F) -> Result<Load>
+    where
+        F: Fn(&mut Conn, usize, u64) -> Result<()> + Send + Sync + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let step = Arc::new(step);
+        let mut threads = Vec::new();
+        for c in 0..clients {
+            let mut conn = Conn::open(port)?;
+            let (stop, ok, step) = (stop.clone(), ok.clone(), step.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match step(&mut conn, c, i) {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            failures.push(format!("client {c} call {i}: {e:#}"));
+                            if failures.len() > 20 {
+                                break;
+                            }
+                        }
+                    }
+                    i += 1;
+                }
+                failures
+            }));
+        }
+        Ok(Load { stop, threads, ok })
+    }
+
+    /// Calls completed so far.
+    pub fn completed(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` more calls completed (the load is really running).
+    pub fn wait_for_calls(&self, n: u64) {
+        let start = self.completed();
+        for _ in 0..6000 {
+            if self.completed() >= start + n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the load made no progress: {} calls", self.completed() - start);
+    }
+
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for t in self.threads {
+            match t.join() {
+                Ok(f) => failures.extend(f),
+                Err(_) => failures.push("a client thread panicked".to_string()),
+            }
+        }
+        LoadReport {
+            ok: self.ok.load(Ordering::Relaxed),
+            failures,
+        }
+    }
+}

@@ -123,7 +123,7 @@ fn main() {
     let args = server::Args::parse();
     let rt = dsu::Runtime::builder()
         .program("app")
-        .version("v1")
+        .version(env!("CARGO_PKG_VERSION"))
         .control_socket(&args.socket)
         .start()
         .expect("start the dsu runtime");

@@ -1,0 +1,605 @@
+//! Source-to-source patch generation and build.
+//!
+//! The patch crate is a transformed copy of NEW under `target/dsu/`: the crate root gets the
+//! patch root (`::dsu::__private::patch_root!{}`, which also declares the forwarding global
+//! allocator, so a user `#[global_allocator]` is demoted to a plain static); every module with
+//! changed state types gets an `old` module with the base's definitions and the generated
+//! transfers. It is built as a cdylib with `--cfg dsu_patch`, the base's Cargo.lock and profile,
+//! into the base's target directory, and packed with its manifest into one `.dsu` file.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use cargo_metadata::{Metadata, MetadataCommand, Package as CargoPackage, Target};
+use dsu::package::{BaseComponent, Manifest, Package};
+use dsu_syntax::is_dsu_attr;
+use quote::{quote, ToTokens};
+use syn::Item;
+
+use crate::source::{self, CrateSource, Model};
+use crate::transfer::{self, Changed};
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct PatchOptions {
+    /// The running version: a package directory or its `Cargo.toml`.
+    pub old: PathBuf,
+    /// The new version.
+    pub new: PathBuf,
+    /// Build with `--release` (must match how the base was built).
+    pub release: bool,
+    /// Where to build; default: the base's target directory.
+    pub target_dir: Option<PathBuf>,
+    /// Prepare-to-die timeout written into the manifest.
+    pub timeout_ms: u64,
+}
+
+impl PatchOptions {
+    pub fn new(old: impl Into<PathBuf>, new: impl Into<PathBuf>) -> Self {
+        PatchOptions {
+            old: old.into(),
+            new: new.into(),
+            release: false,
+            target_dir: None,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+/// A generated (not yet built) patch crate.
+pub struct Generated {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub target_dir: PathBuf,
+    pub release: bool,
+}
+
+/// A built package.
+pub struct Built {
+    pub package: Package,
+    pub crate_dir: PathBuf,
+    pub library: PathBuf,
+}
+
+struct Crate {
+    meta: Metadata,
+    pkg: CargoPackage,
+    dir: PathBuf,
+    root: PathBuf,
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+fn load_crate(path: &Path) -> Result<Crate> {
+    let manifest = if path.is_dir() {
+        path.join("Cargo.toml")
+    } else {
+        path.to_path_buf()
+    };
+    if !manifest.is_file() {
+        bail!(
+            "{} is not a crate: no Cargo.toml there; give a package directory or its Cargo.toml",
+            path.display()
+        );
+    }
+    let meta = MetadataCommand::new()
+        .cargo_path(cargo())
+        .manifest_path(&manifest)
+        .no_deps()
+        .exec()
+        .with_context(|| format!("cannot read the package at {}", manifest.display()))?;
+    let pkg = meta
+        .packages
+        .iter()
+        .find(|p| p.manifest_path.as_std_path() == manifest.canonicalize().unwrap_or(manifest.clone()))
+        .or_else(|| meta.packages.first())
+        .cloned()
+        .ok_or_else(|| anyhow!("{} defines no package", manifest.display()))?;
+    let target = root_target(&pkg)?;
+    let dir = pkg
+        .manifest_path
+        .parent()
+        .map(|p| p.as_std_path().to_path_buf())
+        .ok_or_else(|| anyhow!("bad manifest path"))?;
+    let root = target.src_path.as_std_path().to_path_buf();
+    Ok(Crate { meta, pkg, dir, root })
+}
+
+/// The target a patch is built from: the binary named after the package, else the only binary,
+/// else the library.
+fn root_target(pkg: &CargoPackage) -> Result<&Target> {
+    let bins: Vec<&Target> = pkg.targets.iter().filter(|t| t.is_bin()).collect();
+    if let Some(t) = bins.iter().find(|t| t.name == pkg.name.as_str()) {
+        return Ok(t);
+    }
+    if bins.len() == 1 {
+        return Ok(bins[0]);
+    }
+    pkg.targets
+        .iter()
+        .find(|t| t.is_lib())
+        .ok_or_else(|| anyhow!("package `{}` has no binary or library target", pkg.name))
+}
+
+/// One changed state type.
+struct ChangedState {
+    module: Vec<String>,
+    name: String,
+    old: Item,
+    new: Item,
+}
+
+/// Generates the patch crate for OLD -> NEW.
+pub fn generate(opts: &PatchOptions) -> Result<Generated> {
+    let old = load_crate(&opts.old)?;
+    let new = load_crate(&opts.new)?;
+    let src_old = source::load_crate(&old.dir, &old.root)?;
+    let mut src_new = source::load_crate(&new.dir, &new.root)?;
+
+    // Analysis (owned results, so NEW's trees can be edited afterwards).
+    let (changed, transfers_needed, base, old_uses) = {
+        let m_old = Model::of(&src_old);
+        let m_new = Model::of(&src_new);
+        let mut changed = Vec::new();
+        for (key, n) in &m_new.states {
+            if let Some(o) = m_old.states.get(key) {
+                if dsu_syntax::canonical(&o.item.to_token_stream())
+                    != dsu_syntax::canonical(&n.item.to_token_stream())
+                {
+                    changed.push(ChangedState {
+                        module: n.module.clone(),
+                        name: n.name.clone(),
+                        old: o.item.clone(),
+                        new: n.item.clone(),
+                    });
+                }
+            }
+        }
+        changed.sort_by(|a, b| (&a.module, &a.name).cmp(&(&b.module, &b.name)));
+        let changed_keys: HashSet<String> =
+            changed.iter().map(|c| source::key(&c.module, &c.name)).collect();
+        let transfers_needed: Vec<String> = m_new
+            .components
+            .keys()
+            .filter(|k| changed_keys.contains(*k) && !m_new.transfers.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut base: Vec<BaseComponent> = m_old
+            .components
+            .iter()
+            .map(|(key, (_, imp))| BaseComponent {
+                id: explicit_id(imp).unwrap_or_else(|| key.clone()),
+                code: m_old.component_code(key).expect("listed"),
+            })
+            .collect();
+        base.sort_by(|a, b| a.id.cmp(&b.id));
+        let old_uses: HashMap<Vec<String>, Vec<syn::ItemUse>> = m_old.uses.clone();
+        (changed, transfers_needed, base, old_uses)
+    };
+    let _ = &src_old;
+
+    // Per module: the `old` module and the generated transfers.
+    let mut by_module: BTreeMap<Vec<String>, Vec<&ChangedState>> = BTreeMap::new();
+    for c in &changed {
+        by_module.entry(c.module.clone()).or_default().push(c);
+    }
+    let externs = extern_names(&old.pkg);
+    for (module, states) in &by_module {
+        let names: HashSet<String> = states.iter().map(|c| c.name.clone()).collect();
+        let ch = Changed { names: &names };
+        let mut generated = Vec::new();
+        let mut needs: Vec<String> = Vec::new();
+        for c in states {
+            let key = source::key(&c.module, &c.name);
+            if transfers_needed.contains(&key) {
+                let (tokens, n) = transfer::component_transfer(&c.name, &c.old, &c.new, &ch)
+                    .with_context(|| format!("state type `{key}`"))?;
+                generated.push(tokens);
+                needs.extend(n);
+            }
+        }
+        let mut done = HashSet::new();
+        while let Some(n) = needs.pop() {
+            if !done.insert(n.clone()) {
+                continue;
+            }
+            let c = states
+                .iter()
+                .find(|c| c.name == n)
+                .ok_or_else(|| anyhow!("nested state type `{n}` must be defined in the same module as the component that holds it"))?;
+            generated.push(transfer::converter(&c.name, &c.old, &c.new, &ch, &mut needs)?);
+        }
+        let old_mod = old_module(states, old_uses.get(module).map(Vec::as_slice).unwrap_or(&[]), &externs);
+        let items = items_mut(&mut src_new, module)
+            .ok_or_else(|| anyhow!("module `{}` not found in the new version", module.join("::")))?;
+        items.push(syn::parse2(old_mod).context("generated old module")?);
+        for g in generated {
+            let file: syn::File = syn::parse2(g).context("generated transfer")?;
+            items.extend(file.items);
+        }
+    }
+
+    // Crate-wide edits.
+    for f in &mut src_new.files {
+        demote_global_allocators(&mut f.ast.items);
+    }
+    let root = &mut src_new.files[0].ast;
+    root.attrs.push(syn::parse_quote!(#![allow(
+        dead_code,
+        unused_imports,
+        unused_variables,
+        unused_mut,
+        unused_unsafe,
+        clippy::all
+    )]));
+    root.items.push(syn::parse_quote!(::dsu::__private::patch_root! {}));
+
+    // Write the crate.
+    let target_dir = opts
+        .target_dir
+        .clone()
+        .unwrap_or_else(|| old.meta.target_directory.as_std_path().to_path_buf());
+    let dir = target_dir
+        .join("dsu")
+        .join(format!("{}-{}-to-{}", new.pkg.name, old.pkg.version, new.pkg.version));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clean {}", dir.display()))?;
+    }
+    copy_tree(&new.dir, &dir, &target_dir)?;
+    for f in &src_new.files {
+        let out = dir.join(&f.rel);
+        std::fs::create_dir_all(out.parent().expect("file in a dir"))?;
+        std::fs::write(&out, prettyplease::unparse(&f.ast))
+            .with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    let root_rel = new.root.strip_prefix(&new.dir).unwrap_or(&new.root).to_path_buf();
+    let cargo_toml = patch_manifest(&old, &new, &root_rel)?;
+    std::fs::write(dir.join("Cargo.toml"), cargo_toml)?;
+    let lock = old.meta.workspace_root.as_std_path().join("Cargo.lock");
+    std::fs::copy(&lock, dir.join("Cargo.lock")).with_context(|| {
+        format!(
+            "cannot copy the base's Cargo.lock from {}: build the base first, so the patch uses \
+             the same dependency versions",
+            lock.display()
+        )
+    })?;
+
+    let (rustc, target) = rustc_version()?;
+    let mut manifest = Manifest::for_this_toolchain(&new.pkg.name, &old.pkg.version.to_string(), &new.pkg.version.to_string());
+    manifest.rustc = rustc;
+    manifest.target = target;
+    manifest.dsu_rt = locked_version(&dir.join("Cargo.lock"), "dsu-rt")?;
+    manifest.debug_assertions = !opts.release;
+    manifest.base = base;
+    manifest.timeout_ms = opts.timeout_ms;
+    Ok(Generated {
+        dir,
+        manifest,
+        target_dir,
+        release: opts.release,
+    })
+}
+
+/// Generates, builds and packs the patch.
+pub fn build(opts: &PatchOptions) -> Result<Built> {
+    let g = generate(opts)?;
+    let library = compile(&g)?;
+    let bytes = std::fs::read(&library).with_context(|| format!("cannot read {}", library.display()))?;
+    Ok(Built {
+        package: Package {
+            manifest: g.manifest,
+            library: bytes,
+        },
+        crate_dir: g.dir,
+        library,
+    })
+}
+
+fn compile(g: &Generated) -> Result<PathBuf> {
+    let mut cmd = Command::new(cargo());
+    cmd.arg("rustc")
+        .arg("--lib")
+        .arg("--manifest-path")
+        .arg(g.dir.join("Cargo.toml"))
+        .arg("--message-format=json-render-diagnostics");
+    if g.release {
+        cmd.arg("--release");
+    }
+    cmd.args(["--", "--cfg", "dsu_patch"])
+        .env("CARGO_TARGET_DIR", &g.target_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = cmd.output().context("cannot run cargo to build the patch")?;
+    let mut lib = None;
+    for msg in cargo_metadata::Message::parse_stream(&out.stdout[..]) {
+        if let Ok(cargo_metadata::Message::CompilerArtifact(a)) = msg {
+            if a.target.kind.iter().any(|k| k.to_string() == "cdylib") {
+                lib = a
+                    .filenames
+                    .iter()
+                    .find(|f| f.extension() == Some(std::env::consts::DLL_EXTENSION))
+                    .map(|f| f.as_std_path().to_path_buf());
+            }
+        }
+    }
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
+        bail!(
+            "building the patch in {} failed:\n{}",
+            g.dir.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    lib.ok_or_else(|| anyhow!("cargo built no cdylib for the patch in {}", g.dir.display()))
+}
+
+fn explicit_id(imp: &syn::ItemImpl) -> Option<String> {
+    let _ = imp;
+    None
+}
+
+fn extern_names(pkg: &CargoPackage) -> HashSet<String> {
+    let mut s: HashSet<String> = ["std", "core", "alloc"].iter().map(|s| s.to_string()).collect();
+    for d in &pkg.dependencies {
+        let name = d.rename.clone().unwrap_or_else(|| d.name.clone());
+        s.insert(name.replace('-', "_"));
+    }
+    // The runtime's library is named `dsu` whatever the dependency is called.
+    s.insert("dsu".to_string());
+    s
+}
+
+/// `mod old { ... }`: the base's definitions of the changed state types of one module.
+fn old_module(states: &[&ChangedState], uses: &[syn::ItemUse], externs: &HashSet<String>) -> proc_macro2::TokenStream {
+    let uses = uses.iter().map(|u| {
+        let mut u = u.clone();
+        u.vis = syn::Visibility::Inherited;
+        rebase_use(&mut u.tree, externs);
+        u
+    });
+    let defs = states.iter().map(|c| {
+        let mut item = c.old.clone();
+        mark_old(&mut item);
+        item
+    });
+    quote! {
+        /// The base's definitions of this module's changed state types (generated by `cargo dsu`).
+        #[doc(hidden)]
+        #[allow(dead_code, unused_imports, non_camel_case_types, clippy::all)]
+        pub(crate) mod old {
+            use super::*;
+            #(#uses)*
+            #(#defs)*
+        }
+    }
+}
+
+/// A `use` copied one module deeper: relative paths gain a `super::`.
+fn rebase_use(tree: &mut syn::UseTree, externs: &HashSet<String>) {
+    let first = match tree {
+        syn::UseTree::Path(p) => p.ident.to_string(),
+        syn::UseTree::Name(n) => n.ident.to_string(),
+        syn::UseTree::Rename(r) => r.ident.to_string(),
+        _ => return,
+    };
+    if first == "crate" || externs.contains(&first) {
+        return;
+    }
+    if first == "self" {
+        if let syn::UseTree::Path(p) = tree {
+            p.ident = syn::Ident::new("super", p.ident.span());
+        }
+        return;
+    }
+    let inner = std::mem::replace(tree, syn::UseTree::Glob(syn::UseGlob { star_token: Default::default() }));
+    *tree = syn::UseTree::Path(syn::UsePath {
+        ident: syn::Ident::new("super", proc_macro2::Span::call_site()),
+        colon2_token: Default::default(),
+        tree: Box::new(inner),
+    });
+}
+
+/// `#[dsu::state]` -> `#[dsu::state(old)]`, and everything public so the transfer can read it.
+fn mark_old(item: &mut Item) {
+    let (attrs, vis) = match item {
+        Item::Struct(s) => {
+            for f in s.fields.iter_mut() {
+                f.vis = syn::parse_quote!(pub);
+            }
+            (&mut s.attrs, &mut s.vis)
+        }
+        Item::Enum(e) => (&mut e.attrs, &mut e.vis),
+        _ => return,
+    };
+    *vis = syn::parse_quote!(pub);
+    for a in attrs.iter_mut() {
+        if is_dsu_attr(a.path(), "state") {
+            *a = syn::parse_quote!(#[dsu::state(old)]);
+        }
+    }
+}
+
+/// A user `#[global_allocator]` stays the host's: in the patch, the static remains but the
+/// patch root's forwarding allocator is the global one.
+fn demote_global_allocators(items: &mut [Item]) {
+    for item in items {
+        match item {
+            Item::Static(s) => s.attrs.retain(|a| !a.path().is_ident("global_allocator")),
+            Item::Mod(m) => {
+                if let Some((_, inner)) = &mut m.content {
+                    demote_global_allocators(inner);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The item list of `module` in the crate's trees (file-level or inline).
+fn items_mut<'a>(src: &'a mut CrateSource, module: &[String]) -> Option<&'a mut Vec<Item>> {
+    let file = src
+        .files
+        .iter_mut()
+        .filter(|f| module.starts_with(&f.module))
+        .max_by_key(|f| f.module.len())?;
+    let depth = file.module.len();
+    let mut items = &mut file.ast.items;
+    for seg in &module[depth..] {
+        let m = items.iter_mut().find_map(|i| match i {
+            Item::Mod(m) if m.ident == seg.as_str() && m.content.is_some() => Some(m),
+            _ => None,
+        })?;
+        items = &mut m.content.as_mut().expect("inline").1;
+    }
+    Some(items)
+}
+
+fn copy_tree(from: &Path, to: &Path, skip: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name == "target" || path == skip {
+            continue;
+        }
+        let dest = to.join(&*name);
+        if entry.file_type()?.is_dir() {
+            copy_tree(&path, &dest, skip)?;
+        } else {
+            std::fs::copy(&path, &dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// The patch crate's Cargo.toml: NEW's dependencies (paths made absolute), the base's profile.
+fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
+    use toml::{Table, Value};
+    let mut doc = Table::new();
+    let mut package = Table::new();
+    package.insert("name".into(), Value::String(format!("dsu-patch-{}", new.pkg.name)));
+    package.insert("version".into(), Value::String(new.pkg.version.to_string()));
+    package.insert("edition".into(), Value::String(new.pkg.edition.to_string()));
+    package.insert("publish".into(), Value::Boolean(false));
+    // Only the library: the program's own binaries, tests and examples are not part of a patch.
+    for auto in ["autobins", "autoexamples", "autotests", "autobenches"] {
+        package.insert(auto.into(), Value::Boolean(false));
+    }
+    doc.insert("package".into(), Value::Table(package));
+    let mut lib = Table::new();
+    lib.insert("name".into(), Value::String(format!("dsu_patch_{}", new.pkg.name.replace('-', "_"))));
+    lib.insert("path".into(), Value::String(root_rel.to_string_lossy().into_owned()));
+    lib.insert("crate-type".into(), Value::Array(vec![Value::String("cdylib".into())]));
+    doc.insert("lib".into(), Value::Table(lib));
+
+    let mut deps = Table::new();
+    let mut build_deps = Table::new();
+    for d in &new.pkg.dependencies {
+        let mut t = Table::new();
+        if d.rename.is_some() {
+            t.insert("package".into(), Value::String(d.name.clone()));
+        }
+        if let Some(p) = &d.path {
+            t.insert("path".into(), Value::String(p.to_string()));
+        } else if let Some(src) = &d.source {
+            if !src.starts_with("registry+") && !src.starts_with("sparse+") {
+                bail!("dependency `{}` comes from {src}; only registry and path dependencies are supported in patches", d.name);
+            }
+        }
+        let req = d.req.to_string();
+        if req != "*" {
+            t.insert("version".into(), Value::String(req));
+        }
+        if !d.features.is_empty() {
+            t.insert(
+                "features".into(),
+                Value::Array(d.features.iter().cloned().map(Value::String).collect()),
+            );
+        }
+        if !d.uses_default_features {
+            t.insert("default-features".into(), Value::Boolean(false));
+        }
+        if d.optional {
+            t.insert("optional".into(), Value::Boolean(true));
+        }
+        let key = d.rename.clone().unwrap_or_else(|| d.name.clone());
+        match d.kind {
+            cargo_metadata::DependencyKind::Normal => {
+                deps.insert(key, Value::Table(t));
+            }
+            cargo_metadata::DependencyKind::Build => {
+                build_deps.insert(key, Value::Table(t));
+            }
+            _ => {}
+        }
+    }
+    doc.insert("dependencies".into(), Value::Table(deps));
+    if !build_deps.is_empty() {
+        doc.insert("build-dependencies".into(), Value::Table(build_deps));
+    }
+    if !new.pkg.features.is_empty() {
+        let f: Table = new
+            .pkg
+            .features
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::Array(v.iter().cloned().map(Value::String).collect())))
+            .collect();
+        doc.insert("features".into(), Value::Table(f));
+    }
+    // Profiles are read from the workspace root: the base's settings decide.
+    let root_manifest = old.meta.workspace_root.as_std_path().join("Cargo.toml");
+    let root_text = std::fs::read_to_string(&root_manifest)
+        .with_context(|| format!("cannot read {}", root_manifest.display()))?;
+    let root: Table = root_text.parse().with_context(|| format!("cannot parse {}", root_manifest.display()))?;
+    if let Some(p) = root.get("profile") {
+        doc.insert("profile".into(), p.clone());
+    }
+    let mut lints = Table::new();
+    let mut rust = Table::new();
+    let mut uc = Table::new();
+    uc.insert("level".into(), Value::String("warn".into()));
+    uc.insert("check-cfg".into(), Value::Array(vec![Value::String("cfg(dsu_patch)".into())]));
+    rust.insert("unexpected_cfgs".into(), Value::Table(uc));
+    lints.insert("rust".into(), Value::Table(rust));
+    doc.insert("lints".into(), Value::Table(lints));
+    doc.insert("workspace".into(), Value::Table(Table::new()));
+    Ok(format!(
+        "# Generated by cargo dsu: the patch of `{}` {} -> {}. Do not edit.\n{}",
+        new.pkg.name,
+        old.pkg.version,
+        new.pkg.version,
+        toml::to_string(&doc)?
+    ))
+}
+
+/// `(release (commit), host triple)` of the rustc cargo will use, in dsu-rt's format.
+fn rustc_version() -> Result<(String, String)> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let out = Command::new(&rustc).arg("-vV").output().with_context(|| format!("cannot run `{rustc} -vV`"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("unknown").to_string();
+    Ok((
+        format!("{} ({})", field("release: "), field("commit-hash: ")),
+        field("host: "),
+    ))
+}
+
+fn locked_version(lock: &Path, name: &str) -> Result<String> {
+    let text = std::fs::read_to_string(lock)?;
+    let doc: toml::Table = text.parse().context("cannot parse Cargo.lock")?;
+    doc.get("package")
+        .and_then(|p| p.as_array())
+        .and_then(|ps| {
+            ps.iter().find_map(|p| {
+                (p.get("name")?.as_str()? == name).then(|| p.get("version")?.as_str().map(str::to_string))?
+            })
+        })
+        .ok_or_else(|| anyhow!("the base's Cargo.lock has no `{name}`: is the program a dsu program?"))
+}
