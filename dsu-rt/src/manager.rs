@@ -88,6 +88,8 @@ pub struct ComponentStatus {
     /// 1 for the base version, +1 per update applied to it.
     pub version: u32,
     pub instances: usize,
+    /// Calls in flight right now, over all instances.
+    pub in_flight: usize,
     pub methods: Vec<String>,
     pub code: String,
     pub state: String,
@@ -202,10 +204,18 @@ impl Manager {
             .into_iter()
             .map(|ty| {
                 let inner = lock(&ty.inner);
+                let slots = inner.live_slots();
                 ComponentStatus {
                     id: ty.id.clone(),
                     version: inner.version,
-                    instances: inner.live_slots().len(),
+                    instances: slots.len(),
+                    in_flight: slots
+                        .iter()
+                        .map(|s| {
+                            let (readers, writer) = s.gate.in_flight();
+                            readers + writer as usize
+                        })
+                        .sum(),
                     methods: inner.table.desc.methods.iter().map(|m| m.name.to_string()).collect(),
                     code: format!("{:016x}", inner.table.desc.code),
                     state: format!("{:016x}", inner.table.desc.state.fingerprint()),

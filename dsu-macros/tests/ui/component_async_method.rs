@@ -1,0 +1,14 @@
+#[dsu::state]
+#[derive(Default)]
+pub struct Counter {
+    n: u64,
+}
+
+#[dsu::component]
+impl Counter {
+    pub async fn get(&self) -> u64 {
+        self.n
+    }
+}
+
+fn main() {}

@@ -1,0 +1,13 @@
+#[derive(Default)]
+pub struct Counter {
+    n: u64,
+}
+
+#[dsu::component]
+impl Counter {
+    pub fn get(&self) -> u64 {
+        self.n
+    }
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[dsu::global]
+static mut TOTAL: u64 = 0;
+
+fn main() {}

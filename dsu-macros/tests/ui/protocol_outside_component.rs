@@ -1,0 +1,4 @@
+#[dsu::protocol(begin = "txn")]
+pub fn begin() {}
+
+fn main() {}

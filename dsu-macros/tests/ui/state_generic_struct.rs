@@ -1,0 +1,6 @@
+#[dsu::state]
+pub struct Slot<T> {
+    value: T,
+}
+
+fn main() {}
