@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
-use crate::thread::{self, lock, ThreadInfo};
+use crate::thread::{lock, ThreadInfo};
 
 const WRITER: usize = 1;
 const PENDING: usize = 2;
@@ -101,7 +101,7 @@ impl Gate {
             // SAFETY: `me` is null or the live info of this thread.
             unsafe { me.as_ref() }.is_some_and(|t| t.is_inside(self as *const Gate as *const ()))
         };
-        thread::quiescent_while(me, || {
+        {
             let mut guard = lock(&self.lock);
             loop {
                 let s = self.state.load(Ordering::Relaxed);
@@ -145,7 +145,7 @@ impl Gate {
                 }
                 guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
             }
-        })
+        }
     }
 
     /// Leaves the gate.
@@ -245,6 +245,8 @@ mod tests {
     use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
     use std::time::Duration;
+
+    use crate::thread;
 
     fn me() -> *const ThreadInfo {
         thread::current()

@@ -793,7 +793,36 @@ fn prepare(plan: &Plan) -> Result<Ready, Abort> {
         busy,
         waited: start.elapsed(),
     };
-    // Protocols first: new instances wait, instances in progress run to their end.
+    // Registered threads first, while every gate is open: they finish what they are doing and
+    // stop at their update point. (Parking them after gates were marked pending would catch
+    // them between two calls of one iteration, which is not their safe point.)
+    if plan.park_threads {
+        release.parked = true;
+        let reg = crate::thread::registry();
+        if let Err((busy, total)) = reg.parking.request_and_wait(deadline) {
+            let all = lock(&reg.all).clone();
+            let names = reg.parking.busy_threads(&all);
+            return Err(abort(
+                format!(
+                    "{busy} of {total} registered thread(s) did not reach an update point within \
+                     {} ms: {}",
+                    plan.timeout.as_millis(),
+                    names.iter().map(|(n, t)| format!("`{n}` (tid {t})")).collect::<Vec<_>>().join(", ")
+                ),
+                names
+                    .into_iter()
+                    .map(|(thread, tid)| BusyCall {
+                        component: String::new(),
+                        method: None,
+                        thread,
+                        tid,
+                        busy_ms: ms(start.elapsed()),
+                    })
+                    .collect(),
+            ));
+        }
+    }
+    // Then protocols: new instances wait, instances in progress run to their end.
     for p in &plan.protocols {
         p.block();
     }
@@ -852,32 +881,6 @@ fn prepare(plan: &Plan) -> Result<Ready, Abort> {
                     busy,
                 ));
             }
-        }
-    }
-    if plan.park_threads {
-        release.parked = true;
-        let reg = crate::thread::registry();
-        if let Err((busy, total)) = reg.parking.request_and_wait(deadline) {
-            let all = lock(&reg.all).clone();
-            let names = reg.parking.busy_threads(&all);
-            return Err(abort(
-                format!(
-                    "{busy} of {total} registered thread(s) did not reach an update point within \
-                     {} ms: {}",
-                    plan.timeout.as_millis(),
-                    names.iter().map(|(n, t)| format!("`{n}` (tid {t})")).collect::<Vec<_>>().join(", ")
-                ),
-                names
-                    .into_iter()
-                    .map(|(thread, tid)| BusyCall {
-                        component: String::new(),
-                        method: None,
-                        thread,
-                        tid,
-                        busy_ms: ms(start.elapsed()),
-                    })
-                    .collect(),
-            ));
         }
     }
     // Drain: take every gate at once. A gate that cannot be taken releases the others, so a

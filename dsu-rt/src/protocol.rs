@@ -115,12 +115,10 @@ impl ProtocolRef {
         if unsafe { t.as_ref() }.is_some_and(|t| t.depth() > 0) {
             return;
         }
-        thread::quiescent_while(t, || {
-            let mut g = lock(&st.lock);
-            while st.blocked.load(Ordering::Relaxed) {
-                g = st.changed.wait(g).unwrap_or_else(|e| e.into_inner());
-            }
-        });
+        let mut g = lock(&st.lock);
+        while st.blocked.load(Ordering::Relaxed) {
+            g = st.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// After a `begin` call returned.

@@ -32,8 +32,7 @@ pub struct ThreadInfo {
     /// Counts outer calls, so a report can tell one long call from many short ones.
     pub(crate) seq: AtomicU64,
     pub(crate) registered: AtomicBool,
-    /// Set while the thread is quiescent (parked at an update point, or waiting at a gate
-    /// outside any call). Written under the [`Parking`] mutex.
+    /// Set while the thread is parked at an update point. Written under the [`Parking`] mutex.
     pub(crate) quiescent: Cell<bool>,
 }
 
@@ -259,27 +258,6 @@ fn set_quiescent(st: &mut ParkState, t: &ThreadInfo, q: bool) {
         }
     }
     t.quiescent.set(q);
-}
-
-/// Called around a wait at a gate by an outer call: such a thread is at a safe point too.
-pub(crate) fn quiescent_while<R>(t: *const ThreadInfo, f: impl FnOnce() -> R) -> R {
-    // SAFETY: `t` is null or the live info of this thread.
-    let Some(t) = (unsafe { t.as_ref() }) else {
-        return f();
-    };
-    if t.depth() > 0 || !t.registered.load(Ordering::Relaxed) {
-        return f();
-    }
-    let p = &registry().parking;
-    {
-        let mut st = lock(&p.state);
-        set_quiescent(&mut st, t, true);
-        p.changed.notify_all();
-    }
-    let r = f();
-    let mut st = lock(&p.state);
-    set_quiescent(&mut st, t, false);
-    r
 }
 
 impl Parking {

@@ -96,6 +96,20 @@ pub fn build_patch(old: &Path, new: &Path) -> Result<PathBuf> {
     Ok(file)
 }
 
+/// A copy of the package at `path` with its manifest edited by `edit` (written beside it under
+/// `name`).
+pub fn with_manifest(
+    path: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut dsu::Manifest),
+) -> Result<PathBuf> {
+    let mut pkg = dsu::Package::read(path)?;
+    edit(&mut pkg.manifest);
+    let out = path.with_file_name(format!("{name}.dsu"));
+    pkg.write(&out)?;
+    Ok(out)
+}
+
 /// A running test program.
 pub struct Process {
     child: Child,
@@ -138,10 +152,20 @@ impl Process {
 
     /// Applies a package through the control socket.
     pub fn apply(&self, package: &Path, timeout_ms: Option<u64>) -> Result<UpdateRecord> {
+        self.apply_with(package, timeout_ms, None)
+    }
+
+    /// Applies a package with a policy overriding the package's.
+    pub fn apply_with(
+        &self,
+        package: &Path,
+        timeout_ms: Option<u64>,
+        policy: Option<dsu::Policy>,
+    ) -> Result<UpdateRecord> {
         let resp = self.control(&Request::Apply {
             package: package.to_path_buf(),
             timeout_ms,
-            policy: None,
+            policy,
         })?;
         resp.report.ok_or_else(|| anyhow!("apply failed: {:?}", resp.error))
     }

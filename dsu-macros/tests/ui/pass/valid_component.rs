@@ -1,3 +1,7 @@
+// `#[dsu::transfer]` expands to `#[cfg(dsu_patch)]` items; a crate that does not declare that
+// cfg (as this one, built by trybuild) gets an `unexpected_cfgs` warning.
+#![allow(unexpected_cfgs)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[dsu::global]
@@ -58,6 +62,12 @@ impl Txn {
             Txn::Idle => Vec::new(),
         }
     }
+}
+
+/// Compiled only into patches (where `old::Counter` exists): checks the macro accepts the shape.
+#[dsu::transfer]
+fn upgrade_counter(old: &old::Counter) -> Counter {
+    Counter { n: old.n }
 }
 
 fn main() {}
