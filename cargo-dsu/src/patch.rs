@@ -34,6 +34,10 @@ pub struct PatchOptions {
     pub target_dir: Option<PathBuf>,
     /// Prepare-to-die timeout written into the manifest.
     pub timeout_ms: u64,
+    /// The Cargo.lock of the running build; default: OLD's. In a chain of updates
+    /// (v1 -> v2 -> v3) the process still runs v1's dependencies, so every patch is built
+    /// against v1's lock.
+    pub base_lock: Option<PathBuf>,
 }
 
 impl PatchOptions {
@@ -44,6 +48,7 @@ impl PatchOptions {
             release: false,
             target_dir: None,
             timeout_ms: 5_000,
+            base_lock: None,
         }
     }
 }
@@ -95,7 +100,9 @@ fn load_crate(path: &Path) -> Result<Crate> {
     let pkg = meta
         .packages
         .iter()
-        .find(|p| p.manifest_path.as_std_path() == manifest.canonicalize().unwrap_or(manifest.clone()))
+        .find(|p| {
+            p.manifest_path.as_std_path() == manifest.canonicalize().unwrap_or(manifest.clone())
+        })
         .or_else(|| meta.packages.first())
         .cloned()
         .ok_or_else(|| anyhow!("{} defines no package", manifest.display()))?;
@@ -106,7 +113,12 @@ fn load_crate(path: &Path) -> Result<Crate> {
         .map(|p| p.as_std_path().to_path_buf())
         .ok_or_else(|| anyhow!("bad manifest path"))?;
     let root = target.src_path.as_std_path().to_path_buf();
-    Ok(Crate { meta, pkg, dir, root })
+    Ok(Crate {
+        meta,
+        pkg,
+        dir,
+        root,
+    })
 }
 
 /// The target a patch is built from: the binary named after the package, else the only binary,
@@ -160,8 +172,10 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
             }
         }
         changed.sort_by(|a, b| (&a.module, &a.name).cmp(&(&b.module, &b.name)));
-        let changed_keys: HashSet<String> =
-            changed.iter().map(|c| source::key(&c.module, &c.name)).collect();
+        let changed_keys: HashSet<String> = changed
+            .iter()
+            .map(|c| source::key(&c.module, &c.name))
+            .collect();
         let transfers_needed: Vec<String> = m_new
             .components
             .keys()
@@ -211,11 +225,21 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
                 .iter()
                 .find(|c| c.name == n)
                 .ok_or_else(|| anyhow!("nested state type `{n}` must be defined in the same module as the component that holds it"))?;
-            generated.push(transfer::converter(&c.name, &c.old, &c.new, &ch, &mut needs)?);
+            generated.push(transfer::converter(
+                &c.name, &c.old, &c.new, &ch, &mut needs,
+            )?);
         }
-        let old_mod = old_module(states, old_uses.get(module).map(Vec::as_slice).unwrap_or(&[]), &externs);
-        let items = items_mut(&mut src_new, module)
-            .ok_or_else(|| anyhow!("module `{}` not found in the new version", module.join("::")))?;
+        let old_mod = old_module(
+            states,
+            old_uses.get(module).map(Vec::as_slice).unwrap_or(&[]),
+            &externs,
+        );
+        let items = items_mut(&mut src_new, module).ok_or_else(|| {
+            anyhow!(
+                "module `{}` not found in the new version",
+                module.join("::")
+            )
+        })?;
         items.push(syn::parse2(old_mod).context("generated old module")?);
         for g in generated {
             let file: syn::File = syn::parse2(g).context("generated transfer")?;
@@ -236,16 +260,18 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
         unused_unsafe,
         clippy::all
     )]));
-    root.items.push(syn::parse_quote!(::dsu::__private::patch_root! {}));
+    root.items
+        .push(syn::parse_quote!(::dsu::__private::patch_root! {}));
 
     // Write the crate.
     let target_dir = opts
         .target_dir
         .clone()
         .unwrap_or_else(|| old.meta.target_directory.as_std_path().to_path_buf());
-    let dir = target_dir
-        .join("dsu")
-        .join(format!("{}-{}-to-{}", new.pkg.name, old.pkg.version, new.pkg.version));
+    let dir = target_dir.join("dsu").join(format!(
+        "{}-{}-to-{}",
+        new.pkg.name, old.pkg.version, new.pkg.version
+    ));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clean {}", dir.display()))?;
     }
@@ -256,10 +282,17 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
         std::fs::write(&out, prettyplease::unparse(&f.ast))
             .with_context(|| format!("cannot write {}", out.display()))?;
     }
-    let root_rel = new.root.strip_prefix(&new.dir).unwrap_or(&new.root).to_path_buf();
+    let root_rel = new
+        .root
+        .strip_prefix(&new.dir)
+        .unwrap_or(&new.root)
+        .to_path_buf();
     let cargo_toml = patch_manifest(&old, &new, &root_rel)?;
     std::fs::write(dir.join("Cargo.toml"), cargo_toml)?;
-    let lock = old.meta.workspace_root.as_std_path().join("Cargo.lock");
+    let lock = opts
+        .base_lock
+        .clone()
+        .unwrap_or_else(|| old.meta.workspace_root.as_std_path().join("Cargo.lock"));
     std::fs::copy(&lock, dir.join("Cargo.lock")).with_context(|| {
         format!(
             "cannot copy the base's Cargo.lock from {}: build the base first, so the patch uses \
@@ -269,7 +302,11 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
     })?;
 
     let (rustc, target) = rustc_version()?;
-    let mut manifest = Manifest::for_this_toolchain(&new.pkg.name, &old.pkg.version.to_string(), &new.pkg.version.to_string());
+    let mut manifest = Manifest::for_this_toolchain(
+        &new.pkg.name,
+        &old.pkg.version.to_string(),
+        &new.pkg.version.to_string(),
+    );
     manifest.rustc = rustc;
     manifest.target = target;
     manifest.dsu_rt = locked_version(&dir.join("Cargo.lock"), "dsu-rt")?;
@@ -288,7 +325,8 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
 pub fn build(opts: &PatchOptions) -> Result<Built> {
     let g = generate(opts)?;
     let library = compile(&g)?;
-    let bytes = std::fs::read(&library).with_context(|| format!("cannot read {}", library.display()))?;
+    let bytes =
+        std::fs::read(&library).with_context(|| format!("cannot read {}", library.display()))?;
     Ok(Built {
         package: Package {
             manifest: g.manifest,
@@ -313,7 +351,9 @@ fn compile(g: &Generated) -> Result<PathBuf> {
         .env("CARGO_TARGET_DIR", &g.target_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = cmd.output().context("cannot run cargo to build the patch")?;
+    let out = cmd
+        .output()
+        .context("cannot run cargo to build the patch")?;
     let mut lib = None;
     for msg in cargo_metadata::Message::parse_stream(&out.stdout[..]) {
         if let Ok(cargo_metadata::Message::CompilerArtifact(a)) = msg {
@@ -344,7 +384,10 @@ fn explicit_id(imp: &syn::ItemImpl) -> Option<String> {
 }
 
 fn extern_names(pkg: &CargoPackage) -> HashSet<String> {
-    let mut s: HashSet<String> = ["std", "core", "alloc"].iter().map(|s| s.to_string()).collect();
+    let mut s: HashSet<String> = ["std", "core", "alloc"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     for d in &pkg.dependencies {
         let name = d.rename.clone().unwrap_or_else(|| d.name.clone());
         s.insert(name.replace('-', "_"));
@@ -355,7 +398,11 @@ fn extern_names(pkg: &CargoPackage) -> HashSet<String> {
 }
 
 /// `mod old { ... }`: the base's definitions of the changed state types of one module.
-fn old_module(states: &[&ChangedState], uses: &[syn::ItemUse], externs: &HashSet<String>) -> proc_macro2::TokenStream {
+fn old_module(
+    states: &[&ChangedState],
+    uses: &[syn::ItemUse],
+    externs: &HashSet<String>,
+) -> proc_macro2::TokenStream {
     let uses = uses.iter().map(|u| {
         let mut u = u.clone();
         u.vis = syn::Visibility::Inherited;
@@ -396,7 +443,12 @@ fn rebase_use(tree: &mut syn::UseTree, externs: &HashSet<String>) {
         }
         return;
     }
-    let inner = std::mem::replace(tree, syn::UseTree::Glob(syn::UseGlob { star_token: Default::default() }));
+    let inner = std::mem::replace(
+        tree,
+        syn::UseTree::Glob(syn::UseGlob {
+            star_token: Default::default(),
+        }),
+    );
     *tree = syn::UseTree::Path(syn::UsePath {
         ident: syn::Ident::new("super", proc_macro2::Span::call_site()),
         colon2_token: Default::default(),
@@ -461,7 +513,9 @@ fn items_mut<'a>(src: &'a mut CrateSource, module: &[String]) -> Option<&'a mut 
 
 fn copy_tree(from: &Path, to: &Path, skip: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+    for entry in
+        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
+    {
         let entry = entry?;
         let path = entry.path();
         let name = entry.file_name();
@@ -484,7 +538,10 @@ fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
     use toml::{Table, Value};
     let mut doc = Table::new();
     let mut package = Table::new();
-    package.insert("name".into(), Value::String(format!("dsu-patch-{}", new.pkg.name)));
+    package.insert(
+        "name".into(),
+        Value::String(format!("dsu-patch-{}", new.pkg.name)),
+    );
     package.insert("version".into(), Value::String(new.pkg.version.to_string()));
     package.insert("edition".into(), Value::String(new.pkg.edition.to_string()));
     package.insert("publish".into(), Value::Boolean(false));
@@ -494,9 +551,18 @@ fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
     }
     doc.insert("package".into(), Value::Table(package));
     let mut lib = Table::new();
-    lib.insert("name".into(), Value::String(format!("dsu_patch_{}", new.pkg.name.replace('-', "_"))));
-    lib.insert("path".into(), Value::String(root_rel.to_string_lossy().into_owned()));
-    lib.insert("crate-type".into(), Value::Array(vec![Value::String("cdylib".into())]));
+    lib.insert(
+        "name".into(),
+        Value::String(format!("dsu_patch_{}", new.pkg.name.replace('-', "_"))),
+    );
+    lib.insert(
+        "path".into(),
+        Value::String(root_rel.to_string_lossy().into_owned()),
+    );
+    lib.insert(
+        "crate-type".into(),
+        Value::Array(vec![Value::String("cdylib".into())]),
+    );
     doc.insert("lib".into(), Value::Table(lib));
 
     let mut deps = Table::new();
@@ -549,7 +615,12 @@ fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
             .pkg
             .features
             .iter()
-            .map(|(k, v)| (k.clone(), Value::Array(v.iter().cloned().map(Value::String).collect())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Value::Array(v.iter().cloned().map(Value::String).collect()),
+                )
+            })
             .collect();
         doc.insert("features".into(), Value::Table(f));
     }
@@ -557,7 +628,9 @@ fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
     let root_manifest = old.meta.workspace_root.as_std_path().join("Cargo.toml");
     let root_text = std::fs::read_to_string(&root_manifest)
         .with_context(|| format!("cannot read {}", root_manifest.display()))?;
-    let root: Table = root_text.parse().with_context(|| format!("cannot parse {}", root_manifest.display()))?;
+    let root: Table = root_text
+        .parse()
+        .with_context(|| format!("cannot parse {}", root_manifest.display()))?;
     if let Some(p) = root.get("profile") {
         doc.insert("profile".into(), p.clone());
     }
@@ -565,7 +638,10 @@ fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
     let mut rust = Table::new();
     let mut uc = Table::new();
     uc.insert("level".into(), Value::String("warn".into()));
-    uc.insert("check-cfg".into(), Value::Array(vec![Value::String("cfg(dsu_patch)".into())]));
+    uc.insert(
+        "check-cfg".into(),
+        Value::Array(vec![Value::String("cfg(dsu_patch)".into())]),
+    );
     rust.insert("unexpected_cfgs".into(), Value::Table(uc));
     lints.insert("rust".into(), Value::Table(rust));
     doc.insert("lints".into(), Value::Table(lints));
@@ -582,9 +658,17 @@ fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
 /// `(release (commit), host triple)` of the rustc cargo will use, in dsu-rt's format.
 fn rustc_version() -> Result<(String, String)> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-    let out = Command::new(&rustc).arg("-vV").output().with_context(|| format!("cannot run `{rustc} -vV`"))?;
+    let out = Command::new(&rustc)
+        .arg("-vV")
+        .output()
+        .with_context(|| format!("cannot run `{rustc} -vV`"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("unknown").to_string();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or("unknown")
+            .to_string()
+    };
     Ok((
         format!("{} ({})", field("release: "), field("commit-hash: ")),
         field("host: "),
@@ -598,8 +682,11 @@ fn locked_version(lock: &Path, name: &str) -> Result<String> {
         .and_then(|p| p.as_array())
         .and_then(|ps| {
             ps.iter().find_map(|p| {
-                (p.get("name")?.as_str()? == name).then(|| p.get("version")?.as_str().map(str::to_string))?
+                (p.get("name")?.as_str()? == name)
+                    .then(|| p.get("version")?.as_str().map(str::to_string))?
             })
         })
-        .ok_or_else(|| anyhow!("the base's Cargo.lock has no `{name}`: is the program a dsu program?"))
+        .ok_or_else(|| {
+            anyhow!("the base's Cargo.lock has no `{name}`: is the program a dsu program?")
+        })
 }

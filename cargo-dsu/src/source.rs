@@ -86,7 +86,14 @@ fn load_file(
         rel.with_extension("")
     };
     let mut children = Vec::new();
-    find_mods(package_dir, &ast.items, &dir, &rel.parent().map(Path::to_path_buf).unwrap_or_default(), &module, &mut children);
+    find_mods(
+        package_dir,
+        &ast.items,
+        &dir,
+        &rel.parent().map(Path::to_path_buf).unwrap_or_default(),
+        &module,
+        &mut children,
+    );
     out.push(SourceFile {
         rel: rel.to_path_buf(),
         ast,
@@ -125,7 +132,10 @@ fn find_mods(
             }
             match &a.meta {
                 syn::Meta::NameValue(nv) => match &nv.value {
-                    syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => Some(s.value()),
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(s),
+                        ..
+                    }) => Some(s.value()),
                     _ => None,
                 },
                 _ => None,
@@ -209,25 +219,45 @@ impl<'a> Model<'a> {
             match item {
                 Item::Struct(s) if has_attr(&s.attrs, "state") => {
                     let name = s.ident.to_string();
-                    m.states.insert(key(&module, &name), StateItem { module, name, item, file });
+                    m.states.insert(
+                        key(&module, &name),
+                        StateItem {
+                            module,
+                            name,
+                            item,
+                            file,
+                        },
+                    );
                 }
                 Item::Enum(e) if has_attr(&e.attrs, "state") => {
                     let name = e.ident.to_string();
-                    m.states.insert(key(&module, &name), StateItem { module, name, item, file });
+                    m.states.insert(
+                        key(&module, &name),
+                        StateItem {
+                            module,
+                            name,
+                            item,
+                            file,
+                        },
+                    );
                 }
                 Item::Impl(i) if has_attr(&i.attrs, "component") => {
                     if let syn::Type::Path(p) = &*i.self_ty {
                         if let Some(seg) = p.path.segments.last() {
                             let mut imp = i.clone();
                             imp.attrs.retain(|a| !is_dsu_attr(a.path(), "component"));
-                            m.components.insert(key(&module, &seg.ident.to_string()), (module.clone(), imp));
+                            m.components.insert(
+                                key(&module, &seg.ident.to_string()),
+                                (module.clone(), imp),
+                            );
                         }
                     }
                 }
                 Item::Fn(f) if has_attr(&f.attrs, "transfer") => {
                     if let syn::ReturnType::Type(_, t) = &f.sig.output {
                         if let Some(target) = produced_type(t) {
-                            m.transfers.insert(key(&module, &target), f.sig.ident.to_string());
+                            m.transfers
+                                .insert(key(&module, &target), f.sig.ident.to_string());
                         }
                     }
                 }

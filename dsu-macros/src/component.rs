@@ -90,7 +90,12 @@ fn parse(item: &mut ItemImpl, args: &Args) -> syn::Result<Component> {
         Type::Path(p) if p.qself.is_none() && p.path.segments.len() == 1 => {
             let seg = &p.path.segments[0];
             if !seg.arguments.is_none() {
-                cx.error(&seg.arguments, "a component must be a concrete type without generic arguments");
+                cx.error(
+                    &seg.arguments,
+                    "a component type cannot take generic arguments (its state type is a \
+                     `#[dsu::state]`, which is never generic); define a non-generic struct that \
+                     holds the value and make that the component",
+                );
             }
             Some(seg.ident.clone())
         }
@@ -147,11 +152,11 @@ fn take_protocol_attr(
                 match (begin, end) {
                     (Some(b), None) => found = Some((ProtocolKind::Begin, b.clone())),
                     (None, Some(e)) => found = Some((ProtocolKind::End, e.clone())),
-                    (Some(_), Some(_)) => cx.error(
-                        &a,
+                    (Some(_), Some(_)) => cx.push(syn::Error::new(
+                        args.span_of(keys::PROTOCOL_END),
                         "a method either begins or ends a protocol: give `begin = \"name\"` or \
                          `end = \"name\"`, not both",
-                    ),
+                    )),
                     (None, None) => cx.error(
                         &a,
                         "`#[dsu::protocol]` needs `begin = \"name\"` or `end = \"name\"`",
@@ -190,9 +195,20 @@ fn parse_method(
     let receiver = match sig.inputs.first() {
         Some(FnArg::Receiver(r)) => r,
         // An associated function (a constructor, say) is not a message: it stays as it is.
+        _ if sig.ident == PREPARE_TO_DIE => {
+            cx.error(
+                &sig.ident,
+                "the `prepare_to_die` hook is called on the component: give it `&mut self` \
+                 (or `&self`), or it would never run",
+            );
+            return None;
+        }
         _ => {
             if let Some((_, name)) = &protocol {
-                cx.error(name, "only a method taking `&self` or `&mut self` can be part of a protocol");
+                cx.error(
+                    name,
+                    "only a method taking `&self` or `&mut self` can be part of a protocol",
+                );
             }
             return None;
         }
@@ -222,11 +238,17 @@ fn parse_method(
         ok = false;
     }
     if let Some(a) = &sig.asyncness {
-        cx.error(a, "component methods cannot be `async`: a call must finish inside the component's gate");
+        cx.error(
+            a,
+            "component methods cannot be `async`: a call must finish inside the component's gate",
+        );
         ok = false;
     }
     if let Some(u) = &sig.unsafety {
-        cx.error(u, "component methods cannot be `unsafe fn`; keep the unsafe code inside a safe method");
+        cx.error(
+            u,
+            "component methods cannot be `unsafe fn`; keep the unsafe code inside a safe method",
+        );
         ok = false;
     }
     if let Some(v) = &sig.variadic {
@@ -253,7 +275,10 @@ fn parse_method(
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, t) => {
             if has_impl_trait(t) {
-                cx.error(t, "`impl Trait` cannot cross a component's table; return a concrete type");
+                cx.error(
+                    t,
+                    "`impl Trait` cannot cross a component's table; return a concrete type",
+                );
                 ok = false;
             }
             if borrows(t) {
@@ -273,15 +298,17 @@ fn parse_method(
             ty
         }
     };
-    if sig.ident == PREPARE_TO_DIE
-        && (!args.is_empty() || !matches!(sig.output, ReturnType::Default))
-    {
-        cx.error(
-            sig,
-            "the `prepare_to_die` hook takes no arguments and returns nothing: write \
-             `fn prepare_to_die(&mut self)` (or `&self`)",
-        );
-        ok = false;
+    if sig.ident == PREPARE_TO_DIE {
+        const HOOK: &str = "the `prepare_to_die` hook takes no arguments and returns nothing: \
+                            write `fn prepare_to_die(&mut self)` (or `&self`)";
+        for extra in sig.inputs.iter().skip(1) {
+            cx.error(extra, HOOK);
+            ok = false;
+        }
+        if let ReturnType::Type(_, t) = &sig.output {
+            cx.error(t, HOOK);
+            ok = false;
+        }
     }
     if !ok {
         return None;
@@ -385,7 +412,9 @@ fn generate(c: &Component, code: u64) -> TokenStream {
         let mname_str = mname.to_string();
         let entry = format_ident!("__dsu_entry_{}", mname);
         let trap = format_ident!("__dsu_trap_{}", mname);
-        let arg_names: Vec<Ident> = (0..m.args.len()).map(|j| format_ident!("__dsu_a{}", j)).collect();
+        let arg_names: Vec<Ident> = (0..m.args.len())
+            .map(|j| format_ident!("__dsu_a{}", j))
+            .collect();
         let arg_tys = &m.args;
         let ret = &m.ret;
         let fn_ty = quote!(unsafe fn(*mut () #(, #arg_tys)*) -> ::dsu::__private::CallResult<#ret>);

@@ -23,15 +23,15 @@ struct Field {
 
 fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let args = Args::parse(args, "state", keys::STATE)?;
-    let input: DeriveInput = syn::parse2(item.clone()).map_err(|e| {
-        syn::Error::new(e.span(), "`#[dsu::state]` goes on a struct or an enum")
-    })?;
+    let input: DeriveInput = syn::parse2(item.clone())
+        .map_err(|e| syn::Error::new(e.span(), "`#[dsu::state]` goes on a struct or an enum"))?;
     let mut cx = Ctxt::default();
     if !input.generics.params.is_empty() {
         cx.error(
             &input.generics,
             "a state type must be concrete: its layout is fingerprinted and compared across \
-             versions, so generic parameters are not supported",
+             versions, so generic parameters are not supported; define a non-generic struct (a \
+             type alias of an instantiation will not do either: wrap it in a struct)",
         );
     }
     let (kind, fields) = match &input.data {

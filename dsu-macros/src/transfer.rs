@@ -16,19 +16,41 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-const SHAPE: &str = "write `fn(old: &old::Store) -> Store` (or `-> Result<Store, E>`)";
+/// How a transfer is written, with the user's type where it is known.
+fn shape(f: Option<&ItemFn>) -> String {
+    let ty = f
+        .and_then(|f| match &f.sig.output {
+            ReturnType::Type(_, t) => {
+                let t = result_ok_type(t).unwrap_or_else(|| (**t).clone());
+                Some(quote!(#t).to_string().replace(' ', ""))
+            }
+            ReturnType::Default => None,
+        })
+        .unwrap_or_else(|| "Store".to_string());
+    let name = f
+        .map(|f| f.sig.ident.to_string())
+        .unwrap_or_else(|| "upgrade".into());
+    format!("write `fn {name}(old: &old::{ty}) -> {ty}` (or `-> Result<{ty}, E>`)")
+}
 
 fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     Args::parse(args, "transfer", keys::NONE)?;
     let f: ItemFn = syn::parse2(item).map_err(|e| {
-        syn::Error::new(e.span(), format!("`#[dsu::transfer]` goes on a function: {SHAPE}"))
+        syn::Error::new(
+            e.span(),
+            format!("`#[dsu::transfer]` goes on a function: {}", shape(None)),
+        )
     })?;
+    let shape = shape(Some(&f));
     let mut cx = Ctxt::default();
     if !f.sig.generics.params.is_empty() {
-        cx.error(&f.sig.generics, "a transfer cannot be generic: it converts one old type to one new type");
+        cx.error(
+            &f.sig.generics,
+            "a transfer cannot be generic: it converts one old type to one new type",
+        );
     }
     if f.sig.asyncness.is_some() || f.sig.unsafety.is_some() {
-        cx.error(&f.sig, format!("a transfer is a plain function: {SHAPE}"));
+        cx.error(&f.sig, format!("a transfer is a plain function: {shape}"));
     }
     let old_ty = match (f.sig.inputs.len(), f.sig.inputs.first()) {
         (1, Some(FnArg::Typed(pt))) => match &*pt.ty {
@@ -38,20 +60,23 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
                     other,
                     format!(
                         "a transfer borrows the old state, so that a failed update can restore \
-                         it: {SHAPE}"
+                         it: {shape}"
                     ),
                 );
                 None
             }
         },
         _ => {
-            cx.error(&f.sig.inputs, format!("a transfer takes exactly one argument, the old state: {SHAPE}"));
+            cx.error(
+                &f.sig.inputs,
+                format!("a transfer takes exactly one argument, the old state: {shape}"),
+            );
             None
         }
     };
     let (new_ty, fallible) = match &f.sig.output {
         ReturnType::Default => {
-            cx.error(&f.sig, format!("a transfer returns the new state: {SHAPE}"));
+            cx.error(&f.sig, format!("a transfer returns the new state: {shape}"));
             (None, false)
         }
         ReturnType::Type(_, t) => match result_ok_type(t) {

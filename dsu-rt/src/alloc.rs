@@ -26,12 +26,39 @@ pub struct HostAlloc {
 
 /// The host's functions, to be handed to a patch: they call the host's global allocator.
 pub(crate) static HOST_ALLOC: HostAlloc = HostAlloc {
-    // SAFETY (all four): these forward the GlobalAlloc contract unchanged.
-    alloc: |l| unsafe { std::alloc::alloc(l) },
-    dealloc: |p, l| unsafe { std::alloc::dealloc(p, l) },
-    realloc: |p, l, n| unsafe { std::alloc::realloc(p, l, n) },
-    alloc_zeroed: |l| unsafe { std::alloc::alloc_zeroed(l) },
+    alloc: host_alloc,
+    dealloc: host_dealloc,
+    realloc: host_realloc,
+    alloc_zeroed: host_alloc_zeroed,
 };
+
+/// # Safety
+/// The `GlobalAlloc::alloc` contract.
+unsafe fn host_alloc(l: Layout) -> *mut u8 {
+    // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, forwarded unchanged.
+    unsafe { std::alloc::alloc(l) }
+}
+
+/// # Safety
+/// The `GlobalAlloc::dealloc` contract.
+unsafe fn host_dealloc(p: *mut u8, l: Layout) {
+    // SAFETY: as above, for `dealloc`.
+    unsafe { std::alloc::dealloc(p, l) }
+}
+
+/// # Safety
+/// The `GlobalAlloc::realloc` contract.
+unsafe fn host_realloc(p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+    // SAFETY: as above, for `realloc`.
+    unsafe { std::alloc::realloc(p, l, n) }
+}
+
+/// # Safety
+/// The `GlobalAlloc::alloc_zeroed` contract.
+unsafe fn host_alloc_zeroed(l: Layout) -> *mut u8 {
+    // SAFETY: as above, for `alloc_zeroed`.
+    unsafe { std::alloc::alloc_zeroed(l) }
+}
 
 const ARENA_SIZE: usize = 256 * 1024;
 
@@ -61,8 +88,10 @@ impl ForwardAlloc {
     /// Routes every later allocation to `host`.
     pub fn adopt(&self, host: &'static HostAlloc) {
         // Release: pairs with the Acquire in `host`, publishing the table's contents.
-        self.host
-            .store(host as *const HostAlloc as *mut HostAlloc, Ordering::Release);
+        self.host.store(
+            host as *const HostAlloc as *mut HostAlloc,
+            Ordering::Release,
+        );
     }
 
     fn host(&self) -> Option<&'static HostAlloc> {

@@ -24,6 +24,11 @@ use crate::thread::{self, lock, ThreadInfo};
 ///
 /// # Safety
 /// `LAYOUT` must describe `Self` (the macro computes it).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a dsu state type",
+    label = "component state must be marked `#[dsu::state]`",
+    note = "add `#[dsu::state]` to the definition of `{Self}`"
+)]
 pub unsafe trait State: 'static {
     const LAYOUT: StateLayout;
 }
@@ -210,7 +215,9 @@ impl<T: Component> std::ops::Deref for Handle<T> {
 
 impl<T: Component> std::fmt::Debug for Handle<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle").field("id", &Handle::id(self)).finish()
+        f.debug_struct("Handle")
+            .field("id", &Handle::id(self))
+            .finish()
     }
 }
 
@@ -263,7 +270,10 @@ pub(crate) unsafe fn register_raw(desc: &'static ComponentDesc, state: *mut ()) 
     if fp != running.state.fingerprint() {
         // Code of an older version registers an instance: carry its state through the
         // transfers applied since, oldest first.
-        let start = inner.transfers.iter().position(|t| t.old.fingerprint() == fp);
+        let start = inner
+            .transfers
+            .iter()
+            .position(|t| t.old.fingerprint() == fp);
         let Some(start) = start else {
             drop(inner);
             // SAFETY: caller's contract: `state` is a box of `desc`'s type.
@@ -274,7 +284,8 @@ pub(crate) unsafe fn register_raw(desc: &'static ComponentDesc, state: *mut ()) 
                 ty.id
             );
         };
-        for t in inner.transfers[start..].to_vec() {
+        let chain = inner.transfers[start..].to_vec();
+        for t in chain {
             if t.old.fingerprint() != fp {
                 continue;
             }

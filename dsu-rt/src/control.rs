@@ -157,7 +157,13 @@ fn execute(req: Request) -> Response {
             }
         },
         Request::Commit { id, timeout_ms } => {
-            match manager.commit_staged(id, &ApplyOptions { timeout_ms, policy: None }) {
+            match manager.commit_staged(
+                id,
+                &ApplyOptions {
+                    timeout_ms,
+                    policy: None,
+                },
+            ) {
                 Ok(report) => Response {
                     ok: true,
                     error: None,

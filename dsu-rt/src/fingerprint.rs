@@ -46,7 +46,10 @@ mod tests {
         assert_eq!(super::str(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(super::str("a"), 0xaf63_dc4c_8601_ec8c);
         let h = super::str("field");
-        assert_ne!(super::mix(super::mix(h, 1), 2), super::mix(super::mix(h, 2), 1));
+        assert_ne!(
+            super::mix(super::mix(h, 1), 2),
+            super::mix(super::mix(h, 2), 1)
+        );
         assert_ne!(super::mix(h, 8), super::mix(h, 16));
     }
 }

@@ -126,7 +126,7 @@ impl Gate {
                 // A thread waiting for a gate it is itself holding would wait forever.
                 let self_owned = s & WRITER != 0
                     && !me.is_null()
-                    && self.owner.load(Ordering::Relaxed) as *const _ == me;
+                    && std::ptr::eq(self.owner.load(Ordering::Relaxed), me);
                 if self_owned || (access == Access::Exclusive && s & READERS != 0 && inside()) {
                     drop(guard);
                     panic!(
@@ -286,7 +286,11 @@ mod tests {
             })
         };
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(entered.load(Ordering::SeqCst), 0, "outer call passed a pending gate");
+        assert_eq!(
+            entered.load(Ordering::SeqCst),
+            0,
+            "outer call passed a pending gate"
+        );
         assert!(g.try_lock_for_update());
         g.unlock_after_update();
         h.join().unwrap();
@@ -315,12 +319,17 @@ mod tests {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut hs = Vec::new();
         for i in 0..4 {
-            let (g, inside, writers, stop) = (g.clone(), inside.clone(), writers.clone(), stop.clone());
+            let (g, inside, writers, stop) =
+                (g.clone(), inside.clone(), writers.clone(), stop.clone());
             hs.push(std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let excl = (n + i) % 3 == 0;
-                    let acc = if excl { Access::Exclusive } else { Access::Shared };
+                    let acc = if excl {
+                        Access::Exclusive
+                    } else {
+                        Access::Shared
+                    };
                     g.enter(acc, thread::current(), false, "t");
                     if excl {
                         assert_eq!(writers.fetch_add(1, Ordering::SeqCst), 0);
@@ -361,8 +370,9 @@ mod tests {
         let t = me();
         // Simulate the call stack bookkeeping the call path does.
         // SAFETY: `t` is this thread's live info.
-        unsafe { &*t }.slots[0].store(&g as *const Gate as *mut (), Ordering::Relaxed);
-        unsafe { &*t }.depth.store(1, Ordering::Relaxed);
+        let info = unsafe { &*t };
+        info.slots[0].store(&g as *const Gate as *mut (), Ordering::Relaxed);
+        info.depth.store(1, Ordering::Relaxed);
         g.enter(Access::Shared, t, false, "t");
         g.enter(Access::Exclusive, t, true, "Store::set");
     }

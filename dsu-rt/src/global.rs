@@ -36,7 +36,9 @@ impl<T: Send + Sync + 'static> Global<T> {
     #[cold]
     fn resolve(&self) -> &T {
         let id = self.desc.id();
-        let existing = lock(&ctx().globals).get(&id).map(|e| (e.fingerprint, e.ptr));
+        let existing = lock(&ctx().globals)
+            .get(&id)
+            .map(|e| (e.fingerprint, e.ptr));
         let ptr = match existing {
             Some((fp, ptr)) => {
                 assert_eq!(

@@ -111,10 +111,26 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, LoadError> {
         .init_root_module::<PatchRootRef>()
         .map_err(|e| LoadError::Root(e.to_string()))?;
     let checks: [(&'static str, String, String); 5] = [
-        ("with patch format", root.format().to_string(), PATCH_FORMAT.to_string()),
-        ("against dsu-rt", root.dsu_rt().to_string(), build::DSU_RT.to_string()),
-        ("with rustc", root.rustc().to_string(), build::RUSTC.to_string()),
-        ("for target", root.target().to_string(), build::TARGET.to_string()),
+        (
+            "with patch format",
+            root.format().to_string(),
+            PATCH_FORMAT.to_string(),
+        ),
+        (
+            "against dsu-rt",
+            root.dsu_rt().to_string(),
+            build::DSU_RT.to_string(),
+        ),
+        (
+            "with rustc",
+            root.rustc().to_string(),
+            build::RUSTC.to_string(),
+        ),
+        (
+            "for target",
+            root.target().to_string(),
+            build::TARGET.to_string(),
+        ),
         (
             "with debug assertions",
             root.debug_assertions().to_string(),

@@ -150,7 +150,6 @@ struct Plan {
 
 struct TypeUpdate {
     ty: Arc<ComponentType>,
-    new_desc: &'static ComponentDesc,
     new_table: &'static Table,
     transfer: Option<&'static TransferDesc>,
 }
@@ -182,7 +181,12 @@ impl Manager {
         }
     }
 
-    pub(crate) fn configure(&self, program: Option<String>, version: Option<String>, patch_dir: Option<PathBuf>) {
+    pub(crate) fn configure(
+        &self,
+        program: Option<String>,
+        version: Option<String>,
+        patch_dir: Option<PathBuf>,
+    ) {
         let mut m = lock(&self.inner);
         if let Some(p) = program {
             m.program = p;
@@ -216,7 +220,13 @@ impl Manager {
                             readers + writer as usize
                         })
                         .sum(),
-                    methods: inner.table.desc.methods.iter().map(|m| m.name.to_string()).collect(),
+                    methods: inner
+                        .table
+                        .desc
+                        .methods
+                        .iter()
+                        .map(|m| m.name.to_string())
+                        .collect(),
                     code: format!("{:016x}", inner.table.desc.code),
                     state: format!("{:016x}", inner.table.desc.state.fingerprint()),
                 }
@@ -245,7 +255,11 @@ impl Manager {
         match rec.outcome {
             Outcome::Committed => log::info!(
                 "dsu: update {} committed: {} -> {} ({} components, pause {:.3} ms)",
-                rec.id, rec.from, rec.to, rec.components.len(), rec.pause_ms
+                rec.id,
+                rec.from,
+                rec.to,
+                rec.components.len(),
+                rec.pause_ms
             ),
             _ => log::warn!(
                 "dsu: update {} ({} -> {}) {:?}: {}",
@@ -320,15 +334,17 @@ impl Manager {
     }
 
     /// Applies a staged update.
-    pub(crate) fn commit_staged(&self, id: u64, opts: &ApplyOptions) -> Result<UpdateRecord, String> {
+    pub(crate) fn commit_staged(
+        &self,
+        id: u64,
+        opts: &ApplyOptions,
+    ) -> Result<UpdateRecord, String> {
         let _serial = lock(&self.apply_lock);
         let staged = {
             let mut m = lock(&self.inner);
-            let pos = m
-                .staged
-                .iter()
-                .position(|s| s.id == id)
-                .ok_or_else(|| format!("no staged update with id {id}; `status` lists the staged ones"))?;
+            let pos = m.staged.iter().position(|s| s.id == id).ok_or_else(|| {
+                format!("no staged update with id {id}; `status` lists the staged ones")
+            })?;
             m.staged.remove(pos)
         };
         let mut rec = staged.record;
@@ -443,9 +459,9 @@ impl Manager {
         let _ = running_version;
         let dir = {
             let m = lock(&self.inner);
-            m.patch_dir.clone().unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("dsu-{}", std::process::id()))
-            })
+            m.patch_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("dsu-{}", std::process::id())))
         };
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create the patch directory {}: {e}", dir.display()))?;
@@ -504,7 +520,12 @@ impl Manager {
                 }
             }
         }
-        let olds: HashSet<String> = d.states.iter().filter(|s| s.is_old).map(|s| s.id()).collect();
+        let olds: HashSet<String> = d
+            .states
+            .iter()
+            .filter(|s| s.is_old)
+            .map(|s| s.id())
+            .collect();
         for s in d.states.iter().filter(|s| !s.is_old) {
             let id = s.id();
             if let Some(r) = running_states.get(&id) {
@@ -536,7 +557,12 @@ impl Manager {
             .iter()
             .map(|c| (c.id(), *c))
             .collect();
-        let forced: HashSet<&str> = man.constraints.components.iter().map(String::as_str).collect();
+        let forced: HashSet<&str> = man
+            .constraints
+            .components
+            .iter()
+            .map(String::as_str)
+            .collect();
         let mut types = Vec::new();
         let mut protocol_names: HashSet<String> =
             man.constraints.protocols_idle.iter().cloned().collect();
@@ -566,7 +592,11 @@ impl Manager {
                     return Err(format!(
                         "the patch calls {} of component `{id}`, which the running version does \
                          not have, but does not update `{id}`",
-                        missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                        missing
+                            .iter()
+                            .map(|m| format!("`{m}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                 }
                 continue;
@@ -602,7 +632,6 @@ impl Manager {
             drop(inner);
             types.push(TypeUpdate {
                 ty,
-                new_desc: p,
                 new_table,
                 transfer,
             });
@@ -639,7 +668,13 @@ fn on_off(b: bool) -> &'static str {
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect()
 }
@@ -687,7 +722,12 @@ fn all_slots(plan: &Plan) -> Vec<(usize, Arc<Slot>)> {
 fn wait_for_policy(plan: &Plan) -> Result<(), String> {
     match &plan.policy {
         Policy::Asap { .. } | Policy::Staged => Ok(()),
-        Policy::Window { start, end, give_up_ms, .. } => {
+        Policy::Window {
+            start,
+            end,
+            give_up_ms,
+            ..
+        } => {
             let deadline = Instant::now() + Duration::from_millis(*give_up_ms);
             loop {
                 if policy::in_window(*start, *end, policy::now_minutes()) {
@@ -704,14 +744,22 @@ fn wait_for_policy(plan: &Plan) -> Result<(), String> {
                 std::thread::sleep((deadline - now).min(Duration::from_secs(1)));
             }
         }
-        Policy::RateBelow { calls_per_sec, sample_ms, give_up_ms, .. } => {
+        Policy::RateBelow {
+            calls_per_sec,
+            sample_ms,
+            give_up_ms,
+            ..
+        } => {
             let deadline = Instant::now() + Duration::from_millis(*give_up_ms);
             let sample = Duration::from_millis((*sample_ms).max(1));
             // Relaxed: a switch for a statistics counter.
             COUNTING.store(true, Ordering::Relaxed);
             let result = loop {
                 let slots = all_slots(plan);
-                let before: Vec<u64> = slots.iter().map(|(_, s)| s.calls.load(Ordering::Relaxed)).collect();
+                let before: Vec<u64> = slots
+                    .iter()
+                    .map(|(_, s)| s.calls.load(Ordering::Relaxed))
+                    .collect();
                 let t0 = Instant::now();
                 std::thread::sleep(sample);
                 let secs = t0.elapsed().as_secs_f64();
@@ -807,7 +855,11 @@ fn prepare(plan: &Plan) -> Result<Ready, Abort> {
                     "{busy} of {total} registered thread(s) did not reach an update point within \
                      {} ms: {}",
                     plan.timeout.as_millis(),
-                    names.iter().map(|(n, t)| format!("`{n}` (tid {t})")).collect::<Vec<_>>().join(", ")
+                    names
+                        .iter()
+                        .map(|(n, t)| format!("`{n}` (tid {t})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 names
                     .into_iter()
@@ -861,13 +913,20 @@ fn prepare(plan: &Plan) -> Result<Ready, Abort> {
             .spawn(move || {
                 for (slot, i, id) in hooks {
                     if let Err(p) = component::call_hook(&slot, i) {
-                        let _ = tx.send(Err(format!("the `prepare_to_die` hook of `{id}` panicked: {p}")));
+                        let _ = tx.send(Err(format!(
+                            "the `prepare_to_die` hook of `{id}` panicked: {p}"
+                        )));
                         return;
                     }
                 }
                 let _ = tx.send(Ok(()));
             })
-            .map_err(|e| abort(format!("cannot start the prepare-to-die thread: {e}"), Vec::new()))?;
+            .map_err(|e| {
+                abort(
+                    format!("cannot start the prepare-to-die thread: {e}"),
+                    Vec::new(),
+                )
+            })?;
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => return Err(abort(reason, Vec::new())),
@@ -980,7 +1039,9 @@ fn note_busy(slots: &[(usize, Arc<Slot>)], first_seen: &mut HashMap<(i64, u64), 
         let frames = (t.depth() as usize).min(crate::thread::TRACKED);
         let on_ours = t.slots[..frames].iter().any(|p| {
             let p = p.load(Ordering::Relaxed) as *const ();
-            slots.iter().any(|(_, s)| std::ptr::eq(&s.gate as *const _ as *const (), p))
+            slots
+                .iter()
+                .any(|(_, s)| std::ptr::eq(&s.gate as *const _ as *const (), p))
         });
         if on_ours {
             first_seen
@@ -1045,12 +1106,15 @@ fn busy_calls(
 fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
     // Hold every affected type's lock (in id order) so that no instance is registered between
     // the transfer and the install.
-    let guards: Vec<MutexGuard<'_, TypeInner>> = plan.types.iter().map(|t| lock(&t.ty.inner)).collect();
+    let guards: Vec<MutexGuard<'_, TypeInner>> =
+        plan.types.iter().map(|t| lock(&t.ty.inner)).collect();
     let t0 = Instant::now();
     let mut transferred: Vec<(usize, Arc<Slot>, *mut (), *mut ())> = Vec::new();
     let mut failure = None;
     for (i, slot) in &ready.slots {
-        let Some(t) = plan.types[*i].transfer else { continue };
+        let Some(t) = plan.types[*i].transfer else {
+            continue;
+        };
         // Relaxed: the manager holds the gate (acquired with Acquire).
         let old = slot.state.load(Ordering::Relaxed);
         // SAFETY: `old` is a live state of the running type, whose layout equals `t.old`
@@ -1116,7 +1180,6 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
         // SAFETY: the transfer succeeded, so the old state is released exactly once, here.
         unsafe { (t.release_old)(old) };
     }
-    let _ = plan.types.iter().map(|t| t.new_desc).count();
     Ok(())
 }
 

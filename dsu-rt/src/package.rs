@@ -160,7 +160,9 @@ impl Package {
         let rest = &b[8..];
         let len = u32::from_le_bytes(
             rest.get(..4)
-                .ok_or(PackageError::Truncated("it ends before the manifest length"))?
+                .ok_or(PackageError::Truncated(
+                    "it ends before the manifest length",
+                ))?
                 .try_into()
                 .expect("4 bytes"),
         ) as usize;

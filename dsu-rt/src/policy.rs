@@ -22,7 +22,9 @@ impl TryFrom<String> for TimeOfDay {
         if h > 23 || m > 59 {
             return Err(format!("`{s}` is not a time of day; write HH:MM (UTC)"));
         }
-        Ok(TimeOfDay { minutes: h * 60 + m })
+        Ok(TimeOfDay {
+            minutes: h * 60 + m,
+        })
     }
 }
 
@@ -147,10 +149,15 @@ mod tests {
 
     #[test]
     fn policies_read_from_json() {
-        let p: Policy = serde_json::from_str(r#"{"when":"window","start":"02:00","end":"04:30"}"#).unwrap();
+        let p: Policy =
+            serde_json::from_str(r#"{"when":"window","start":"02:00","end":"04:30"}"#).unwrap();
         assert!(matches!(p, Policy::Window { .. }));
-        let p: Policy = serde_json::from_str(r#"{"when":"rate_below","calls_per_sec":10}"#).unwrap();
+        let p: Policy =
+            serde_json::from_str(r#"{"when":"rate_below","calls_per_sec":10}"#).unwrap();
         assert!(matches!(p, Policy::RateBelow { sample_ms: 200, .. }));
-        assert!(serde_json::from_str::<Policy>(r#"{"when":"window","start":"25:00","end":"01:00"}"#).is_err());
+        assert!(serde_json::from_str::<Policy>(
+            r#"{"when":"window","start":"25:00","end":"01:00"}"#
+        )
+        .is_err());
     }
 }

@@ -53,7 +53,9 @@ impl RuntimeBuilder {
         if STARTED.swap(true, Ordering::Relaxed) {
             return Err(crate::Error::AlreadyStarted);
         }
-        ctx().manager.configure(self.program, self.version, self.patch_dir);
+        ctx()
+            .manager
+            .configure(self.program, self.version, self.patch_dir);
         let stop = Arc::new(AtomicBool::new(false));
         let socket = match self.socket {
             None => None,

@@ -89,7 +89,7 @@ impl ThreadInfo {
         let d = (self.depth() as usize).min(TRACKED);
         self.slots[..d]
             .iter()
-            .any(|s| s.load(Ordering::Relaxed) as *const () == slot)
+            .any(|s| std::ptr::eq(s.load(Ordering::Relaxed), slot))
     }
 }
 

@@ -59,16 +59,14 @@ impl Args {
     /// Parses `tokens` and checks every key against `allowed`. All problems are returned
     /// together (unknown keys, duplicates), each pointing at the offending key.
     pub fn parse(tokens: TokenStream, macro_name: &str, allowed: &[&str]) -> syn::Result<Args> {
-        let parsed = syn::parse::Parser::parse2(
-            Punctuated::<Arg, Token![,]>::parse_terminated,
-            tokens,
-        )
-        .map_err(|e| {
-            syn::Error::new(
-                e.span(),
-                format!("cannot parse the arguments of `#[dsu::{macro_name}]`: {e}"),
-            )
-        })?;
+        let parsed =
+            syn::parse::Parser::parse2(Punctuated::<Arg, Token![,]>::parse_terminated, tokens)
+                .map_err(|e| {
+                    syn::Error::new(
+                        e.span(),
+                        format!("cannot parse the arguments of `#[dsu::{macro_name}]`: {e}"),
+                    )
+                })?;
         let mut errors: Option<syn::Error> = None;
         let mut push = |e: syn::Error| match &mut errors {
             Some(all) => all.combine(e),
@@ -81,6 +79,8 @@ impl Args {
             if !allowed.contains(&k.as_str()) {
                 let expected = if allowed.is_empty() {
                     format!("`#[dsu::{macro_name}]` takes no arguments")
+                } else if allowed.len() == 1 {
+                    format!("expected `{}`", allowed[0])
                 } else {
                     format!(
                         "expected one of {}",
@@ -219,9 +219,13 @@ mod tests {
 
     #[test]
     fn unknown_and_duplicate_keys_are_reported_together() {
-        let err = Args::parse(quote!(id = "a", id = "b", nope), "component", keys::COMPONENT)
-            .err()
-            .unwrap();
+        let err = Args::parse(
+            quote!(id = "a", id = "b", nope),
+            "component",
+            keys::COMPONENT,
+        )
+        .err()
+        .unwrap();
         let msgs: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
         assert_eq!(msgs.len(), 2, "{msgs:?}");
         assert!(msgs[0].contains("duplicate key `id`"));

@@ -52,7 +52,11 @@ pub fn build_base(dir: &Path) -> Result<PathBuf> {
         return Ok(p.clone());
     }
     let out = Command::new(cargo())
-        .args(["build", "--message-format=json-render-diagnostics", "--manifest-path"])
+        .args([
+            "build",
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
         .arg(dir.join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", programs_target())
         .stderr(Stdio::inherit())
@@ -76,7 +80,13 @@ pub fn build_base(dir: &Path) -> Result<PathBuf> {
 
 /// Builds the live update package OLD -> NEW and returns the package file.
 pub fn build_patch(old: &Path, new: &Path) -> Result<PathBuf> {
-    build_base(old)?;
+    build_patch_on(old, new, None)
+}
+
+/// Builds OLD -> NEW against the Cargo.lock of the running build `base` (for a chain of
+/// updates: the process still runs the first version's dependencies).
+pub fn build_patch_on(old: &Path, new: &Path, base: Option<&Path>) -> Result<PathBuf> {
+    build_base(base.unwrap_or(old))?;
     let mut cache = build_lock().lock().unwrap_or_else(|e| e.into_inner());
     let key = format!("patch:{}:{}", old.display(), new.display());
     if let Some(p) = cache.get(&key) {
@@ -84,6 +94,7 @@ pub fn build_patch(old: &Path, new: &Path) -> Result<PathBuf> {
     }
     let mut opts = cargo_dsu::patch::PatchOptions::new(old, new);
     opts.target_dir = Some(programs_target());
+    opts.base_lock = base.map(|b| b.join("Cargo.lock"));
     let built = cargo_dsu::patch::build(&opts)?;
     let dir = programs_target().join("packages");
     std::fs::create_dir_all(&dir)?;
@@ -137,7 +148,12 @@ impl Process {
             .trim()
             .strip_prefix("ready ")
             .and_then(|p| p.parse().ok())
-            .ok_or_else(|| anyhow!("{} did not print `ready PORT` (got {line:?})", exe.display()))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} did not print `ready PORT` (got {line:?})",
+                    exe.display()
+                )
+            })?;
         Ok(Process {
             child,
             port,
@@ -167,12 +183,14 @@ impl Process {
             timeout_ms,
             policy,
         })?;
-        resp.report.ok_or_else(|| anyhow!("apply failed: {:?}", resp.error))
+        resp.report
+            .ok_or_else(|| anyhow!("apply failed: {:?}", resp.error))
     }
 
     pub fn status(&self) -> Result<dsu::Status> {
         let resp = self.control(&Request::Status)?;
-        resp.status.ok_or_else(|| anyhow!("status failed: {:?}", resp.error))
+        resp.status
+            .ok_or_else(|| anyhow!("status failed: {:?}", resp.error))
     }
 
     pub fn control(&self, req: &Request) -> Result<Response> {
@@ -283,7 +301,10 @@ impl Load {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        panic!("the load made no progress: {} calls", self.completed() - start);
+        panic!(
+            "the load made no progress: {} calls",
+            self.completed() - start
+        );
     }
 
     pub fn stop(self) -> LoadReport {

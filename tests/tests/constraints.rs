@@ -27,10 +27,16 @@ fn protocols_finish_and_threads_park_before_the_update() -> Result<()> {
         for x in 1..=3 {
             std::thread::sleep(std::time::Duration::from_micros(300));
             let w = conn.cmd(&format!("write {x}"))?;
-            ensure!(w == v, "write answered by {w} inside a transaction begun by {v}");
+            ensure!(
+                w == v,
+                "write answered by {w} inside a transaction begun by {v}"
+            );
         }
         let e = conn.cmd("commit")?;
-        ensure!(e == v, "commit answered by {e} for a transaction begun by {v}");
+        ensure!(
+            e == v,
+            "commit answered by {e} for a transaction begun by {v}"
+        );
         seen.lock().unwrap().push(v);
         Ok(())
     })?;
@@ -66,11 +72,18 @@ fn an_open_protocol_instance_aborts_the_update_until_it_ends() -> Result<()> {
     let rec = p.apply(&pkg, Some(300))?;
     assert_eq!(rec.outcome, Outcome::Aborted, "{rec:#?}");
     let reason = rec.reason.unwrap();
-    assert!(reason.contains("protocol `txn`") && reason.contains("1 instance(s)"), "{reason}");
+    assert!(
+        reason.contains("protocol `txn`") && reason.contains("1 instance(s)"),
+        "{reason}"
+    );
     // The transaction goes on, on the old version, and ends.
     assert_eq!(c.cmd("write 6")?, "v1");
     assert_eq!(c.cmd("commit")?, "v1");
-    assert_eq!(c.cmd("prepared")?, "0", "the hook ran although the update never got that far");
+    assert_eq!(
+        c.cmd("prepared")?,
+        "0",
+        "the hook ran although the update never got that far"
+    );
     let rec = p.apply(&pkg, Some(2000))?;
     assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
     assert_eq!(c.cmd("begin")?, "v2");

@@ -12,7 +12,9 @@ fn app(v: &str) -> std::path::PathBuf {
 }
 
 fn tod(minutes: u32) -> TimeOfDay {
-    TimeOfDay { minutes: minutes % (24 * 60) }
+    TimeOfDay {
+        minutes: minutes % (24 * 60),
+    }
 }
 
 fn now_minutes() -> u32 {
@@ -34,9 +36,15 @@ fn a_staged_update_waits_for_the_operators_commit() -> Result<()> {
     assert_eq!(c.cmd("version")?, "v1");
     let status = p.status()?;
     assert_eq!(status.staged, vec![rec.id]);
-    let resp = p.control(&Request::Commit { id: rec.id + 100, timeout_ms: None })?;
+    let resp = p.control(&Request::Commit {
+        id: rec.id + 100,
+        timeout_ms: None,
+    })?;
     assert!(!resp.ok && resp.error.unwrap().contains("no staged update"));
-    let resp = p.control(&Request::Commit { id: rec.id, timeout_ms: None })?;
+    let resp = p.control(&Request::Commit {
+        id: rec.id,
+        timeout_ms: None,
+    })?;
     assert_eq!(resp.report.unwrap().outcome, Outcome::Committed);
     assert!(c.cmd("version")?.starts_with("v2"));
     assert!(p.status()?.staged.is_empty());
@@ -51,14 +59,27 @@ fn a_window_policy_applies_only_inside_its_window() -> Result<()> {
     let mut c = p.connect()?;
     let now = now_minutes();
     // A window that opens in two hours: given up after 300 ms, nothing changed.
-    let closed = Policy::Window { start: tod(now + 120), end: tod(now + 180), give_up_ms: 300, retries: 0 };
+    let closed = Policy::Window {
+        start: tod(now + 120),
+        end: tod(now + 180),
+        give_up_ms: 300,
+        retries: 0,
+    };
     let rec = p.apply_with(&pkg, None, Some(closed))?;
     assert_eq!(rec.outcome, Outcome::GivenUp, "{rec:#?}");
     assert!(rec.reason.unwrap().contains("did not open"));
     assert_eq!(c.cmd("version")?, "v1");
     // A window around now.
-    let open = Policy::Window { start: tod(now + 24 * 60 - 5), end: tod(now + 5), give_up_ms: 300, retries: 0 };
-    assert_eq!(p.apply_with(&pkg, None, Some(open))?.outcome, Outcome::Committed);
+    let open = Policy::Window {
+        start: tod(now + 24 * 60 - 5),
+        end: tod(now + 5),
+        give_up_ms: 300,
+        retries: 0,
+    };
+    assert_eq!(
+        p.apply_with(&pkg, None, Some(open))?.outcome,
+        Outcome::Committed
+    );
     assert!(c.cmd("version")?.starts_with("v2"));
     Ok(())
 }
@@ -73,7 +94,12 @@ fn a_rate_policy_waits_for_the_load_to_drop() -> Result<()> {
         Ok(())
     })?;
     load.wait_for_calls(100);
-    let strict = Policy::RateBelow { calls_per_sec: 1.0, sample_ms: 100, give_up_ms: 400, retries: 0 };
+    let strict = Policy::RateBelow {
+        calls_per_sec: 1.0,
+        sample_ms: 100,
+        give_up_ms: 400,
+        retries: 0,
+    };
     let rec = p.apply_with(&pkg, None, Some(strict))?;
     assert_eq!(rec.outcome, Outcome::GivenUp, "{rec:#?}");
     assert!(rec.reason.unwrap().contains("`Counter`"));
@@ -81,8 +107,16 @@ fn a_rate_policy_waits_for_the_load_to_drop() -> Result<()> {
     assert!(report.failures.is_empty());
     // Once the load is gone, the same bound is met.
     std::thread::sleep(Duration::from_millis(50));
-    let relaxed = Policy::RateBelow { calls_per_sec: 1.0, sample_ms: 100, give_up_ms: 5_000, retries: 0 };
-    assert_eq!(p.apply_with(&pkg, None, Some(relaxed))?.outcome, Outcome::Committed);
+    let relaxed = Policy::RateBelow {
+        calls_per_sec: 1.0,
+        sample_ms: 100,
+        give_up_ms: 5_000,
+        retries: 0,
+    };
+    assert_eq!(
+        p.apply_with(&pkg, None, Some(relaxed))?.outcome,
+        Outcome::Committed
+    );
     Ok(())
 }
 
@@ -99,7 +133,9 @@ fn packages_that_do_not_match_the_process_are_refused_with_nothing_changed() -> 
     assert_eq!(rec.outcome, Outcome::Refused);
     assert!(rec.reason.unwrap().contains("for program `alloc-host`"));
 
-    let toolchain = with_manifest(&good, "app-other-rustc", |m| m.rustc = "1.0.0 (0000000)".into())?;
+    let toolchain = with_manifest(&good, "app-other-rustc", |m| {
+        m.rustc = "1.0.0 (0000000)".into()
+    })?;
     let rec = p.apply(&toolchain, None)?;
     assert_eq!(rec.outcome, Outcome::Refused);
     assert!(rec.reason.unwrap().contains("rustc `1.0.0 (0000000)`"));
@@ -118,9 +154,17 @@ fn packages_that_do_not_match_the_process_are_refused_with_nothing_changed() -> 
     let dir = tempfile::tempdir()?;
     let truncated = dir.path().join("truncated.dsu");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2])?;
-    let resp = p.control(&Request::Apply { package: truncated, timeout_ms: None, policy: None })?;
+    let resp = p.control(&Request::Apply {
+        package: truncated,
+        timeout_ms: None,
+        policy: None,
+    })?;
     assert!(!resp.ok && resp.error.unwrap().contains("truncated"));
-    let resp = p.control(&Request::Apply { package: exe.clone(), timeout_ms: None, policy: None })?;
+    let resp = p.control(&Request::Apply {
+        package: exe.clone(),
+        timeout_ms: None,
+        policy: None,
+    })?;
     assert!(!resp.ok && resp.error.unwrap().contains("not a dsu package"));
 
     // A library that is not a patch, inside a well-formed package.

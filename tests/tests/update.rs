@@ -27,14 +27,22 @@ fn per_client(n: usize) -> Arc<Vec<Mutex<Seen>>> {
 
 /// Clients alternating `add 1` (results must grow) and `version` (once the new version answers,
 /// the old one never does again).
-fn counter_load(p: &Process, clients: usize, new_prefix: &'static str) -> Result<(Load, Arc<Vec<Mutex<Seen>>>)> {
+fn counter_load(
+    p: &Process,
+    clients: usize,
+    new_prefix: &'static str,
+) -> Result<(Load, Arc<Vec<Mutex<Seen>>>)> {
     let seen = per_client(clients);
     let s = seen.clone();
     let load = Load::start(p.port, clients, move |conn, c, i| {
         let mut st = s[c].lock().unwrap();
         if i % 2 == 0 {
             let n: u64 = conn.cmd("add 1")?.parse()?;
-            ensure!(n > st.last_add, "add went backwards: {n} after {}", st.last_add);
+            ensure!(
+                n > st.last_add,
+                "add went backwards: {n} after {}",
+                st.last_add
+            );
             st.last_add = n;
         } else {
             let v = conn.cmd("version")?;
@@ -51,12 +59,21 @@ fn counter_load(p: &Process, clients: usize, new_prefix: &'static str) -> Result
 }
 
 fn assert_no_failures(r: &LoadReport) {
-    assert!(r.failures.is_empty(), "{} calls failed: {:#?}", r.failures.len(), r.failures);
+    assert!(
+        r.failures.is_empty(),
+        "{} calls failed: {:#?}",
+        r.failures.len(),
+        r.failures
+    );
     assert!(r.ok > 0, "the load made no calls");
 }
 
 fn committed(rec: &dsu::UpdateRecord) {
-    assert_eq!(rec.outcome, Outcome::Committed, "update not committed: {rec:#?}");
+    assert_eq!(
+        rec.outcome,
+        Outcome::Committed,
+        "update not committed: {rec:#?}"
+    );
 }
 
 #[test]
@@ -82,7 +99,11 @@ fn code_only_change_under_load() -> Result<()> {
     assert_eq!(c.cmd("add 1")?, (n + 1).to_string());
     let status = p.status()?;
     assert_eq!(status.version, "2.0.0");
-    let counter = status.components.iter().find(|s| s.id == "Counter").unwrap();
+    let counter = status
+        .components
+        .iter()
+        .find(|s| s.id == "Counter")
+        .unwrap();
     assert_eq!(counter.version, 2);
     assert_eq!(status.history.len(), 1);
     Ok(())
@@ -104,8 +125,15 @@ fn state_gains_a_field_with_a_generated_default() -> Result<()> {
     // `n` came through the transfer; `ops` started at its default and counts adds since.
     let n: u64 = c.cmd("get")?.parse()?;
     assert!(n > 10, "the counter lost its value: {n}");
-    let ops: u64 = c.cmd("version")?.strip_prefix("v2-field ops=").unwrap().parse()?;
-    assert!(ops <= n - 10, "ops={ops} counts more adds than happened after the update");
+    let ops: u64 = c
+        .cmd("version")?
+        .strip_prefix("v2-field ops=")
+        .unwrap()
+        .parse()?;
+    assert!(
+        ops <= n - 10,
+        "ops={ops} counts more adds than happened after the update"
+    );
     assert_eq!(c.cmd("add 1")?, (n + 1).to_string());
     assert_eq!(c.cmd("version")?, format!("v2-field ops={}", ops + 1));
     Ok(())
@@ -166,20 +194,32 @@ fn two_components_updated_together_while_a_call_chain_runs_through_both() -> Res
             st.saw_new = true;
             ensure!(stored == format!("VAL{i}"), "new put stored {stored:?}");
         } else {
-            ensure!(reply.starts_with(&format!("stored {key} #")), "bad reply {reply:?}");
+            ensure!(
+                reply.starts_with(&format!("stored {key} #")),
+                "bad reply {reply:?}"
+            );
             ensure!(!st.saw_new, "the old Front answered after the new one");
             // The value was stored by whichever Store version ran the nested call.
-            ensure!(stored == format!("val{i}") || stored == format!("VAL{i}"), "stored {stored:?}");
+            ensure!(
+                stored == format!("val{i}") || stored == format!("VAL{i}"),
+                "stored {stored:?}"
+            );
         }
         Ok(())
     })?;
     load.wait_for_calls(300);
     let rec = p.apply(&pkg, None)?;
     committed(&rec);
-    assert_eq!(rec.components, vec!["Front".to_string(), "Store".to_string()]);
+    assert_eq!(
+        rec.components,
+        vec!["Front".to_string(), "Store".to_string()]
+    );
     load.wait_for_calls(300);
     assert_no_failures(&load.stop());
-    assert!(seen.iter().all(|s| s.lock().unwrap().saw_new), "a client never saw the new version");
+    assert!(
+        seen.iter().all(|s| s.lock().unwrap().saw_new),
+        "a client never saw the new version"
+    );
     assert_eq!(c.cmd("lookup before")?, "kept");
     assert!(c.cmd("put after x")?.starts_with("stored-v2 after #"));
     assert_eq!(c.cmd("lookup after")?, "X");
@@ -220,7 +260,10 @@ fn host_with_a_custom_global_allocator() -> Result<()> {
         let n: usize = conn.cmd(&format!("add c{client}x{i}"))?.parse()?;
         ensure!(n >= 1);
         let d = conn.cmd("describe")?;
-        ensure!(d.starts_with("v1:") || d.starts_with("v2:"), "describe gave {d:?}");
+        ensure!(
+            d.starts_with("v1:") || d.starts_with("v2:"),
+            "describe gave {d:?}"
+        );
         if i % 50 == 49 {
             conn.cmd("take")?;
         }
@@ -299,7 +342,11 @@ fn a_component_that_never_becomes_passive_aborts_the_update_within_its_timeout()
     let mut in_flight = false;
     for _ in 0..500 {
         let st = p.status()?;
-        if st.components.iter().any(|c| c.id == "Slow" && c.in_flight == 1) {
+        if st
+            .components
+            .iter()
+            .any(|c| c.id == "Slow" && c.in_flight == 1)
+        {
             in_flight = true;
             break;
         }
@@ -313,12 +360,19 @@ fn a_component_that_never_becomes_passive_aborts_the_update_within_its_timeout()
         !holding_done.load(Ordering::SeqCst),
         "apply returned only after the busy call ended"
     );
-    let busy = rec.busy.iter().find(|b| b.component == "Slow").expect("Slow reported busy");
+    let busy = rec
+        .busy
+        .iter()
+        .find(|b| b.component == "Slow")
+        .expect("Slow reported busy");
     assert_eq!(busy.method.as_deref(), Some("hold"));
     assert!(busy.tid > 0);
     assert!(busy.busy_ms >= 200.0, "{busy:?}");
     let reason = rec.reason.clone().unwrap();
-    assert!(reason.contains("`Slow::hold`") && reason.contains("300 ms"), "{reason}");
+    assert!(
+        reason.contains("`Slow::hold`") && reason.contains("300 ms"),
+        "{reason}"
+    );
     load.wait_for_calls(100);
     assert_no_failures(&load.stop());
     // Nothing changed, and the component is not stuck behind the aborted update.

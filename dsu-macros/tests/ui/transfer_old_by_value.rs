@@ -1,3 +1,7 @@
+// The transfer expands to `#[cfg(dsu_patch)]` items; a real crate declares that cfg (see the
+// README), this test crate does not.
+#![allow(unexpected_cfgs)]
+
 #[dsu::state]
 #[derive(Default)]
 pub struct Counter {

@@ -10,7 +10,10 @@ use crate::desc::{payload_message, TransferFailure};
 ///
 /// # Safety
 /// `old` must point to a live `O`.
-pub unsafe fn user_transfer<O, N>(old: *const (), f: fn(&O) -> N) -> Result<*mut (), TransferFailure> {
+pub unsafe fn user_transfer<O, N>(
+    old: *const (),
+    f: fn(&O) -> N,
+) -> Result<*mut (), TransferFailure> {
     // SAFETY: caller's contract.
     let old = unsafe { &*(old as *const O) };
     match catch_unwind(AssertUnwindSafe(|| f(old))) {
