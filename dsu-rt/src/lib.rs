@@ -5,7 +5,7 @@
 //! to a safe state (*prepare to die*), their tables are swapped, their state is transferred to
 //! the new types, and they resume. An update either happens completely or not at all.
 //!
-//! ```ignore
+//! ```
 //! #[dsu::state]
 //! #[derive(Default)]
 //! pub struct Counter { n: u64 }
@@ -17,9 +17,14 @@
 //! }
 //!
 //! fn main() -> Result<(), dsu::Error> {
-//!     let rt = dsu::Runtime::builder().control_socket("counter.sock").start()?;
+//!     // A real program also gives `.control_socket("counter.sock")`, where
+//!     // `cargo dsu apply` and `cargo dsu status` reach it.
+//!     let rt = dsu::Runtime::builder().version("1.0.0").start()?;
 //!     let counter = rt.register(Counter::default());
-//!     counter.add(1); // through the component's gate and table
+//!     let other = counter.clone(); // handles are Clone + Send + Sync
+//!     std::thread::spawn(move || other.add(2)).join().unwrap();
+//!     assert_eq!(counter.add(1), 3); // through the component's gate and table
+//!     assert_eq!(rt.status().components[0].id, "Counter");
 //!     Ok(())
 //! }
 //! ```

@@ -1191,3 +1191,60 @@ fn release_after(plan: &Plan) {
         crate::thread::registry().parking.release();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::Manifest;
+
+    fn manager_in(dir: &std::path::Path) -> Manager {
+        let m = Manager::new();
+        m.configure(Some("prog".into()), Some("1.0.0".into()), Some(dir.to_path_buf()));
+        m
+    }
+
+    fn package(edit: impl FnOnce(&mut Manifest), library: &[u8]) -> Package {
+        let mut manifest = Manifest::for_this_toolchain("prog", "1.0.0", "2.0.0");
+        edit(&mut manifest);
+        Package {
+            manifest,
+            library: library.to_vec(),
+        }
+    }
+
+    #[test]
+    fn refusals_change_nothing_and_are_kept_in_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager_in(dir.path());
+        let opts = ApplyOptions::default();
+        let r = m.apply(package(|m| m.rustc = "0.0.1 (x)".into(), b""), &opts);
+        assert_eq!(r.outcome, Outcome::Refused);
+        assert!(r.reason.unwrap().contains("rustc `0.0.1 (x)`"));
+        let r = m.apply(package(|m| m.target = "riscv64gc-unknown-none-elf".into(), b""), &opts);
+        assert!(r.reason.unwrap().contains("target `riscv64gc-unknown-none-elf`"));
+        let r = m.apply(package(|m| m.debug_assertions = !m.debug_assertions, b""), &opts);
+        assert!(r.reason.unwrap().contains("debug assertions"));
+        let r = m.apply(package(|m| m.program = "other".into(), b""), &opts);
+        assert!(r.reason.unwrap().contains("for program `other`"));
+        let r = m.apply(package(|_| {}, b"not a shared library"), &opts);
+        assert_eq!(r.outcome, Outcome::Refused);
+        assert!(r.reason.unwrap().contains("not a dsu patch"), "refused as a library");
+        let h = m.history();
+        assert_eq!(h.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert!(h.iter().all(|r| r.outcome == Outcome::Refused));
+        assert_eq!(m.status().version, "1.0.0");
+    }
+
+    #[test]
+    fn committing_an_unknown_staged_update_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager_in(dir.path());
+        let e = m.commit_staged(42, &ApplyOptions::default()).unwrap_err();
+        assert!(e.contains("no staged update with id 42"));
+    }
+
+    #[test]
+    fn patch_files_get_paths_of_their_own() {
+        assert_eq!(sanitize("2.0.0-rc/1 x"), "2.0.0-rc_1_x");
+    }
+}

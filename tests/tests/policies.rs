@@ -128,6 +128,10 @@ fn packages_that_do_not_match_the_process_are_refused_with_nothing_changed() -> 
     let p = Process::start(&exe)?;
     let mut c = p.connect()?;
     c.cmd("add 3")?;
+    // Only the owner may talk to the control socket.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&p.socket)?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode {mode:o}");
 
     let rec = p.apply(&other_program, None)?;
     assert_eq!(rec.outcome, Outcome::Refused);

@@ -136,6 +136,9 @@ fn state_gains_a_field_with_a_generated_default() -> Result<()> {
     );
     assert_eq!(c.cmd("add 1")?, (n + 1).to_string());
     assert_eq!(c.cmd("version")?, format!("v2-field ops={}", ops + 1));
+    // The base's code registers a new counter, with the base's state type: the runtime carries
+    // it through the update's transfer, and it runs the new version.
+    assert_eq!(c.cmd("fresh 5")?, "6 v2-field ops=2");
     Ok(())
 }
 
@@ -373,6 +376,13 @@ fn a_component_that_never_becomes_passive_aborts_the_update_within_its_timeout()
         reason.contains("`Slow::hold`") && reason.contains("300 ms"),
         "{reason}"
     );
+    // With retries, the policy tries again and then gives up with a report; never forces.
+    let retrying = dsu::Policy::Asap { retries: 2, retry_delay_ms: 50 };
+    let rec = p.apply_with(&pkg, Some(100), Some(retrying))?;
+    assert_eq!(rec.outcome, Outcome::Aborted, "{rec:#?}");
+    assert_eq!(rec.attempts, 3);
+    assert!(rec.reason.unwrap().starts_with("gave up after 3 attempts"));
+    assert!(!holding_done.load(Ordering::SeqCst));
     load.wait_for_calls(100);
     assert_no_failures(&load.stop());
     // Nothing changed, and the component is not stuck behind the aborted update.
@@ -382,6 +392,7 @@ fn a_component_that_never_becomes_passive_aborts_the_update_within_its_timeout()
     let status = p.status()?;
     assert_eq!(status.version, "1.0.0");
     assert_eq!(status.history[0].outcome, Outcome::Aborted);
+    assert_eq!(status.history.len(), 2);
     drop(p);
     match holder.join() {
         Ok(Ok(r)) => bail!("the hold finished although the process was killed: {r}"),

@@ -2,7 +2,7 @@
 //!
 //! `app --port PORT --socket PATH` prints `ready` once it accepts connections. Commands (one
 //! per line, one reply line each): `add K`, `get`, `version`, `ops`, `set K V`, `lookup K`,
-//! `put K V`, `total`, `hold MS`, `len`.
+//! `put K V`, `total`, `hold MS`, `len`, `fresh K`.
 
 mod server;
 
@@ -114,6 +114,12 @@ impl App {
             "put" => self.front.put(a.to_string(), b.to_string()),
             "total" => TOTAL.load(Ordering::Relaxed).to_string(),
             "hold" => self.slow.hold(a.parse().unwrap_or(0)),
+            // Registers a new counter from the base's code (also after an update).
+            "fresh" => {
+                let c = dsu::register(Counter::default());
+                c.add(a.parse().unwrap_or(0));
+                format!("{} {}", c.add(1), c.version())
+            }
             _ => format!("error unknown command `{cmd}`"),
         }
     }

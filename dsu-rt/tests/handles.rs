@@ -1,0 +1,154 @@
+//! The call path in one process: handles, gates, tables, as a program uses them.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[dsu::state]
+#[derive(Default)]
+pub struct Meter {
+    n: u64,
+    inside: AtomicUsize,
+    me: Option<dsu::Handle<Meter>>,
+}
+
+#[dsu::component]
+impl Meter {
+    pub fn bump(&mut self) -> u64 {
+        // Exclusive: nobody else may be inside.
+        assert_eq!(self.inside.fetch_add(1, Ordering::SeqCst), 0, "two calls overlapped");
+        self.n += 1;
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+        self.n
+    }
+
+    pub fn get(&self) -> u64 {
+        self.n
+    }
+
+    /// Waits until `want` callers are inside at once (or gives up after a second).
+    pub fn rendezvous(&self, want: usize) -> bool {
+        self.inside.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut met = false;
+        while Instant::now() < deadline {
+            if self.inside.load(Ordering::SeqCst) >= want {
+                met = true;
+                break;
+            }
+            std::thread::yield_now();
+        }
+        // Stay until everyone saw it.
+        std::thread::sleep(Duration::from_millis(20));
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+        met
+    }
+
+    pub fn fail(&self, msg: String) -> u64 {
+        panic!("{msg}");
+    }
+
+    pub fn set_me(&mut self, me: dsu::Handle<Meter>) {
+        self.me = Some(me);
+    }
+
+    pub fn call_myself(&mut self) -> u64 {
+        self.me.as_ref().expect("set_me first").get()
+    }
+}
+
+#[dsu::global]
+static HITS: AtomicU64 = AtomicU64::new(0);
+
+fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
+
+#[test]
+fn handles_are_clone_send_sync() {
+    assert_send_sync_clone::<dsu::Handle<Meter>>();
+}
+
+#[test]
+fn exclusive_calls_never_overlap() {
+    let m = dsu::register(Meter::default());
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2_000 {
+                    m.bump();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(m.get(), 8_000);
+}
+
+#[test]
+fn shared_calls_run_concurrently() {
+    let m = dsu::register(Meter::default());
+    let a = {
+        let m = m.clone();
+        std::thread::spawn(move || m.rendezvous(2))
+    };
+    let b = m.rendezvous(2);
+    assert!(a.join().unwrap() && b, "two `&self` calls were not inside at the same time");
+}
+
+#[test]
+fn a_panic_in_a_method_reaches_the_caller_and_releases_the_gate() {
+    let m = dsu::register(Meter::default());
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.fail("boom".into())));
+    let payload = r.unwrap_err();
+    assert_eq!(payload.downcast_ref::<String>().map(String::as_str), Some("boom"));
+    // The gate was released: an exclusive call gets in.
+    assert_eq!(m.bump(), 1);
+}
+
+#[test]
+fn a_reentrant_call_panics_instead_of_deadlocking() {
+    let m = dsu::register(Meter::default());
+    m.set_me(m.clone());
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.call_myself()));
+    let msg = r.unwrap_err().downcast::<String>().unwrap();
+    assert!(msg.contains("re-entrant call `get`"), "{msg}");
+    // And the component is still usable.
+    assert_eq!(m.bump(), 1);
+    // Break the handle cycle so the component can be dropped.
+    m.set_me(dsu::register(Meter::default()));
+}
+
+#[test]
+fn handles_report_identity_and_version() {
+    let m = dsu::register(Meter::default());
+    assert_eq!(dsu::Handle::id(&m), "Meter");
+    assert_eq!(dsu::Handle::version(&m), 1);
+}
+
+#[test]
+fn a_global_is_one_instance() {
+    let threads: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(|| HITS.fetch_add(1, Ordering::SeqCst)))
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(HITS.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn a_registered_thread_passes_update_points_when_no_update_waits() {
+    let reg = dsu::register_thread();
+    let m = dsu::register(Meter::default());
+    for _ in 0..1000 {
+        m.bump();
+        dsu::update_point!();
+    }
+    assert_eq!(m.get(), 1000);
+    drop(reg);
+    // Registering twice on one thread is a programming error, reported as such.
+    let _a = dsu::register_thread();
+    let r = std::panic::catch_unwind(dsu::register_thread);
+    assert!(r.is_err(), "a second registration of the same thread was accepted");
+}
