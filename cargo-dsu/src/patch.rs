@@ -185,8 +185,8 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
         let mut base: Vec<BaseComponent> = m_old
             .components
             .iter()
-            .map(|(key, (_, imp))| BaseComponent {
-                id: explicit_id(imp).unwrap_or_else(|| key.clone()),
+            .map(|(key, c)| BaseComponent {
+                id: c.id(key),
                 code: m_old.component_code(key).expect("listed"),
             })
             .collect();
@@ -376,11 +376,6 @@ fn compile(g: &Generated) -> Result<PathBuf> {
         );
     }
     lib.ok_or_else(|| anyhow!("cargo built no cdylib for the patch in {}", g.dir.display()))
-}
-
-fn explicit_id(imp: &syn::ItemImpl) -> Option<String> {
-    let _ = imp;
-    None
 }
 
 fn extern_names(pkg: &CargoPackage) -> HashSet<String> {

@@ -196,11 +196,27 @@ pub fn key(module: &[String], name: &str) -> String {
     }
 }
 
+/// A `#[dsu::component]` impl.
+pub struct Component {
+    pub module: Vec<String>,
+    /// The impl as the macro sees it: without its `#[dsu::component]` attribute.
+    pub item: ItemImpl,
+    /// `#[dsu::component(id = "...")]`.
+    pub explicit_id: Option<String>,
+}
+
+impl Component {
+    /// The identity the runtime gives the component (see `ComponentDesc::id`).
+    pub fn id(&self, key: &str) -> String {
+        self.explicit_id.clone().unwrap_or_else(|| key.to_string())
+    }
+}
+
 /// The dsu items of a crate.
 pub struct Model<'a> {
     pub states: HashMap<String, StateItem<'a>>,
     /// Components: key of the self type -> the impl (without its `#[dsu::component]`).
-    pub components: HashMap<String, (Vec<String>, ItemImpl)>,
+    pub components: HashMap<String, Component>,
     /// `#[dsu::transfer]` functions: key of the type they produce.
     pub transfers: HashMap<String, String>,
     /// `use` items by module.
@@ -244,11 +260,20 @@ impl<'a> Model<'a> {
                 Item::Impl(i) if has_attr(&i.attrs, "component") => {
                     if let syn::Type::Path(p) = &*i.self_ty {
                         if let Some(seg) = p.path.segments.last() {
-                            let mut imp = i.clone();
-                            imp.attrs.retain(|a| !is_dsu_attr(a.path(), "component"));
+                            let explicit_id = i
+                                .attrs
+                                .iter()
+                                .find(|a| is_dsu_attr(a.path(), "component"))
+                                .and_then(component_id);
+                            let mut item = i.clone();
+                            item.attrs.retain(|a| !is_dsu_attr(a.path(), "component"));
                             m.components.insert(
                                 key(&module, &seg.ident.to_string()),
-                                (module.clone(), imp),
+                                Component {
+                                    module: module.clone(),
+                                    item,
+                                    explicit_id,
+                                },
                             );
                         }
                     }
@@ -272,8 +297,23 @@ impl<'a> Model<'a> {
     pub fn component_code(&self, key: &str) -> Option<u64> {
         self.components
             .get(key)
-            .map(|(_, imp)| dsu_syntax::token_hash(&imp.to_token_stream()))
+            .map(|c| dsu_syntax::token_hash(&c.item.to_token_stream()))
     }
+}
+
+/// The `id = "..."` of a `#[dsu::component(...)]` attribute, read as the macro reads it.
+fn component_id(attr: &syn::Attribute) -> Option<String> {
+    let syn::Meta::List(list) = &attr.meta else {
+        return None;
+    };
+    let args = dsu_syntax::Args::parse(
+        list.tokens.clone(),
+        "component",
+        dsu_syntax::keys::COMPONENT,
+    )
+    .ok()?;
+    args.value(dsu_syntax::keys::COMPONENT_ID)
+        .map(|l| l.value())
 }
 
 pub fn has_attr(attrs: &[syn::Attribute], name: &str) -> bool {

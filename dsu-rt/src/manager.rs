@@ -1199,7 +1199,11 @@ mod tests {
 
     fn manager_in(dir: &std::path::Path) -> Manager {
         let m = Manager::new();
-        m.configure(Some("prog".into()), Some("1.0.0".into()), Some(dir.to_path_buf()));
+        m.configure(
+            Some("prog".into()),
+            Some("1.0.0".into()),
+            Some(dir.to_path_buf()),
+        );
         m
     }
 
@@ -1220,17 +1224,32 @@ mod tests {
         let r = m.apply(package(|m| m.rustc = "0.0.1 (x)".into(), b""), &opts);
         assert_eq!(r.outcome, Outcome::Refused);
         assert!(r.reason.unwrap().contains("rustc `0.0.1 (x)`"));
-        let r = m.apply(package(|m| m.target = "riscv64gc-unknown-none-elf".into(), b""), &opts);
-        assert!(r.reason.unwrap().contains("target `riscv64gc-unknown-none-elf`"));
-        let r = m.apply(package(|m| m.debug_assertions = !m.debug_assertions, b""), &opts);
+        let r = m.apply(
+            package(|m| m.target = "riscv64gc-unknown-none-elf".into(), b""),
+            &opts,
+        );
+        assert!(r
+            .reason
+            .unwrap()
+            .contains("target `riscv64gc-unknown-none-elf`"));
+        let r = m.apply(
+            package(|m| m.debug_assertions = !m.debug_assertions, b""),
+            &opts,
+        );
         assert!(r.reason.unwrap().contains("debug assertions"));
         let r = m.apply(package(|m| m.program = "other".into(), b""), &opts);
         assert!(r.reason.unwrap().contains("for program `other`"));
         let r = m.apply(package(|_| {}, b"not a shared library"), &opts);
         assert_eq!(r.outcome, Outcome::Refused);
-        assert!(r.reason.unwrap().contains("not a dsu patch"), "refused as a library");
+        assert!(
+            r.reason.unwrap().contains("not a dsu patch"),
+            "refused as a library"
+        );
         let h = m.history();
-        assert_eq!(h.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            h.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
         assert!(h.iter().all(|r| r.outcome == Outcome::Refused));
         assert_eq!(m.status().version, "1.0.0");
     }

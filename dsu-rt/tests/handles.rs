@@ -15,7 +15,11 @@ pub struct Meter {
 impl Meter {
     pub fn bump(&mut self) -> u64 {
         // Exclusive: nobody else may be inside.
-        assert_eq!(self.inside.fetch_add(1, Ordering::SeqCst), 0, "two calls overlapped");
+        assert_eq!(
+            self.inside.fetch_add(1, Ordering::SeqCst),
+            0,
+            "two calls overlapped"
+        );
         self.n += 1;
         self.inside.fetch_sub(1, Ordering::SeqCst);
         self.n
@@ -93,7 +97,10 @@ fn shared_calls_run_concurrently() {
         std::thread::spawn(move || m.rendezvous(2))
     };
     let b = m.rendezvous(2);
-    assert!(a.join().unwrap() && b, "two `&self` calls were not inside at the same time");
+    assert!(
+        a.join().unwrap() && b,
+        "two `&self` calls were not inside at the same time"
+    );
 }
 
 #[test]
@@ -101,7 +108,10 @@ fn a_panic_in_a_method_reaches_the_caller_and_releases_the_gate() {
     let m = dsu::register(Meter::default());
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.fail("boom".into())));
     let payload = r.unwrap_err();
-    assert_eq!(payload.downcast_ref::<String>().map(String::as_str), Some("boom"));
+    assert_eq!(
+        payload.downcast_ref::<String>().map(String::as_str),
+        Some("boom")
+    );
     // The gate was released: an exclusive call gets in.
     assert_eq!(m.bump(), 1);
 }
@@ -150,5 +160,8 @@ fn a_registered_thread_passes_update_points_when_no_update_waits() {
     // Registering twice on one thread is a programming error, reported as such.
     let _a = dsu::register_thread();
     let r = std::panic::catch_unwind(dsu::register_thread);
-    assert!(r.is_err(), "a second registration of the same thread was accepted");
+    assert!(
+        r.is_err(),
+        "a second registration of the same thread was accepted"
+    );
 }

@@ -377,7 +377,10 @@ fn a_component_that_never_becomes_passive_aborts_the_update_within_its_timeout()
         "{reason}"
     );
     // With retries, the policy tries again and then gives up with a report; never forces.
-    let retrying = dsu::Policy::Asap { retries: 2, retry_delay_ms: 50 };
+    let retrying = dsu::Policy::Asap {
+        retries: 2,
+        retry_delay_ms: 50,
+    };
     let rec = p.apply_with(&pkg, Some(100), Some(retrying))?;
     assert_eq!(rec.outcome, Outcome::Aborted, "{rec:#?}");
     assert_eq!(rec.attempts, 3);
