@@ -315,9 +315,21 @@ fn a_panicking_transfer_rolls_back_and_the_old_version_keeps_serving() -> Result
     let n: u64 = c.cmd("get")?.parse()?;
     assert!(n > 5);
     assert_eq!(c.cmd("add 1")?, (n + 1).to_string());
+    // A transfer that returns an error is rolled back the same way.
+    let failing = build_patch(&app("v1"), &app("v2-error"))?;
+    let rec = p.apply(&failing, None)?;
+    assert_eq!(rec.outcome, Outcome::RolledBack, "{rec:#?}");
+    let reason = rec.reason.unwrap_or_default();
+    assert!(
+        reason.contains("returned an error: a counter at"),
+        "{reason}"
+    );
+    assert_eq!(c.cmd("version")?, "v1");
+    assert_eq!(c.cmd("get")?, (n + 1).to_string());
     let status = p.status()?;
     assert_eq!(status.version, "1.0.0");
     assert_eq!(status.history[0].outcome, Outcome::RolledBack);
+    assert_eq!(status.history[1].outcome, Outcome::RolledBack);
     // The process is healthy: a good update applies afterwards.
     committed(&p.apply(&good, None)?);
     assert_eq!(c.cmd("version")?, format!("v2 total={}", n + 1));
