@@ -232,31 +232,25 @@ impl<'a> Model<'a> {
             uses: HashMap::new(),
         };
         for (module, file, item) in src.items() {
+            let state = match item {
+                Item::Struct(s) if has_attr(&s.attrs, "state") => Some(&s.ident),
+                Item::Enum(e) if has_attr(&e.attrs, "state") => Some(&e.ident),
+                _ => None,
+            };
+            if let Some(ident) = state {
+                let name = ident.to_string();
+                m.states.insert(
+                    key(&module, &name),
+                    StateItem {
+                        module,
+                        name,
+                        item,
+                        file,
+                    },
+                );
+                continue;
+            }
             match item {
-                Item::Struct(s) if has_attr(&s.attrs, "state") => {
-                    let name = s.ident.to_string();
-                    m.states.insert(
-                        key(&module, &name),
-                        StateItem {
-                            module,
-                            name,
-                            item,
-                            file,
-                        },
-                    );
-                }
-                Item::Enum(e) if has_attr(&e.attrs, "state") => {
-                    let name = e.ident.to_string();
-                    m.states.insert(
-                        key(&module, &name),
-                        StateItem {
-                            module,
-                            name,
-                            item,
-                            file,
-                        },
-                    );
-                }
                 Item::Impl(i) if has_attr(&i.attrs, "component") => {
                     if let syn::Type::Path(p) = &*i.self_ty {
                         if let Some(seg) = p.path.segments.last() {
