@@ -6,6 +6,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod analysis;
+pub mod baseline;
+pub mod cli;
+pub mod exit;
 pub mod patch;
+pub mod report;
+pub mod shell;
 pub mod source;
 pub mod transfer;
+pub mod watch;

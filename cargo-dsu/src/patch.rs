@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use cargo_metadata::{Metadata, MetadataCommand, Package as CargoPackage, Target};
 use dsu::package::{BaseComponent, Manifest, Package};
 use dsu_syntax::is_dsu_attr;
-use quote::{quote, ToTokens};
+use quote::{format_ident, quote, ToTokens};
 use syn::Item;
 
 use crate::source::{self, CrateSource, Model};
@@ -59,6 +59,10 @@ pub struct Generated {
     pub manifest: Manifest,
     pub target_dir: PathBuf,
     pub release: bool,
+    /// The `old` modules and generated transfers, formatted (`--emit transfer`).
+    pub transfer_src: String,
+    /// Every transformed source file, relative to the patch crate (`--emit patch-src`).
+    pub files: Vec<(PathBuf, String)>,
 }
 
 /// A built package.
@@ -123,7 +127,7 @@ fn load_crate(path: &Path) -> Result<Crate> {
 
 /// The target a patch is built from: the binary named after the package, else the only binary,
 /// else the library.
-fn root_target(pkg: &CargoPackage) -> Result<&Target> {
+pub fn root_target(pkg: &CargoPackage) -> Result<&Target> {
     let bins: Vec<&Target> = pkg.targets.iter().filter(|t| t.is_bin()).collect();
     if let Some(t) = bins.iter().find(|t| t.name == pkg.name.as_str()) {
         return Ok(t);
@@ -156,12 +160,27 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
     let (changed, transfers_needed, base, old_uses) = {
         let m_old = Model::of(&src_old);
         let m_new = Model::of(&src_new);
+        let def_changed: HashSet<String> = m_new
+            .states
+            .iter()
+            .filter(|(key, n)| {
+                m_old.states.get(*key).is_some_and(|o| {
+                    dsu_syntax::canonical(&o.item.to_token_stream())
+                        != dsu_syntax::canonical(&n.item.to_token_stream())
+                })
+            })
+            .map(|(_, n)| n.name.clone())
+            .collect();
+        let all: Vec<(String, Vec<syn::Type>)> = m_new
+            .states
+            .values()
+            .map(|n| (n.name.clone(), transfer::field_types(n.item)))
+            .collect();
+        let to_transfer = transfer::changed_closure(def_changed, &all);
         let mut changed = Vec::new();
         for (key, n) in &m_new.states {
             if let Some(o) = m_old.states.get(key) {
-                if dsu_syntax::canonical(&o.item.to_token_stream())
-                    != dsu_syntax::canonical(&n.item.to_token_stream())
-                {
+                if to_transfer.contains(&n.name) {
                     changed.push(ChangedState {
                         module: n.module.clone(),
                         name: n.name.clone(),
@@ -196,43 +215,54 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
     };
     let _ = &src_old;
 
-    // Per module: the `old` module and the generated transfers.
+    // Per module: the `old` module and the generated transfers and converters. A nested
+    // changed type's converter lives in the type's own module, beside its `old` definition.
+    let names: HashSet<String> = changed.iter().map(|c| c.name.clone()).collect();
+    let homes: HashMap<String, Vec<String>> = changed
+        .iter()
+        .map(|c| (c.name.clone(), c.module.clone()))
+        .collect();
+    let ch = Changed {
+        names: &names,
+        homes: Some(&homes),
+    };
+    let mut generated: BTreeMap<Vec<String>, Vec<proc_macro2::TokenStream>> = BTreeMap::new();
+    let mut needs: Vec<String> = Vec::new();
+    for c in &changed {
+        let key = source::key(&c.module, &c.name);
+        if transfers_needed.contains(&key) {
+            let (tokens, n) = transfer::component_transfer(&c.name, &c.old, &c.new, &ch)
+                .with_context(|| format!("state type `{key}`"))?;
+            generated.entry(c.module.clone()).or_default().push(tokens);
+            needs.extend(n);
+        }
+    }
+    let mut done = HashSet::new();
+    while let Some(n) = needs.pop() {
+        if !done.insert(n.clone()) {
+            continue;
+        }
+        let c = changed.iter().find(|c| c.name == n).ok_or_else(|| {
+            anyhow!(
+                "nested state type `{n}` changed, but it is not a `#[dsu::state]` of both versions"
+            )
+        })?;
+        let tokens = transfer::converter(&c.name, &c.old, &c.new, &ch, &mut needs)?;
+        generated.entry(c.module.clone()).or_default().push(tokens);
+    }
     let mut by_module: BTreeMap<Vec<String>, Vec<&ChangedState>> = BTreeMap::new();
     for c in &changed {
         by_module.entry(c.module.clone()).or_default().push(c);
     }
     let externs = extern_names(&old.pkg);
+    let mut transfer_src = String::new();
     for (module, states) in &by_module {
-        let names: HashSet<String> = states.iter().map(|c| c.name.clone()).collect();
-        let ch = Changed { names: &names };
-        let mut generated = Vec::new();
-        let mut needs: Vec<String> = Vec::new();
-        for c in states {
-            let key = source::key(&c.module, &c.name);
-            if transfers_needed.contains(&key) {
-                let (tokens, n) = transfer::component_transfer(&c.name, &c.old, &c.new, &ch)
-                    .with_context(|| format!("state type `{key}`"))?;
-                generated.push(tokens);
-                needs.extend(n);
-            }
-        }
-        let mut done = HashSet::new();
-        while let Some(n) = needs.pop() {
-            if !done.insert(n.clone()) {
-                continue;
-            }
-            let c = states
-                .iter()
-                .find(|c| c.name == n)
-                .ok_or_else(|| anyhow!("nested state type `{n}` must be defined in the same module as the component that holds it"))?;
-            generated.push(transfer::converter(
-                &c.name, &c.old, &c.new, &ch, &mut needs,
-            )?);
-        }
         let old_mod = old_module(
+            module,
             states,
             old_uses.get(module).map(Vec::as_slice).unwrap_or(&[]),
             &externs,
+            &homes,
         );
         let items = items_mut(&mut src_new, module).ok_or_else(|| {
             anyhow!(
@@ -240,16 +270,31 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
                 module.join("::")
             )
         })?;
-        items.push(syn::parse2(old_mod).context("generated old module")?);
-        for g in generated {
+        let old_item: Item = syn::parse2(old_mod).context("generated old module")?;
+        let mut shown = vec![old_item.clone()];
+        items.push(old_item);
+        for g in generated.remove(module).unwrap_or_default() {
             let file: syn::File = syn::parse2(g).context("generated transfer")?;
+            shown.extend(file.items.iter().cloned());
             items.extend(file.items);
         }
+        let place = if module.is_empty() {
+            "the crate root".to_string()
+        } else {
+            format!("module `{}`", module.join("::"))
+        };
+        transfer_src.push_str(&format!("// In {place}:\n"));
+        transfer_src.push_str(&prettyplease::unparse(&syn::File {
+            shebang: None,
+            attrs: Vec::new(),
+            items: shown,
+        }));
     }
 
     // Crate-wide edits.
     for f in &mut src_new.files {
         demote_global_allocators(&mut f.ast.items);
+        open_modules(&mut f.ast.items);
     }
     let root = &mut src_new.files[0].ast;
     root.attrs.push(syn::parse_quote!(#![allow(
@@ -276,11 +321,13 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clean {}", dir.display()))?;
     }
     copy_tree(&new.dir, &dir, &target_dir)?;
+    let mut files = Vec::new();
     for f in &src_new.files {
         let out = dir.join(&f.rel);
         std::fs::create_dir_all(out.parent().expect("file in a dir"))?;
-        std::fs::write(&out, prettyplease::unparse(&f.ast))
-            .with_context(|| format!("cannot write {}", out.display()))?;
+        let text = prettyplease::unparse(&f.ast);
+        std::fs::write(&out, &text).with_context(|| format!("cannot write {}", out.display()))?;
+        files.push((f.rel.clone(), text));
     }
     let root_rel = new
         .root
@@ -318,13 +365,20 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
         manifest,
         target_dir,
         release: opts.release,
+        transfer_src,
+        files,
     })
 }
 
 /// Generates, builds and packs the patch.
 pub fn build(opts: &PatchOptions) -> Result<Built> {
     let g = generate(opts)?;
-    let library = compile(&g)?;
+    build_generated(g, &mut |_| {})
+}
+
+/// Builds and packs a generated patch; `progress` sees the name of every crate cargo compiles.
+pub fn build_generated(g: Generated, progress: &mut dyn FnMut(&str)) -> Result<Built> {
+    let library = compile(&g, progress)?;
     let bytes =
         std::fs::read(&library).with_context(|| format!("cannot read {}", library.display()))?;
     Ok(Built {
@@ -337,7 +391,7 @@ pub fn build(opts: &PatchOptions) -> Result<Built> {
     })
 }
 
-fn compile(g: &Generated) -> Result<PathBuf> {
+fn compile(g: &Generated, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let mut cmd = Command::new(cargo());
     cmd.arg("rustc")
         .arg("--lib")
@@ -351,12 +405,21 @@ fn compile(g: &Generated) -> Result<PathBuf> {
         .env("CARGO_TARGET_DIR", &g.target_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = cmd
-        .output()
-        .context("cannot run cargo to build the patch")?;
+    let mut child = cmd.spawn().context("cannot run cargo to build the patch")?;
+    // Drain stderr on its own thread so neither pipe can fill up and stall cargo.
+    let mut stderr = child.stderr.take().expect("piped");
+    let errs = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
     let mut lib = None;
-    for msg in cargo_metadata::Message::parse_stream(&out.stdout[..]) {
+    for msg in cargo_metadata::Message::parse_stream(stdout) {
         if let Ok(cargo_metadata::Message::CompilerArtifact(a)) = msg {
+            if !a.fresh {
+                progress(&a.target.name);
+            }
             if a.target.kind.iter().any(|k| k.to_string() == "cdylib") {
                 lib = a
                     .filenames
@@ -366,8 +429,9 @@ fn compile(g: &Generated) -> Result<PathBuf> {
             }
         }
     }
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
+    let status = child.wait().context("wait for cargo")?;
+    let stderr = errs.join().unwrap_or_default();
+    if !status.success() {
         let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
         bail!(
             "building the patch in {} failed:\n{}",
@@ -393,22 +457,48 @@ fn extern_names(pkg: &CargoPackage) -> HashSet<String> {
 }
 
 /// `mod old { ... }`: the base's definitions of the changed state types of one module.
+///
+/// The definitions keep their tokens (the layout fingerprint compares them with the running
+/// types'): a changed type of another module named plainly is imported from that module's
+/// `old`; one named by a path gets `old` before its last segment, which `#[dsu::state(old)]`
+/// leaves out of the fingerprint.
 fn old_module(
+    module: &[String],
     states: &[&ChangedState],
     uses: &[syn::ItemUse],
     externs: &HashSet<String>,
+    homes: &HashMap<String, Vec<String>>,
 ) -> proc_macro2::TokenStream {
-    let uses = uses.iter().map(|u| {
+    let local: HashSet<String> = states.iter().map(|c| c.name.clone()).collect();
+    let mut plain_foreign: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let defs: Vec<Item> = states
+        .iter()
+        .map(|c| {
+            let mut item = c.old.clone();
+            mark_old(&mut item);
+            let mut v = OldPaths {
+                homes,
+                local: &local,
+                plain_foreign: &mut plain_foreign,
+            };
+            syn::visit_mut::VisitMut::visit_item_mut(&mut v, &mut item);
+            item
+        })
+        .collect();
+    let imported: HashSet<String> = plain_foreign.keys().cloned().collect();
+    let uses = uses.iter().filter_map(|u| {
         let mut u = u.clone();
         u.vis = syn::Visibility::Inherited;
         rebase_use(&mut u.tree, externs);
-        u
+        u.tree = prune_use(u.tree, &imported)?;
+        Some(u)
     });
-    let defs = states.iter().map(|c| {
-        let mut item = c.old.clone();
-        mark_old(&mut item);
-        item
+    let foreign = plain_foreign.iter().map(|(name, home)| {
+        let segs = home.iter().map(|m| format_ident!("{}", m));
+        let name = format_ident!("{}", name);
+        quote!(use crate #(:: #segs)* ::old:: #name;)
     });
+    let _ = module;
     quote! {
         /// The base's definitions of this module's changed state types (generated by `cargo dsu`).
         #[doc(hidden)]
@@ -416,7 +506,81 @@ fn old_module(
         pub(crate) mod old {
             use super::*;
             #(#uses)*
+            #(#foreign)*
             #(#defs)*
+        }
+    }
+}
+
+/// Points changed types named in old definitions at their old versions (see `old_module`).
+struct OldPaths<'a> {
+    homes: &'a HashMap<String, Vec<String>>,
+    /// Changed types defined in this `old` module itself.
+    local: &'a HashSet<String>,
+    /// Changed types of other modules named plainly: to import.
+    plain_foreign: &'a mut BTreeMap<String, Vec<String>>,
+}
+
+impl syn::visit_mut::VisitMut for OldPaths<'_> {
+    fn visit_type_path_mut(&mut self, t: &mut syn::TypePath) {
+        syn::visit_mut::visit_type_path_mut(self, t);
+        if t.qself.is_some() {
+            return;
+        }
+        let n = t.path.segments.len();
+        let Some(last) = t.path.segments.last() else {
+            return;
+        };
+        let name = last.ident.to_string();
+        let Some(home) = self.homes.get(&name) else {
+            return;
+        };
+        if n == 1 {
+            if !self.local.contains(&name) {
+                self.plain_foreign.insert(name, home.clone());
+            }
+            return;
+        }
+        let old_seg: syn::PathSegment = syn::parse_quote!(old);
+        t.path.segments.insert(n - 1, old_seg);
+    }
+}
+
+/// A use tree without the names in `drop` (None when nothing is left).
+fn prune_use(tree: syn::UseTree, drop: &HashSet<String>) -> Option<syn::UseTree> {
+    match tree {
+        syn::UseTree::Name(n) if drop.contains(&n.ident.to_string()) => None,
+        syn::UseTree::Rename(r) if drop.contains(&r.rename.to_string()) => None,
+        syn::UseTree::Path(mut p) => {
+            let inner = prune_use(*p.tree, drop)?;
+            p.tree = Box::new(inner);
+            Some(syn::UseTree::Path(p))
+        }
+        syn::UseTree::Group(mut g) => {
+            let items: Vec<syn::UseTree> = std::mem::take(&mut g.items)
+                .into_iter()
+                .filter_map(|t| prune_use(t, drop))
+                .collect();
+            if items.is_empty() {
+                return None;
+            }
+            g.items = items.into_iter().collect();
+            Some(syn::UseTree::Group(g))
+        }
+        other => Some(other),
+    }
+}
+
+/// In the patch, every module is `pub(crate)`, so generated code can name items anywhere.
+fn open_modules(items: &mut [Item]) {
+    for item in items {
+        if let Item::Mod(m) = item {
+            if matches!(m.vis, syn::Visibility::Inherited) {
+                m.vis = syn::parse_quote!(pub(crate));
+            }
+            if let Some((_, inner)) = &mut m.content {
+                open_modules(inner);
+            }
         }
     }
 }

@@ -16,13 +16,70 @@ use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote, ToTokens};
 use syn::{Fields, GenericArgument, PathArguments, Type};
 
+/// The state types that must be transferred: those whose definition changed, and those that
+/// hold one (in a field, through any container), transitively. A holder's own tokens may be
+/// identical (`HashMap<String, Entry>`) while its layout is not.
+pub fn changed_closure(
+    def_changed: HashSet<String>,
+    states: &[(String, Vec<Type>)],
+) -> HashSet<String> {
+    let mut changed = def_changed;
+    loop {
+        let ch = Changed {
+            names: &changed,
+            homes: None,
+        };
+        let more: Vec<String> = states
+            .iter()
+            .filter(|(name, fields)| {
+                !changed.contains(name) && fields.iter().any(|t| ch.mentions_changed(t))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        if more.is_empty() {
+            return changed;
+        }
+        changed.extend(more);
+    }
+}
+
+/// Fields of a struct or enum, for [`changed_closure`].
+pub fn field_types(item: &syn::Item) -> Vec<Type> {
+    match item {
+        syn::Item::Struct(s) => s.fields.iter().map(|f| f.ty.clone()).collect(),
+        syn::Item::Enum(e) => e
+            .variants
+            .iter()
+            .flat_map(|v| v.fields.iter().map(|f| f.ty.clone()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Types whose definitions changed between the versions (by name, within one module).
 pub struct Changed<'a> {
     pub names: &'a HashSet<String>,
+    /// The module of each changed type, where its converter is generated; `None` when all
+    /// live in the module being generated.
+    pub homes: Option<&'a std::collections::HashMap<String, Vec<String>>>,
 }
 
 impl Changed<'_> {
-    fn mentions_changed(&self, ty: &Type) -> bool {
+    /// The path of the by-reference converter of the changed type `name`.
+    fn converter_path(&self, name: &str) -> TokenStream {
+        let f = format_ident!("__dsu_convert_{}", name);
+        match self.homes.and_then(|h| h.get(name)) {
+            Some(module) => {
+                let segs = module.iter().map(|m| format_ident!("{}", m));
+                quote!(crate #(:: #segs)* :: #f)
+            }
+            None => quote!(#f),
+        }
+    }
+}
+
+impl Changed<'_> {
+    pub fn mentions_changed(&self, ty: &Type) -> bool {
         ty.to_token_stream()
             .into_iter()
             .any(|t| self.token_mentions(&t))
@@ -87,7 +144,7 @@ fn convert(
             if !needs.contains(&o) {
                 needs.push(o.clone());
             }
-            let f = format_ident!("__dsu_convert_{}", o);
+            let f = ch.converter_path(&o);
             return Ok(quote!(#f(#src)));
         }
     }
@@ -137,10 +194,67 @@ fn convert(
             new.to_token_stream()
         );
     }
+    if let (Some(o), Some(n)) = (plain_name(old), plain_name(new)) {
+        if let Some(false) = lossless(&o, &n) {
+            bail!(
+                "field `{field}`: `{o}` -> `{n}` has no lossless conversion; write a `#[dsu::transfer]` that decides how to convert it"
+            );
+        }
+    }
     Ok(quote!(::core::convert::From::from(::core::clone::Clone::clone(#src))))
 }
 
-fn named_fields(item: &syn::Item) -> Option<Vec<(Ident, Type)>> {
+/// Whether std converts primitive `from` to `to` without loss (`From`); `None` when either is
+/// not a primitive (then `From` is the user's to provide).
+fn lossless(from: &str, to: &str) -> Option<bool> {
+    const PRIMS: &[&str] = &[
+        "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+        "f32", "f64", "bool", "char", "String",
+    ];
+    if !PRIMS.contains(&from) || !PRIMS.contains(&to) {
+        return None;
+    }
+    let widen: &[(&str, &[&str])] = &[
+        (
+            "u8",
+            &[
+                "u16", "u32", "u64", "u128", "usize", "i16", "i32", "i64", "i128", "isize", "f32",
+                "f64", "char",
+            ],
+        ),
+        (
+            "u16",
+            &[
+                "u32", "u64", "u128", "usize", "i32", "i64", "i128", "f32", "f64",
+            ],
+        ),
+        ("u32", &["u64", "u128", "i64", "i128", "f64"]),
+        ("u64", &["u128", "i128"]),
+        ("i8", &["i16", "i32", "i64", "i128", "isize", "f32", "f64"]),
+        ("i16", &["i32", "i64", "i128", "isize", "f32", "f64"]),
+        ("i32", &["i64", "i128", "f64"]),
+        ("i64", &["i128"]),
+        ("f32", &["f64"]),
+        (
+            "bool",
+            &[
+                "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128",
+                "isize",
+            ],
+        ),
+        ("char", &["u32", "u64", "u128", "String"]),
+    ];
+    Some(widen.iter().any(|(f, tos)| *f == from && tos.contains(&to)))
+}
+
+/// A named field: its name, type, and `#[dsu::renamed_from("...")]` if any.
+struct Field {
+    name: Ident,
+    ty: Type,
+    renamed_from: Option<String>,
+}
+
+fn named_fields(item: &syn::Item) -> Option<Vec<Field>> {
     let syn::Item::Struct(s) = item else {
         return None;
     };
@@ -148,12 +262,30 @@ fn named_fields(item: &syn::Item) -> Option<Vec<(Ident, Type)>> {
         Fields::Named(n) => Some(
             n.named
                 .iter()
-                .map(|f| (f.ident.clone().expect("named"), f.ty.clone()))
+                .map(|f| Field {
+                    name: f.ident.clone().expect("named"),
+                    ty: f.ty.clone(),
+                    renamed_from: f
+                        .attrs
+                        .iter()
+                        .find(|a| dsu_syntax::is_dsu_attr(a.path(), "renamed_from"))
+                        .and_then(|a| a.parse_args::<syn::LitStr>().ok())
+                        .map(|l| l.value()),
+                })
                 .collect(),
         ),
         Fields::Unit => Some(Vec::new()),
         Fields::Unnamed(_) => None,
     }
+}
+
+/// The old field a new one takes its value from: same name, or the one it was renamed from.
+fn source_field<'a>(old: &'a [Field], new: &Field) -> Option<&'a Field> {
+    let from = new
+        .renamed_from
+        .clone()
+        .unwrap_or_else(|| new.name.to_string());
+    old.iter().find(|o| o.name == from.as_str())
 }
 
 /// The generated transfer of a component state type `name` (old: `old::Name`), registered
@@ -174,22 +306,25 @@ pub fn component_transfer(
     let mut moves = Vec::new();
     let mut assemble = Vec::new();
     let mut moved_names = HashSet::new();
-    for (f, nty) in &new_fields {
+    for nf in &new_fields {
+        let (f, nty) = (&nf.name, &nf.ty);
         let local = format_ident!("__dsu_f_{}", f);
-        match old_fields.iter().find(|(o, _)| o == f) {
-            Some((_, oty)) if same(oty, nty) && !changed.mentions_changed(oty) => {
+        match source_field(&old_fields, nf) {
+            Some(of) if same(&of.ty, nty) && !changed.mentions_changed(&of.ty) => {
+                let from = &of.name;
                 moves.push(quote! {
                     // SAFETY: moved into the new state; `release_old` leaves it undropped.
-                    let #local = unsafe { ::dsu::__private::moved(&old.#f) };
+                    let #local = unsafe { ::dsu::__private::moved(&old.#from) };
                 });
                 assemble.push(quote!(#f: #local.into_inner()));
-                moved_names.insert(f.to_string());
+                moved_names.insert(from.to_string());
             }
-            Some((_, oty)) => {
+            Some(of) => {
+                let from = &of.name;
                 let e = convert(
-                    oty,
+                    &of.ty,
                     nty,
-                    quote!(&old.#f),
+                    quote!(&old.#from),
                     changed,
                     &mut needs,
                     &f.to_string(),
@@ -205,8 +340,9 @@ pub fn component_transfer(
     }
     let drops = old_fields
         .iter()
-        .filter(|(f, _)| !moved_names.contains(&f.to_string()))
-        .map(|(f, _)| {
+        .filter(|of| !moved_names.contains(&of.name.to_string()))
+        .map(|of| {
+            let f = &of.name;
             quote! {
                 // SAFETY: not moved into the new state, so the old state still owns it.
                 unsafe { ::core::ptr::drop_in_place(::core::ptr::addr_of_mut!((*__old).#f)) };
@@ -277,16 +413,20 @@ pub fn converter(
         bail!("nested state type `{name}` is not a struct with named fields; write a `#[dsu::transfer]` for the component that holds it");
     };
     let mut parts = Vec::new();
-    for (fname, nty) in &new_fields {
-        let e = match old_fields.iter().find(|(o, _)| o == fname) {
-            Some((_, oty)) => convert(
-                oty,
-                nty,
-                quote!(&old.#fname),
-                changed,
-                needs,
-                &fname.to_string(),
-            )?,
+    for nf in &new_fields {
+        let fname = &nf.name;
+        let e = match source_field(&old_fields, nf) {
+            Some(of) => {
+                let from = &of.name;
+                convert(
+                    &of.ty,
+                    &nf.ty,
+                    quote!(&old.#from),
+                    changed,
+                    needs,
+                    &fname.to_string(),
+                )?
+            }
             None => quote!(::core::default::Default::default()),
         };
         parts.push(quote!(#fname: #e));
@@ -296,7 +436,7 @@ pub fn converter(
     Ok(quote! {
         #[doc = #doc]
         #[doc(hidden)]
-        fn #f(old: &old::#ty) -> #ty {
+        pub(crate) fn #f(old: &old::#ty) -> #ty {
             #ty { #(#parts),* }
         }
     })

@@ -93,8 +93,16 @@ fn the_generated_transfer_moves_kept_fields_defaults_new_ones_and_converts_chang
         #[dsu::state] pub struct Store { map: HashMap<String, Entry>, hits: u64, added: Vec<u8> }
     };
     let names: HashSet<String> = ["Store".to_string(), "Entry".to_string()].into();
-    let (tokens, needs) =
-        component_transfer("Store", &old, &new, &Changed { names: &names }).unwrap();
+    let (tokens, needs) = component_transfer(
+        "Store",
+        &old,
+        &new,
+        &Changed {
+            names: &names,
+            homes: None,
+        },
+    )
+    .unwrap();
     let code = prettyplease::unparse(&syn::parse2(tokens).unwrap());
     // `hits` is unchanged: moved. `added` is new: default. `map` holds a changed type: converted.
     assert!(

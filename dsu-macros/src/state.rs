@@ -1,6 +1,6 @@
 //! `#[dsu::state]`: layout fingerprint and transfer hooks of a state type.
 
-use dsu_syntax::{keys, token_hash, Args};
+use dsu_syntax::{is_dsu_attr, keys, token_hash, Args};
 use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
 use syn::{Data, DeriveInput, Fields};
@@ -23,9 +23,11 @@ struct Field {
 
 fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let args = Args::parse(args, "state", keys::STATE)?;
-    let input: DeriveInput = syn::parse2(item.clone())
+    let mut input: DeriveInput = syn::parse2(item)
         .map_err(|e| syn::Error::new(e.span(), "`#[dsu::state]` goes on a struct or an enum"))?;
     let mut cx = Ctxt::default();
+    take_field_attrs(&mut input, &mut cx);
+    let item = input.to_token_stream();
     if !input.generics.params.is_empty() {
         cx.error(
             &input.generics,
@@ -79,7 +81,15 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
     let field_layouts = fields.iter().map(|f| {
         let fname = &f.name;
         let ty = &f.ty;
-        let ty_hash = token_hash(&ty.to_token_stream());
+        // An old definition carried by a patch may name a changed type of another module with
+        // `old` before its last segment (see cargo-dsu's patch generator): leave it out, so the
+        // old copy fingerprints like the type it copies.
+        let ty_tokens = if is_old {
+            without_old_segments(ty.to_token_stream())
+        } else {
+            ty.to_token_stream()
+        };
+        let ty_hash = token_hash(&ty_tokens);
         let offset = match &f.member {
             Some(m) => quote!(::core::mem::offset_of!(#ident, #m)),
             None => quote!(usize::MAX),
@@ -119,6 +129,77 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
                 &<#ident as ::dsu::__private::State>::LAYOUT;
         };
     })
+}
+
+/// Strips the field attributes meant for `cargo dsu` (`#[dsu::renamed_from("old")]`), checking
+/// them: they are read by the diff, not by the compiler.
+fn take_field_attrs(input: &mut DeriveInput, cx: &mut Ctxt) {
+    let fields: Vec<&mut syn::Field> = match &mut input.data {
+        Data::Struct(s) => s.fields.iter_mut().collect(),
+        Data::Enum(e) => e
+            .variants
+            .iter_mut()
+            .flat_map(|v| v.fields.iter_mut())
+            .collect(),
+        Data::Union(_) => Vec::new(),
+    };
+    for f in fields {
+        let mut renamed = 0;
+        f.attrs.retain(|a| {
+            let path = a.path();
+            if is_dsu_attr(path, "renamed_from") {
+                renamed += 1;
+                if renamed > 1 {
+                    cx.error(a, "a field is renamed from one old field: give `#[dsu::renamed_from]` once");
+                } else if a.parse_args::<syn::LitStr>().is_err() {
+                    cx.error(
+                        a,
+                        "write `#[dsu::renamed_from(\"old_name\")]` with the field's name in the old version",
+                    );
+                }
+                return false;
+            }
+            if path.segments.len() == 2 && path.segments[0].ident == "dsu" {
+                cx.error(
+                    path,
+                    format!(
+                        "unknown field attribute `#[dsu::{}]`: a state field takes `#[dsu::renamed_from(\"old_name\")]`",
+                        path.segments[1].ident
+                    ),
+                );
+                return false;
+            }
+            true
+        });
+    }
+}
+
+/// Tokens without `old ::` pairs (at any depth).
+fn without_old_segments(ts: TokenStream) -> TokenStream {
+    use proc_macro2::TokenTree;
+    let tokens: Vec<TokenTree> = ts.into_iter().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        let is_old_seg = matches!(&tokens[i], TokenTree::Ident(id) if id == "old")
+            && matches!(tokens.get(i + 1), Some(TokenTree::Punct(p)) if p.as_char() == ':')
+            && matches!(tokens.get(i + 2), Some(TokenTree::Punct(p)) if p.as_char() == ':');
+        if is_old_seg {
+            i += 3;
+            continue;
+        }
+        match &tokens[i] {
+            TokenTree::Group(g) => {
+                let mut ng =
+                    proc_macro2::Group::new(g.delimiter(), without_old_segments(g.stream()));
+                ng.set_span(g.span());
+                out.push(TokenTree::Group(ng));
+            }
+            t => out.push(t.clone()),
+        }
+        i += 1;
+    }
+    out.into_iter().collect()
 }
 
 fn struct_fields(fields: &Fields) -> Vec<Field> {

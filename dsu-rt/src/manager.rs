@@ -584,7 +584,10 @@ impl Manager {
             };
             let mut inner = lock(&ty.inner);
             let running = inner.table.desc;
-            let state_changed = running.state.fingerprint() != p.state.fingerprint();
+            // A patch carries the old definition of every state type it transfers, also of one
+            // whose own fingerprint is unchanged but which holds a changed type in a container.
+            let state_changed = running.state.fingerprint() != p.state.fingerprint()
+                || olds.contains(&p.state.id());
             let changed = state_changed || running.code != p.code || forced.contains(id.as_str());
             if !changed {
                 let missing = component::resolve_cells(&inner, p);

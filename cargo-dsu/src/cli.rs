@@ -1,0 +1,479 @@
+//! The command line: `cargo dsu diff|check|apply|status|watch`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dsu::control::{request, Request};
+use dsu::{Outcome, Package};
+
+use crate::analysis::{self, Analysis, Source};
+use crate::exit;
+use crate::patch::{self, PatchOptions};
+use crate::report;
+use crate::shell::{ColorChoice, Shell};
+
+#[derive(Parser)]
+#[command(name = "cargo", bin_name = "cargo", styles = clap::builder::Styles::plain())]
+enum Cargo {
+    /// Live updates for Rust programs built with dsu.
+    Dsu(Dsu),
+}
+
+#[derive(Args)]
+#[command(version, about = "Live updates for Rust programs built with dsu", long_about = None)]
+struct Dsu {
+    #[command(subcommand)]
+    command: Command,
+    /// Coloring: auto, always, never (default: CARGO_TERM_COLOR, else auto).
+    #[arg(long, global = true, value_name = "WHEN")]
+    color: Option<ColorChoice>,
+    /// No status messages on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Emit {
+    /// The analysis (default).
+    Report,
+    /// The generated state transfer code.
+    Transfer,
+    /// The whole generated patch crate's source.
+    PatchSrc,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Analyse two versions and build the live update package OLD -> NEW.
+    ///
+    /// Exit status: 0 package written; 2 the update cannot be applied in place (the report
+    /// says why); 1 an error.
+    Diff {
+        /// The running version: a package directory, its Cargo.toml, or `git:REV` (a revision
+        /// of NEW's git repository).
+        old: String,
+        /// The new version: a package directory or its Cargo.toml.
+        new: PathBuf,
+        /// Where to write the package (default: target/dsu/NAME-OLD-to-NEW.dsu in OLD's
+        /// target directory).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Build the patch with the release profile (the base must be a release build).
+        #[arg(long)]
+        release: bool,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// What to print on stdout.
+        #[arg(long, value_enum, default_value_t = Emit::Report)]
+        emit: Emit,
+        /// Prepare-to-die timeout written into the package.
+        #[arg(long, value_name = "MS")]
+        timeout_ms: Option<u64>,
+        /// Build directory (default: OLD's target directory).
+        #[arg(long, value_name = "DIR")]
+        target_dir: Option<PathBuf>,
+    },
+    /// The same analysis as `diff`, without building.
+    ///
+    /// Exit status: 0 the update can be applied in place; 2 it cannot; 1 an error.
+    Check {
+        old: String,
+        new: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Apply a live update package to the running process behind SOCKET.
+    ///
+    /// Exit status: 0 the update committed; 2 it did not (refused, aborted at prepare-to-die,
+    /// rolled back, given up: the reason is printed); 3 it was staged for an operator's
+    /// commit; 1 an error (no such package or process).
+    Apply {
+        /// The package (`.dsu`) written by `cargo dsu diff`.
+        package: PathBuf,
+        /// The process's control socket.
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// Prepare-to-die timeout, overriding the package's.
+        #[arg(long, value_name = "MS")]
+        timeout_ms: Option<u64>,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// The running version, components and update history of the process behind SOCKET.
+    Status {
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Development hot-patching: on every save, rebuild the patch against the running build
+    /// and apply it. Errors are shown; the process keeps running the last good version.
+    Watch {
+        /// The process's control socket (default: NAME.sock in the package directory).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// The package being edited (default: the current directory).
+        #[arg(long, value_name = "PATH")]
+        manifest_path: Option<PathBuf>,
+        /// Build directory (default: the package's target directory).
+        #[arg(long, value_name = "DIR")]
+        target_dir: Option<PathBuf>,
+        /// Stop after this many applied updates (for scripts and tests).
+        #[arg(long, value_name = "N", hide = true)]
+        max_updates: Option<u32>,
+    },
+}
+
+/// Runs `cargo dsu` with the process's arguments; returns the exit status.
+pub fn main() -> i32 {
+    run(std::env::args_os().collect())
+}
+
+/// Runs `cargo dsu` with `args` (`args[0]` the program name). Invoked by cargo as
+/// `cargo-dsu dsu ...`, directly as `cargo-dsu ...`: both work.
+pub fn run(mut args: Vec<std::ffi::OsString>) -> i32 {
+    if args.get(1).is_none_or(|a| a != "dsu") {
+        args.insert(1.min(args.len()), "dsu".into());
+    }
+    let Cargo::Dsu(cli) = match Cargo::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::ERROR
+            } else {
+                exit::SUCCESS
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let shell = Shell::new(cli.color, cli.quiet);
+    match execute(cli.command, &shell) {
+        Ok(code) => code,
+        Err(e) => {
+            shell.error(format!("{e:#}"));
+            exit::ERROR
+        }
+    }
+}
+
+fn execute(cmd: Command, shell: &Shell) -> Result<i32> {
+    match cmd {
+        Command::Check { old, new, format } => {
+            let a = analyse(&old, &new, shell, None)?;
+            print_report(shell, &a, format);
+            Ok(if a.refused() {
+                exit::REFUSED
+            } else {
+                exit::SUCCESS
+            })
+        }
+        Command::Diff {
+            old,
+            new,
+            output,
+            release,
+            format,
+            emit,
+            timeout_ms,
+            target_dir,
+        } => diff(
+            shell, &old, &new, output, release, format, emit, timeout_ms, target_dir,
+        ),
+        Command::Apply {
+            package,
+            socket,
+            timeout_ms,
+            format,
+        } => apply(shell, &package, &socket, timeout_ms, format),
+        Command::Status { socket, format } => status(shell, &socket, format),
+        Command::Watch {
+            socket,
+            manifest_path,
+            target_dir,
+            max_updates,
+        } => crate::watch::watch(shell, socket, manifest_path, target_dir, max_updates),
+    }
+}
+
+/// Resolves OLD (a path or `git:REV`), loads both versions and analyses them.
+fn analyse(old: &str, new: &Path, shell: &Shell, target_dir: Option<&Path>) -> Result<Analysis> {
+    let new_v = analysis::load_version(new)?;
+    let old_path = match Source::parse(old) {
+        Source::Path(p) => p,
+        Source::Git(rev) => {
+            let base = target_dir
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| new_v.dir.join("target"));
+            crate::baseline::checkout(&new_v.dir, &rev, &base.join("dsu").join("git"), shell)?
+        }
+    };
+    let old_v = analysis::load_version(&old_path)?;
+    shell.status(
+        "Analyzing",
+        format!("{} {} -> {}", new_v.name, old_v.version, new_v.version),
+    );
+    analysis::analyze(&old_v, &new_v)
+}
+
+fn print_report(shell: &Shell, a: &Analysis, format: Format) {
+    match format {
+        Format::Human => shell.out(&report::human(a)),
+        Format::Json => shell.out(&report::json(a)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn diff(
+    shell: &Shell,
+    old: &str,
+    new: &Path,
+    output: Option<PathBuf>,
+    release: bool,
+    format: Format,
+    emit: Emit,
+    timeout_ms: Option<u64>,
+    target_dir: Option<PathBuf>,
+) -> Result<i32> {
+    let a = analyse(old, new, shell, target_dir.as_deref())?;
+    if emit == Emit::Report {
+        print_report(shell, &a, format);
+    }
+    if a.refused() {
+        if emit != Emit::Report {
+            shell.out(&report::human(&a));
+        }
+        shell.note(
+            "Refused",
+            format!("{} problem(s): no package written", a.refusals.len()),
+        );
+        return Ok(exit::REFUSED);
+    }
+    let mut opts = PatchOptions::new(&a.old.dir, &a.new.dir);
+    opts.release = release;
+    opts.target_dir = target_dir;
+    opts.timeout_ms = timeout_ms.unwrap_or(a.constraints.timeout_ms);
+    opts.base_lock = a.old.lock.clone();
+    let g = patch::generate(&opts)?;
+    match emit {
+        Emit::Transfer => shell.out(if g.transfer_src.is_empty() {
+            "// no state type changed: nothing to transfer\n"
+        } else {
+            &g.transfer_src
+        }),
+        Emit::PatchSrc => {
+            let mut all = String::new();
+            for (path, text) in &g.files {
+                all.push_str(&format!("// ===== {} =====\n{text}\n", path.display()));
+            }
+            shell.out(&all);
+        }
+        Emit::Report => {}
+    }
+    shell.status(
+        "Compiling",
+        format!(
+            "patch {} ({})",
+            g.dir.display(),
+            if release { "release" } else { "dev" }
+        ),
+    );
+    let default_out = g.target_dir.join("dsu").join(format!(
+        "{}-{}-to-{}.dsu",
+        a.new.name, a.old.version, a.new.version
+    ));
+    let started = std::time::Instant::now();
+    let mut built = patch::build_generated(g, &mut |name| shell.status("Compiling", name))?;
+    let m = &mut built.package.manifest;
+    m.changes = a.manifest_changes();
+    m.constraints = dsu::Constraints {
+        components: a.constraints.components.clone(),
+        protocols_idle: a.constraints.protocols_idle.clone(),
+        park_threads: a.constraints.park_threads,
+    };
+    let out = output.unwrap_or(default_out);
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    built
+        .package
+        .write(&out)
+        .with_context(|| format!("cannot write the package to {}", out.display()))?;
+    shell.status(
+        "Packaging",
+        format!(
+            "{} ({} KiB)",
+            out.display(),
+            built.package.library.len() / 1024
+        ),
+    );
+    shell.status(
+        "Finished",
+        format!(
+            "live update package in {:.1}s",
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(exit::SUCCESS)
+}
+
+fn apply(
+    shell: &Shell,
+    package: &Path,
+    socket: &Path,
+    timeout_ms: Option<u64>,
+    format: Format,
+) -> Result<i32> {
+    // Read it here first: a broken file gets a clear error without bothering the process.
+    let pkg = Package::read(package)?;
+    let abs = package
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", package.display()))?;
+    shell.status(
+        "Applying",
+        format!(
+            "{} {} -> {} to {}",
+            pkg.manifest.program,
+            pkg.manifest.from,
+            pkg.manifest.to,
+            socket.display()
+        ),
+    );
+    let resp = request(
+        socket,
+        &Request::Apply {
+            package: abs,
+            timeout_ms,
+            policy: None,
+        },
+    )?;
+    let rec = match (resp.ok, resp.report) {
+        (true, Some(r)) => r,
+        _ => bail!(
+            "the process could not apply the package: {}",
+            resp.error.unwrap_or_else(|| "no reason given".into())
+        ),
+    };
+    match format {
+        Format::Json => shell.out(&serde_json::to_string_pretty(&serde_json::json!({
+            "format": "dsu-apply/1",
+            "report": rec,
+        }))?),
+        Format::Human => shell.out(&describe_record(&rec)),
+    }
+    Ok(match rec.outcome {
+        Outcome::Committed => {
+            shell.status(
+                "Committed",
+                format!("{} -> {} (pause {:.3} ms)", rec.from, rec.to, rec.pause_ms),
+            );
+            exit::SUCCESS
+        }
+        Outcome::Staged => {
+            shell.note(
+                "Staged",
+                format!("update {} waits for an operator's commit", rec.id),
+            );
+            exit::STAGED
+        }
+        other => {
+            shell.error(format!(
+                "update {:?}: {}",
+                other,
+                rec.reason.as_deref().unwrap_or("no reason given")
+            ));
+            exit::REFUSED
+        }
+    })
+}
+
+/// One update, as a line or a few.
+fn describe_record(r: &dsu::UpdateRecord) -> String {
+    let mut s = format!("update {}: {} -> {}: {:?}", r.id, r.from, r.to, r.outcome).to_lowercase();
+    if r.outcome == Outcome::Committed {
+        s.push_str(&format!(
+            " (components: {}; prepare {:.3} ms, pause {:.3} ms, transfer {:.3} ms)",
+            if r.components.is_empty() {
+                "none".into()
+            } else {
+                r.components.join(", ")
+            },
+            r.prepare_ms,
+            r.pause_ms,
+            r.transfer_ms
+        ));
+    }
+    if let Some(reason) = &r.reason {
+        s.push_str(&format!("\n  reason: {reason}"));
+    }
+    for b in &r.busy {
+        s.push_str(&format!(
+            "\n  busy: {}{} on thread `{}` (tid {}) for {:.0} ms",
+            b.component,
+            b.method
+                .as_deref()
+                .map(|m| format!("::{m}"))
+                .unwrap_or_default(),
+            b.thread,
+            b.tid,
+            b.busy_ms
+        ));
+    }
+    s
+}
+
+fn status(shell: &Shell, socket: &Path, format: Format) -> Result<i32> {
+    let resp = request(socket, &Request::Status)?;
+    let st = resp.status.ok_or_else(|| {
+        anyhow!(
+            "the process did not report its status: {}",
+            resp.error.unwrap_or_default()
+        )
+    })?;
+    match format {
+        Format::Json => shell.out(&serde_json::to_string_pretty(&serde_json::json!({
+            "format": "dsu-status/1",
+            "status": st,
+        }))?),
+        Format::Human => {
+            let mut s = format!(
+                "{} {} (pid {}, rustc {}, dsu-rt {})\n",
+                st.program, st.version, st.pid, st.rustc, st.dsu_rt
+            );
+            s.push_str("\ncomponents:\n");
+            for c in &st.components {
+                s.push_str(&format!(
+                    "  {:<24} version {:<3} instances {:<4} in flight {}\n",
+                    c.id, c.version, c.instances, c.in_flight
+                ));
+            }
+            if !st.staged.is_empty() {
+                s.push_str(&format!("\nstaged updates: {:?}\n", st.staged));
+            }
+            s.push_str("\nhistory:\n");
+            if st.history.is_empty() {
+                s.push_str("  (no updates)\n");
+            }
+            for r in &st.history {
+                for (i, line) in describe_record(r).lines().enumerate() {
+                    s.push_str(if i == 0 { "  " } else { "    " });
+                    s.push_str(line);
+                    s.push('\n');
+                }
+            }
+            shell.out(&s);
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// Waits between polls of the file watcher.
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(150);

@@ -1,0 +1,194 @@
+//! `cargo dsu watch`: every save becomes a live patch of the running process.
+//!
+//! At start, the package's source is taken as what the process runs (snapshot `base`). On
+//! every change, the source is snapshotted again (`candidate`), analysed against `base`, built
+//! against the running build's Cargo.lock, and applied. When the process commits the update,
+//! `candidate` becomes `base`; otherwise the error is shown and the process keeps running the
+//! last good version.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use dsu::control::{request, Request};
+use dsu::Outcome;
+use notify::{RecursiveMode, Watcher};
+
+use crate::analysis;
+use crate::baseline::snapshot;
+use crate::cli::DEBOUNCE;
+use crate::exit;
+use crate::patch::{self, PatchOptions};
+use crate::report;
+use crate::shell::Shell;
+
+pub fn watch(
+    shell: &Shell,
+    socket: Option<PathBuf>,
+    manifest_path: Option<PathBuf>,
+    target_dir: Option<PathBuf>,
+    max_updates: Option<u32>,
+) -> Result<i32> {
+    let pkg = manifest_path.unwrap_or(std::env::current_dir()?);
+    let current = analysis::load_version(&pkg)?;
+    let socket = socket.unwrap_or_else(|| current.dir.join(format!("{}.sock", current.name)));
+    let target = target_dir.unwrap_or_else(|| current.target_dir.clone());
+    let lock = current.lock.clone().ok_or_else(|| {
+        anyhow!(
+            "{} has no Cargo.lock: build and start the program first",
+            current.dir.display()
+        )
+    })?;
+    let status = request(&socket, &Request::Status)
+        .with_context(|| format!("`cargo dsu watch` updates a running process: start it with its control socket at {}", socket.display()))?
+        .status
+        .ok_or_else(|| anyhow!("the process did not report its status"))?;
+    let work = target.join("dsu").join("watch").join(&current.name);
+    let base = work.join("base");
+    let candidate = work.join("candidate");
+    snapshot(&current.dir, &base)?;
+
+    let (tx, rx) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(ev);
+            }
+        }
+    })
+    .context("cannot watch the file system")?;
+    watcher.watch(&current.dir.join("src"), RecursiveMode::Recursive)?;
+    watcher.watch(&current.dir.join("Cargo.toml"), RecursiveMode::NonRecursive)?;
+    // Only now: a save from here on is seen.
+    shell.status(
+        "Watching",
+        format!(
+            "{} for changes; process {} {} (pid {}) at {}",
+            current.dir.display(),
+            status.program,
+            status.version,
+            status.pid,
+            socket.display()
+        ),
+    );
+
+    let mut applied = 0u32;
+    let mut attempt = 0u32;
+    loop {
+        // A change, then quiet for a moment (editors write files in several steps).
+        if rx.recv().is_err() {
+            return Ok(exit::SUCCESS);
+        }
+        let saved_at = Instant::now();
+        while rx.recv_timeout(DEBOUNCE).is_ok() {}
+        attempt += 1;
+        match one_update(
+            shell,
+            &current.dir,
+            &base,
+            &candidate,
+            &lock,
+            &target,
+            &socket,
+            attempt,
+        ) {
+            Ok(true) => {
+                snapshot(&candidate, &base)?;
+                applied += 1;
+                shell.status(
+                    "Live",
+                    format!("in {:.2}s from the save", saved_at.elapsed().as_secs_f64()),
+                );
+                if max_updates.is_some_and(|m| applied >= m) {
+                    return Ok(exit::SUCCESS);
+                }
+            }
+            Ok(false) => shell.note(
+                "Waiting",
+                "for the next change; the process runs the last good version",
+            ),
+            Err(e) => {
+                shell.error(format!("{e:#}"));
+                shell.note(
+                    "Waiting",
+                    "for the next change; the process runs the last good version",
+                );
+            }
+        }
+    }
+}
+
+/// Builds and applies one update; `Ok(true)` when the process committed it.
+#[allow(clippy::too_many_arguments)]
+fn one_update(
+    shell: &Shell,
+    dir: &Path,
+    base: &Path,
+    candidate: &Path,
+    lock: &Path,
+    target: &Path,
+    socket: &Path,
+    attempt: u32,
+) -> Result<bool> {
+    snapshot(dir, candidate)?;
+    let old = analysis::load_version(base)?;
+    let new = analysis::load_version(candidate)?;
+    let a = analysis::analyze(&old, &new)?;
+    if a.changes.is_empty() {
+        return Ok(false);
+    }
+    if a.refused() {
+        shell.out(&report::human(&a));
+        shell.error("this change cannot be applied to the running process");
+        return Ok(false);
+    }
+    shell.status("Compiling", format!("patch #{attempt}"));
+    let mut opts = PatchOptions::new(base, candidate);
+    opts.target_dir = Some(target.to_path_buf());
+    opts.base_lock = Some(lock.to_path_buf());
+    opts.timeout_ms = a.constraints.timeout_ms;
+    let g = patch::generate(&opts)?;
+    let mut built = patch::build_generated(g, &mut |name| shell.status("Compiling", name))?;
+    built.package.manifest.changes = a.manifest_changes();
+    built.package.manifest.constraints = dsu::Constraints {
+        components: a.constraints.components.clone(),
+        protocols_idle: a.constraints.protocols_idle.clone(),
+        park_threads: a.constraints.park_threads,
+    };
+    let file = target
+        .join("dsu")
+        .join("watch")
+        .join(format!("update-{attempt}.dsu"));
+    built.package.write(&file)?;
+    let resp = request(
+        socket,
+        &Request::Apply {
+            package: file,
+            timeout_ms: None,
+            policy: None,
+        },
+    )?;
+    let rec = resp
+        .report
+        .ok_or_else(|| anyhow!("apply failed: {}", resp.error.unwrap_or_default()))?;
+    if rec.outcome == Outcome::Committed {
+        shell.status(
+            "Applied",
+            format!(
+                "{} change(s) to {} (pause {:.3} ms)",
+                a.changes.len(),
+                rec.components.join(", "),
+                rec.pause_ms
+            ),
+        );
+        Ok(true)
+    } else {
+        shell.error(format!(
+            "the process did not apply the update ({:?}): {}",
+            rec.outcome,
+            rec.reason.unwrap_or_default()
+        ));
+        Ok(false)
+    }
+}

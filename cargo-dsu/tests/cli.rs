@@ -1,0 +1,538 @@
+//! `cargo dsu` as a user runs it: a real base process, `diff`, `apply`, `status`, `watch`, and
+//! the exit codes and errors for bad input.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn case(name: &str, v: &str) -> PathBuf {
+    repo().join("tests/diff").join(name).join(v)
+}
+
+fn target() -> PathBuf {
+    repo().join("target/dsu-programs")
+}
+
+/// `cargo dsu ARGS` (through the built binary, as cargo runs it), colours off.
+fn cargo_dsu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cargo-dsu"))
+        .arg("dsu")
+        .args(args)
+        .env("CARGO_TERM_COLOR", "never")
+        .env("CARGO_TARGET_DIR", target())
+        .output()
+        .expect("run cargo-dsu")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// Builds a package as a normal binary.
+fn build(dir: &Path) -> PathBuf {
+    let _g = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
+        .arg(dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "building {} failed", dir.display());
+    cargo_metadata::Message::parse_stream(&out.stdout[..])
+        .filter_map(|m| match m {
+            Ok(cargo_metadata::Message::CompilerArtifact(a)) => {
+                a.executable.map(|e| e.into_std_path_buf())
+            }
+            _ => None,
+        })
+        .last()
+        .expect("an executable")
+}
+
+/// A case program running in a directory of its own, driven over stdin/stdout.
+struct Running {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// The process's working directory (its socket lives there); removed when it is dropped.
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Running {
+    fn start(exe: &Path, program: &str) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(exe)
+            .current_dir(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let socket = dir.path().join(format!("{program}.sock"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{program} did not open its control socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Running {
+            stdin: child.stdin.take().unwrap(),
+            stdout: BufReader::new(child.stdout.take().unwrap()),
+            child,
+            _dir: dir,
+            socket,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn ask(&mut self, line: &str) -> String {
+        self.send(line);
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply).unwrap();
+        reply.trim_end().to_string()
+    }
+
+    fn socket(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What `diff_and_apply` needs of a process: its control socket, and a place for the package.
+struct Probe {
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Probe {
+    fn socket(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+}
+
+impl Running {
+    fn probe(socket: &Path) -> Probe {
+        Probe {
+            socket: socket.to_path_buf(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn as_probe(&self) -> Probe {
+        Running::probe(&self.socket)
+    }
+}
+
+/// `diff` then `apply`; returns the package path (inside the probe's directory).
+fn diff_and_apply(name: &str, p: &Probe) -> PathBuf {
+    let pkg = p.dir.path().join(format!("{name}.dsu"));
+    let v1 = case(name, "v1");
+    let v2 = case(name, "v2");
+    let o = cargo_dsu(&[
+        "diff",
+        v1.to_str().unwrap(),
+        v2.to_str().unwrap(),
+        "-o",
+        pkg.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "diff failed:\n{out}\n{err}");
+    assert!(
+        err.contains("Analyzing") && err.contains("Packaging") && err.contains("Finished"),
+        "{err}"
+    );
+    let o = cargo_dsu(&["apply", pkg.to_str().unwrap(), "--socket", p.socket()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "apply failed:\n{out}\n{err}");
+    assert!(out.contains(": committed"), "{out}");
+    pkg
+}
+
+#[test]
+fn diff_apply_and_status_update_a_running_process() {
+    let exe = build(&case("nested_state", "v1"));
+    let mut p = Running::start(&exe, "case-nested-state");
+    p.send("a = apple");
+    p.send("b = banana");
+    assert_eq!(p.ask("a"), "apple (read 1 times)");
+    // A client keeps asking while the update is built and applied; every reply must be a
+    // correct one, from either version.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let socket = p.socket.clone();
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut reads = 1;
+            let mut new_seen = false;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let reply = p.ask("b");
+                reads += 1;
+                let old = reply.starts_with("banana (read ") && reply.ends_with(" times)");
+                let new = reply.starts_with("banana (read ") && reply.ends_with(", created 0)");
+                assert!(old || new, "bad reply during the update: {reply}");
+                assert!(
+                    !new_seen || new,
+                    "the old version answered after the new one"
+                );
+                new_seen |= new;
+            }
+            assert!(reads > 1, "the client made no calls during the update");
+            (p, new_seen)
+        })
+    };
+    let probe = Running::probe(&socket);
+    let pkg = diff_and_apply("nested_state", &probe);
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut p, new_seen) = client.join().unwrap();
+    assert!(new_seen, "the client never saw the new version");
+    // Every entry went through the generated transfer: kept values, the new field at default.
+    assert_eq!(p.ask("a"), "apple (read 2 times, created 0)");
+    assert!(p.ask("b").ends_with(", created 0)"));
+    let o = cargo_dsu(&["status", "--socket", p.socket()]);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(out.starts_with("case-nested-state 2.0.0"), "{out}");
+    assert!(
+        out.contains("Directory") && out.contains("version 2"),
+        "{out}"
+    );
+    assert!(out.contains("update 1: 1.0.0 -> 2.0.0: committed"), "{out}");
+    let o = cargo_dsu(&["status", "--socket", p.socket(), "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["format"], "dsu-status/1");
+    assert_eq!(v["status"]["version"], "2.0.0");
+    assert_eq!(v["status"]["history"][0]["outcome"], "committed");
+    // Applying the same package again is refused: the process no longer runs its base.
+    let o = cargo_dsu(&["apply", pkg.to_str().unwrap(), "--socket", p.socket()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("Refused"), "{err}");
+}
+
+#[test]
+fn generated_transfers_compile_and_carry_state_across_modules_renames_and_containers() {
+    // A state type of another module held by two components.
+    let exe = build(&case("shared_state_type", "v1"));
+    let mut p = Running::start(&exe, "case-shared-state-type");
+    let before = p.ask("ann@example.org");
+    diff_and_apply("shared_state_type", &p.as_probe());
+    let after = p.ask("bob@example.org");
+    assert_ne!(before, after);
+    assert!(
+        after.ends_with("(log line 2)"),
+        "the logger lost its lines: {after}"
+    );
+    drop(p);
+
+    // A renamed field keeps its value.
+    let exe = build(&case("field_renamed", "v1"));
+    let mut p = Running::start(&exe, "case-field-renamed");
+    assert_eq!(p.ask("5"), "5");
+    diff_and_apply("field_renamed", &p.as_probe());
+    assert_eq!(p.ask("3"), "8");
+    drop(p);
+
+    // Types changed inside containers are converted element by element.
+    let exe = build(&case("field_type_container", "v1"));
+    let mut p = Running::start(&exe, "case-field-type-container");
+    p.ask("400");
+    p.ask("2000");
+    let before = p.ask("sum");
+    diff_and_apply("field_type_container", &p.as_probe());
+    assert_eq!(p.ask("sum"), before);
+    // (The base's `main` still parses a reading as a `u32`: it is not part of the update.)
+    assert_eq!(p.ask("7"), "3 readings");
+}
+
+#[test]
+fn a_protocol_change_applies_to_both_parties() {
+    let exe = build(&case("protocol_change", "v1"));
+    let mut p = Running::start(&exe, "case-protocol-change");
+    let v1 = p.ask("10 20");
+    let probe = p.as_probe();
+    let pkg = diff_and_apply("protocol_change", &probe);
+    let v2 = p.ask("10 20");
+    assert_ne!(v1, v2, "the new protocol is not running");
+    let m = dsu::Package::read(&pkg).unwrap().manifest;
+    assert_eq!(
+        m.constraints.components,
+        vec!["Checkout".to_string(), "Journal".to_string()]
+    );
+    assert_eq!(m.constraints.protocols_idle, vec!["session".to_string()]);
+    assert!(m.changes.iter().any(|c| c.category == 2));
+}
+
+#[test]
+fn refused_updates_exit_2_and_write_nothing() {
+    for name in [
+        "main_refused",
+        "signature_refused",
+        "static_refused",
+        "dependency_bump",
+        "global_change",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("p.dsu");
+        let (v1, v2) = (case(name, "v1"), case(name, "v2"));
+        let o = cargo_dsu(&[
+            "diff",
+            v1.to_str().unwrap(),
+            v2.to_str().unwrap(),
+            "-o",
+            pkg.to_str().unwrap(),
+        ]);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{name}: {out}\n{err}");
+        assert!(
+            out.contains("REFUSED") && out.contains("to make it possible"),
+            "{name}: {out}"
+        );
+        assert!(!pkg.exists(), "{name}: a package was written");
+        let o = cargo_dsu(&[
+            "check",
+            v1.to_str().unwrap(),
+            v2.to_str().unwrap(),
+            "--format",
+            "json",
+        ]);
+        assert_eq!(o.status.code(), Some(2));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["format"], "dsu-diff/1");
+        assert_eq!(v["applicable"], false);
+    }
+    let o = cargo_dsu(&[
+        "check",
+        case("body_only", "v1").to_str().unwrap(),
+        case("body_only", "v2").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let v1 = case("body_only", "v1");
+    // Not a crate.
+    let o = cargo_dsu(&["check", d.to_str().unwrap(), v1.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("is not a crate: there is no Cargo.toml"),
+        "{err}"
+    );
+    // Two unrelated crates.
+    let o = cargo_dsu(&[
+        "check",
+        v1.to_str().unwrap(),
+        case("field_added", "v2").to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("are two different crates"), "{err}");
+    // A truncated package, a file that is not a package, a socket that does not exist.
+    let socket = d.join("none.sock");
+    let truncated = d.join("t.dsu");
+    std::fs::write(&truncated, b"DSUPKG\0\x01\x10\0").unwrap();
+    let o = cargo_dsu(&[
+        "apply",
+        truncated.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("truncated"), "{err}");
+    let not_pkg = d.join("n.dsu");
+    std::fs::write(&not_pkg, b"hello, world").unwrap();
+    let o = cargo_dsu(&[
+        "apply",
+        not_pkg.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("not a dsu package"), "{err}");
+    let o = cargo_dsu(&["status", "--socket", socket.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("cannot connect to the control socket")
+            && err.contains("is the process running"),
+        "{err}"
+    );
+    // A git revision that does not exist.
+    let o = cargo_dsu(&["check", "git:no-such-rev", v1.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("is not a revision"), "{err}");
+}
+
+#[test]
+fn help_is_there_for_every_command() {
+    for cmd in ["diff", "check", "apply", "status", "watch"] {
+        let o = cargo_dsu(&[cmd, "--help"]);
+        assert_eq!(o.status.code(), Some(0));
+        insta::assert_snapshot!(format!("help_{cmd}"), String::from_utf8_lossy(&o.stdout));
+    }
+    // `cargo-dsu diff ...` (without the `dsu` cargo passes) works too.
+    let o = Command::new(env!("CARGO_BIN_EXE_cargo-dsu"))
+        .args(["check", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+}
+
+/// A copy of a case package in a scratch directory, with the runtime dependency made absolute.
+fn scratch_copy(name: &str, v: &str, into: &Path) -> PathBuf {
+    let dir = into.join(name);
+    cargo_dsu::baseline::snapshot(&case(name, v), &dir).unwrap();
+    dir
+}
+
+#[test]
+fn git_revisions_are_a_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = scratch_copy("body_only", "v1", tmp.path());
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .current_dir(&pkg)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    git(&["-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"]);
+    git(&[
+        "-c",
+        "user.email=t@t",
+        "-c",
+        "user.name=t",
+        "commit",
+        "-qm",
+        "v1",
+    ]);
+    std::fs::copy(
+        case("body_only", "v2").join("src/main.rs"),
+        pkg.join("src/main.rs"),
+    )
+    .unwrap();
+    let o = cargo_dsu(&["check", "git:HEAD", pkg.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("Account::withdraw: body changed"), "{out}");
+}
+
+#[test]
+fn watch_turns_a_save_into_a_live_patch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = scratch_copy("body_only", "v1", tmp.path());
+    std::fs::copy(
+        case("body_only", "v1").join("Cargo.lock"),
+        pkg.join("Cargo.lock"),
+    )
+    .unwrap();
+    let exe = build(&pkg);
+    let mut p = Running::start(&exe, "case-body-only");
+    assert_eq!(p.ask("deposit 5"), "5");
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_cargo-dsu"))
+        .args([
+            "dsu",
+            "watch",
+            "--max-updates",
+            "1",
+            "--socket",
+            p.socket(),
+            "--manifest-path",
+        ])
+        .arg(&pkg)
+        .env("CARGO_TERM_COLOR", "never")
+        .env("CARGO_TARGET_DIR", target())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Collect watch's output on a thread, so the test can give up on it after a deadline.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let err = watch.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    let wait_for = |needle: &str, log: &mut String| {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while !log.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    let watching = wait_for("Watching", &mut log);
+    if !watching {
+        let _ = watch.kill();
+        panic!("watch did not start:\n{log}");
+    }
+    // The bug fix, saved.
+    std::fs::copy(
+        case("body_only", "v2").join("src/main.rs"),
+        pkg.join("src/main.rs"),
+    )
+    .unwrap();
+    let live = wait_for("Live", &mut log);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        live && log.contains("Applied"),
+        "watch did not apply the change:\n{log}"
+    );
+    // The fixed withdraw runs: no underflow.
+    assert_eq!(p.ask("withdraw 10"), "0");
+}
