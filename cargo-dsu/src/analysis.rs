@@ -662,6 +662,22 @@ pub fn load_version(path: &Path) -> Result<Version> {
     })
 }
 
+/// The `rust-toolchain.toml` (or `rust-toolchain`) that governs builds in `dir`, found the way
+/// rustup finds it: in `dir` or the nearest ancestor.
+fn toolchain_pin(dir: &Path) -> Option<(PathBuf, String)> {
+    let mut d = Some(dir);
+    while let Some(here) = d {
+        for name in ["rust-toolchain.toml", "rust-toolchain"] {
+            let p = here.join(name);
+            if let Ok(text) = std::fs::read_to_string(&p) {
+                return Some((p, text.trim().to_string()));
+            }
+        }
+        d = here.parent();
+    }
+    None
+}
+
 /// Locked versions of every package in a Cargo.lock.
 fn locked(lock: &Path) -> Result<BTreeMap<String, BTreeSet<String>>> {
     let text = std::fs::read_to_string(lock)?;
@@ -1370,6 +1386,35 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
         }
     }
 
+    // Toolchain: a pin that changed means the patch would be built by another rustc.
+    let (ot, nt) = (toolchain_pin(&old.dir), toolchain_pin(&new.dir));
+    if ot.as_ref().map(|(_, t)| t) != nt.as_ref().map(|(_, t)| t) {
+        let show = |t: &Option<(PathBuf, String)>| match t {
+            Some((_, text)) => format!(
+                "`{}`",
+                text.split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
+            None => "no pin".to_string(),
+        };
+        let desc = format!("toolchain pin: {} -> {}", show(&ot), show(&nt));
+        a.changes.push(change(
+            Kind::DependencyChanged,
+            "rust-toolchain",
+            "rust-toolchain.toml",
+            0,
+            6,
+            desc.clone(),
+            "cannot be applied in place".into(),
+        ));
+        a.refusals.push(Refusal {
+            item: "toolchain".into(),
+            file: "rust-toolchain.toml".into(),
+            line: 0,
+            reason: format!("{desc}: a patch must be built by the rustc that built the running process"),
+            fix: "keep the base's toolchain for this update, or restart the process on the new version".into(),
+        });
+    }
+
     // Constraints.
     for c in fn_.components.values().filter(|c| affected.contains(&c.id)) {
         for m in c.methods.values() {
@@ -1410,9 +1455,7 @@ fn change(
 }
 
 fn mentions(ty: &syn::Type, names: &HashSet<String>) -> bool {
-    let mut ids = HashSet::new();
-    collect_token_idents(ty.to_token_stream(), &mut ids);
-    ids.iter().any(|i| names.contains(i))
+    transfer::holds_any(ty, names)
 }
 
 /// Components whose state holds the state type `name` (directly or nested).

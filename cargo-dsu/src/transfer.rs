@@ -56,6 +56,50 @@ pub fn field_types(item: &syn::Item) -> Vec<Type> {
     }
 }
 
+/// Whether a value of type `ty` contains a value of one of the named types: through any
+/// container, but not through a `dsu::Handle<T>`, which points at a component the runtime
+/// updates on its own and stays valid across its update.
+pub fn holds_any(ty: &Type, names: &HashSet<String>) -> bool {
+    struct Holds<'a> {
+        names: &'a HashSet<String>,
+        found: bool,
+    }
+    impl<'v> syn::visit::Visit<'v> for Holds<'_> {
+        fn visit_path_segment(&mut self, seg: &'v syn::PathSegment) {
+            if seg.ident == "Handle" {
+                return;
+            }
+            if self.names.contains(&seg.ident.to_string()) {
+                self.found = true;
+            }
+            syn::visit::visit_path_segment(self, seg);
+        }
+        fn visit_macro(&mut self, m: &'v syn::Macro) {
+            // A type macro: its tokens are all there is to go by.
+            let mut ids = std::collections::HashSet::new();
+            fn walk(ts: TokenStream, ids: &mut std::collections::HashSet<String>) {
+                for t in ts {
+                    match t {
+                        proc_macro2::TokenTree::Ident(i) => {
+                            ids.insert(i.to_string());
+                        }
+                        proc_macro2::TokenTree::Group(g) => walk(g.stream(), ids),
+                        _ => {}
+                    }
+                }
+            }
+            walk(m.tokens.clone(), &mut ids);
+            self.found |= ids.iter().any(|i| self.names.contains(i));
+        }
+    }
+    let mut v = Holds {
+        names,
+        found: false,
+    };
+    syn::visit::Visit::visit_type(&mut v, ty);
+    v.found
+}
+
 /// Types whose definitions changed between the versions (by name, within one module).
 pub struct Changed<'a> {
     pub names: &'a HashSet<String>,
@@ -80,19 +124,7 @@ impl Changed<'_> {
 
 impl Changed<'_> {
     pub fn mentions_changed(&self, ty: &Type) -> bool {
-        ty.to_token_stream()
-            .into_iter()
-            .any(|t| self.token_mentions(&t))
-    }
-
-    fn token_mentions(&self, t: &proc_macro2::TokenTree) -> bool {
-        match t {
-            proc_macro2::TokenTree::Ident(i) => self.names.contains(&i.to_string()),
-            proc_macro2::TokenTree::Group(g) => {
-                g.stream().into_iter().any(|t| self.token_mentions(&t))
-            }
-            _ => false,
-        }
+        holds_any(ty, self.names)
     }
 }
 

@@ -126,3 +126,54 @@ fn the_generated_transfer_moves_kept_fields_defaults_new_ones_and_converts_chang
     // Conversions come before moves, so a panicking conversion leaves the old state intact.
     assert!(code.find("__dsu_convert_Entry").unwrap() < code.find("moved(&old.hits)").unwrap());
 }
+
+#[test]
+fn a_changed_toolchain_pin_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (v, channel) in [("old", "1.95.0"), ("new", "1.96.0")] {
+        let root = dir.path().join(v);
+        write(
+            &root,
+            "Cargo.toml",
+            "[package]\nname = \"t\"\nversion = \"1.0.0\"\nedition = \"2021\"\n[workspace]\n",
+        );
+        write(&root, "src/main.rs", "fn main() {}\n");
+        write(
+            &root,
+            "rust-toolchain.toml",
+            &format!("[toolchain]\nchannel = \"{channel}\"\n"),
+        );
+    }
+    let old = cargo_dsu::analysis::load_version(&dir.path().join("old")).unwrap();
+    let new = cargo_dsu::analysis::load_version(&dir.path().join("new")).unwrap();
+    let a = cargo_dsu::analysis::analyze(&old, &new).unwrap();
+    assert!(a.refused());
+    assert!(
+        a.refusals[0].reason.contains("toolchain pin"),
+        "{}",
+        a.refusals[0].reason
+    );
+    assert!(a.refusals[0].reason.contains("1.96.0"));
+    // The same pin in both is no change.
+    std::fs::copy(
+        dir.path().join("old/rust-toolchain.toml"),
+        dir.path().join("new/rust-toolchain.toml"),
+    )
+    .unwrap();
+    let new = cargo_dsu::analysis::load_version(&dir.path().join("new")).unwrap();
+    assert!(!cargo_dsu::analysis::analyze(&old, &new).unwrap().refused());
+}
+
+#[test]
+fn a_handle_does_not_hold_the_state_it_points_to() {
+    use cargo_dsu::transfer::holds_any;
+    let names: HashSet<String> = ["Store".to_string()].into();
+    let holds = |t: syn::Type| holds_any(&t, &names);
+    assert!(!holds(syn::parse_quote!(dsu::Handle<Store>)));
+    assert!(!holds(syn::parse_quote!(Vec<dsu::Handle<Store>>)));
+    assert!(holds(syn::parse_quote!(Vec<Store>)));
+    assert!(holds(
+        syn::parse_quote!(HashMap<String, (u8, Box<crate::a::Store>)>)
+    ));
+    assert!(!holds(syn::parse_quote!(StoreKey)));
+}
