@@ -536,3 +536,57 @@ fn watch_turns_a_save_into_a_live_patch() {
     // The fixed withdraw runs: no underflow.
     assert_eq!(p.ask("withdraw 10"), "0");
 }
+
+#[test]
+fn emit_prints_the_generated_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("p.dsu");
+    let (v1, v2) = (case("field_added", "v1"), case("field_added", "v2"));
+    let (v1, v2, out) = (
+        v1.to_str().unwrap(),
+        v2.to_str().unwrap(),
+        pkg.to_str().unwrap(),
+    );
+    let o = cargo_dsu(&["diff", v1, v2, "-o", out, "--emit", "transfer"]);
+    let (stdout, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        stdout.contains("pub(crate) mod old {")
+            && stdout.contains("fn __dsu_generated_transfer_Cache"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("let __dsu_f_hits: u64 = ::core::default::Default::default();"),
+        "{stdout}"
+    );
+    let o = cargo_dsu(&["diff", v1, v2, "-o", out, "--emit", "patch-src"]);
+    let (stdout, _) = text(&o);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        stdout.contains("// ===== src/main.rs =====")
+            && stdout.contains("::dsu::__private::patch_root! {}"),
+        "{stdout}"
+    );
+    let m = dsu::Package::read(&pkg).unwrap().manifest;
+    assert_eq!(m.program, "case-field-added");
+    assert_eq!((m.from.as_str(), m.to.as_str()), ("1.0.0", "2.0.0"));
+    assert_eq!(m.base.len(), 1);
+    assert!(m
+        .changes
+        .iter()
+        .any(|c| c.item == "field Cache.hits" && c.category == 1));
+}
+
+#[test]
+fn colours_follow_cargo_term_color() {
+    let run = |color: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_cargo-dsu"))
+            .args(["dsu", "status", "--socket", "/nonexistent/dsu.sock"])
+            .env("CARGO_TERM_COLOR", color)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    assert!(run("always").contains("\x1b[1;31merror\x1b[0m:"));
+    assert!(run("never").starts_with("error:"));
+}
