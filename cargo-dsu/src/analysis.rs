@@ -718,6 +718,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
     let fo = facts(&src_old);
     let fn_ = facts(&src_new);
     let (code_old, code_new) = (Model::of(&src_old), Model::of(&src_new));
+    let old_component_only = component_only(&fo);
     let mut a = Analysis {
         old: old.clone(),
         new: new.clone(),
@@ -772,7 +773,9 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                         let outside_callers: Vec<&String> = fo
                             .outside
                             .iter()
-                            .filter(|(_, of)| of.calls.contains(m))
+                            .filter(|(ok, of)| {
+                                of.calls.contains(m) && !old_component_only.contains(*ok)
+                            })
                             .map(|(ok, _)| ok)
                             .collect();
                         let component_callers: Vec<String> = fn_
@@ -1200,25 +1203,35 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
         .iter()
         .filter(|(k, n)| fo.outside.get(*k).is_none_or(|o| o.code != n.code))
         .collect();
+    let component_only = component_only(&fn_);
     for (key, n) in &changed_outside {
-        let callers_outside: Vec<&String> = fn_
-            .outside
-            .iter()
-            .filter(|(k, o)| k != key && o.idents.contains(last(key)))
-            .map(|(k, _)| k)
-            .collect();
+        // The components that reach this helper, directly or through other helpers.
+        let mut reaching: HashSet<String> = HashSet::from([last(key).to_string()]);
+        loop {
+            let more: Vec<String> = fn_
+                .outside
+                .iter()
+                .filter(|(k, o)| {
+                    component_only.contains(*k)
+                        && !reaching.contains(last(k))
+                        && o.idents.iter().any(|i| reaching.contains(i))
+                })
+                .map(|(k, _)| last(k).to_string())
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            reaching.extend(more);
+        }
         let callers_components: Vec<String> = fn_
             .components
             .values()
-            .filter(|c| c.idents.contains(last(key)))
+            .filter(|c| c.idents.iter().any(|i| reaching.contains(i)))
             .map(|c| c.id.clone())
             .collect();
         let is_new = !fo.outside.contains_key(*key);
-        let only_components = n.is_fn
-            && last(key) != "main"
-            && callers_outside.is_empty()
-            && !callers_components.is_empty();
-        if only_components || (is_new && callers_outside.is_empty()) {
+        let only_components = component_only.contains(*key);
+        if only_components {
             // A helper only components call: it goes into the patch with them.
             for c in &callers_components {
                 affected.insert(c.clone());
@@ -1451,6 +1464,34 @@ fn change(
         category,
         description,
         constraint,
+    }
+}
+
+/// Helpers the patch can carry: functions (not `main`) whose every caller is a component or
+/// another such helper, transitively. Code outside components never calls them.
+fn component_only(f: &Facts) -> HashSet<String> {
+    let mut set: HashSet<String> = f
+        .outside
+        .iter()
+        .filter(|(k, o)| o.is_fn && last(k) != "main")
+        .map(|(k, _)| k.clone())
+        .collect();
+    loop {
+        let out: Vec<String> = set
+            .iter()
+            .filter(|k| {
+                f.outside
+                    .iter()
+                    .any(|(ck, co)| ck != *k && co.idents.contains(last(k)) && !set.contains(ck))
+            })
+            .cloned()
+            .collect();
+        if out.is_empty() {
+            return set;
+        }
+        for k in out {
+            set.remove(&k);
+        }
     }
 }
 

@@ -1,0 +1,377 @@
+//! examples/kvstore updated live through its versions with `cargo dsu diff` and `cargo dsu
+//! apply`, while redis-benchmark (a client nobody here wrote) drives it with 50 pipelined
+//! clients. Needs redis-tools (`apt-get install redis-tools`; .ci/run installs it).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use dsu_tests::repo_root;
+
+fn version(v: &str) -> PathBuf {
+    repo_root().join("examples/kvstore").join(v)
+}
+
+fn tool(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("`{name}` is not installed: this test drives kvstore with the real Redis clients; install them with `apt-get install redis-tools` (.ci/run does)")
+    })
+}
+
+/// The `cargo-dsu` binary of this workspace.
+fn cargo_dsu() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "cargo-dsu",
+                "--message-format=json-render-diagnostics",
+            ])
+            .current_dir(repo_root())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("build cargo-dsu");
+        assert!(out.status.success(), "building cargo-dsu failed");
+        cargo_metadata::Message::parse_stream(&out.stdout[..])
+            .filter_map(|m| match m {
+                Ok(cargo_metadata::Message::CompilerArtifact(a)) => {
+                    a.executable.map(|e| e.into_std_path_buf())
+                }
+                _ => None,
+            })
+            .last()
+            .expect("the cargo-dsu executable")
+    })
+}
+
+fn run_dsu(args: &[&str]) -> Output {
+    Command::new(cargo_dsu())
+        .arg("dsu")
+        .args(args)
+        .env("CARGO_TERM_COLOR", "never")
+        .env("CARGO_TARGET_DIR", dsu_tests::programs_target())
+        .output()
+        .unwrap()
+}
+
+/// A minimal RESP client.
+struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+#[derive(Debug, PartialEq)]
+enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+impl Client {
+    fn connect(port: u16) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Client {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
+    fn send(&mut self, args: &[&[u8]]) {
+        let mut b = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            b.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            b.extend_from_slice(a);
+            b.extend_from_slice(b"\r\n");
+        }
+        self.w.write_all(&b).unwrap();
+    }
+
+    fn read(&mut self) -> Reply {
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        let (kind, rest) = line.trim_end().split_at(1);
+        match kind {
+            "+" => Reply::Simple(rest.into()),
+            "-" => Reply::Error(rest.into()),
+            ":" => Reply::Int(rest.parse().unwrap()),
+            "$" => {
+                let n: i64 = rest.parse().unwrap();
+                if n < 0 {
+                    return Reply::Bulk(None);
+                }
+                let mut v = vec![0; n as usize + 2];
+                self.r.read_exact(&mut v).unwrap();
+                v.truncate(n as usize);
+                Reply::Bulk(Some(v))
+            }
+            "*" => {
+                let n: usize = rest.parse().unwrap();
+                Reply::Array((0..n).map(|_| self.read()).collect())
+            }
+            other => panic!("bad reply type {other:?} in {line:?}"),
+        }
+    }
+
+    fn cmd(&mut self, args: &[&str]) -> Reply {
+        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
+        self.send(&a);
+        self.read()
+    }
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(exe: &Path) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let socket = dir.path().join("kv.sock");
+    let mut child = Command::new(exe)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--socket",
+            socket.to_str().unwrap(),
+            "--data",
+        ])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    Server {
+        child,
+        port,
+        socket,
+        _dir: dir,
+    }
+}
+
+fn apply(server: &Server, pkg: &Path) {
+    let o = run_dsu(&[
+        "apply",
+        pkg.to_str().unwrap(),
+        "--socket",
+        server.socket.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "apply {}:\n{}\n{}",
+        pkg.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn diff(from: &str, to: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("{from}-{to}.dsu"));
+    let o = run_dsu(&[
+        "diff",
+        version(from).to_str().unwrap(),
+        version(to).to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "diff {from} {to}:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+const KEYS: usize = 10_000;
+
+fn value_of(i: usize) -> String {
+    format!("value-{i}-{}", "x".repeat(i % 17))
+}
+
+#[test]
+fn kvstore_is_updated_live_under_redis_benchmark() {
+    let benchmark = tool("redis-benchmark");
+    tool("redis-cli");
+    let exe = dsu_tests::build_base(&version("v1")).unwrap();
+    // Build the packages first: building is not part of what a client sees.
+    let work = tempfile::tempdir().unwrap();
+    let steps = [("v1", "v2"), ("v2", "v3"), ("v3", "v4")];
+    let packages: Vec<PathBuf> = steps.iter().map(|(a, b)| diff(a, b, work.path())).collect();
+
+    let server = start(&exe);
+    let mut c = Client::connect(server.port);
+    assert_eq!(c.cmd(&["PING"]), Reply::Simple("PONG".into()));
+    // 10,000 keys, loaded in pipelined batches of MSET.
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        let mut args: Vec<String> = vec!["MSET".into()];
+        for i in chunk {
+            args.push(format!("key-{i}"));
+            args.push(value_of(*i));
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(c.cmd(&a), Reply::Simple("OK".into()));
+    }
+    assert_eq!(c.cmd(&["DBSIZE"]), Reply::Int(KEYS as i64));
+    let connections_before = info_field(&mut c, "total_connections_received");
+
+    // redis-benchmark exits at once, non-zero, on any error reply or dropped connection.
+    let bench = Command::new(&benchmark)
+        .args([
+            "-p",
+            &server.port.to_string(),
+            "-c",
+            "50",
+            "-P",
+            "16",
+            "-n",
+            "400000",
+            "-t",
+            "set,get,incr",
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it is really running.
+    let start_cmds = info_field(&mut c, "total_commands_processed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while info_field(&mut c, "total_commands_processed") < start_cmds + 50_000 {
+        assert!(
+            Instant::now() < deadline,
+            "redis-benchmark did not get going"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // v1 -> v2: a bug fix in one component. EXISTS counts every name that exists.
+    assert_eq!(c.cmd(&["EXISTS", "key-1", "nope", "key-2"]), Reply::Int(1));
+    apply(&server, &packages[0]);
+    assert_eq!(c.cmd(&["EXISTS", "key-1", "nope", "key-2"]), Reply::Int(2));
+    // v2 -> v3: entries gain an expiry (generated transfer); EXPIRE and TTL.
+    assert!(matches!(c.cmd(&["TTL", "key-3"]), Reply::Error(_)));
+    apply(&server, &packages[1]);
+    assert_eq!(c.cmd(&["TTL", "key-3"]), Reply::Int(-1));
+    assert_eq!(c.cmd(&["EXPIRE", "key-3", "100"]), Reply::Int(1));
+    assert!(matches!(c.cmd(&["TTL", "key-3"]), Reply::Int(t) if (99..=100).contains(&t)));
+    // v3 -> v4: the protocol between Engine and Keyspace changes; SET takes EX/PX.
+    apply(&server, &packages[2]);
+    assert_eq!(
+        c.cmd(&["SET", "session", "abc", "EX", "50"]),
+        Reply::Simple("OK".into())
+    );
+    assert!(matches!(c.cmd(&["TTL", "session"]), Reply::Int(t) if (49..=50).contains(&t)));
+
+    let out = bench.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "redis-benchmark failed:\n{stdout}\n{stderr}"
+    );
+    for t in ["SET:", "GET:", "INCR:"] {
+        assert!(
+            stdout.contains(t) && stdout.contains("requests per second"),
+            "no {t} result:\n{stdout}\n{stderr}"
+        );
+    }
+    assert!(
+        !stdout.contains("ERR") && !stderr.contains("Error"),
+        "{stdout}\n{stderr}"
+    );
+    // Every connection it opened (50 per test, 3 tests) was accepted and served.
+    let connections_after = info_field(&mut c, "total_connections_received");
+    assert!(
+        connections_after >= connections_before + 150,
+        "{connections_before} -> {connections_after}"
+    );
+
+    // Every key loaded at the start reads back with its value.
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(1000) {
+        let mut args: Vec<String> = vec!["MGET".into()];
+        args.extend(chunk.iter().map(|i| format!("key-{i}")));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let Reply::Array(values) = c.cmd(&a) else {
+            panic!("MGET")
+        };
+        for (i, v) in chunk.iter().zip(values) {
+            assert_eq!(v, Reply::Bulk(Some(value_of(*i).into_bytes())), "key-{i}");
+        }
+    }
+    let st = run_dsu(&[
+        "status",
+        "--socket",
+        server.socket.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["status"]["version"], "4.0.0");
+    let history = v["status"]["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3);
+    assert!(history.iter().all(|r| r["outcome"] == "committed"));
+}
+
+#[test]
+fn a_change_to_main_is_refused_with_its_reason() {
+    let o = run_dsu(&[
+        "check",
+        version("v1").to_str().unwrap(),
+        version("v2-main").to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains("REFUSED"), "{out}");
+    assert!(out.contains("`main` changed: the running process keeps executing the old `main`, which no update can replace"), "{out}");
+}
+
+fn info_field(c: &mut Client, field: &str) -> u64 {
+    let Reply::Bulk(Some(info)) = c.cmd(&["INFO"]) else {
+        panic!("INFO")
+    };
+    let info = String::from_utf8(info).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in INFO:\n{info}"))
+}
