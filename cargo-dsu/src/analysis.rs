@@ -194,6 +194,7 @@ struct StateFacts {
 
 struct GlobalFacts {
     ty: String,
+    ty_ast: syn::Type,
     init: String,
     file: String,
     line: u32,
@@ -393,6 +394,7 @@ fn facts(src: &CrateSource) -> Facts {
                     source::key(&module, &s.ident.to_string()),
                     GlobalFacts {
                         ty: pretty(&s.ty.to_token_stream()),
+                        ty_ast: (*s.ty).clone(),
                         init: canonical(&s.expr.to_token_stream()),
                         file: file_rel,
                         line: line_of(&s.ident),
@@ -1132,7 +1134,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                 "new global".into(),
                 "none".into(),
             )),
-            Some(o) if o.ty != n.ty => {
+            Some(o) if o.ty != n.ty || mentions(&n.ty_ast, &changed_names) => {
                 a.changes.push(change(
                     Kind::GlobalRetyped,
                     &format!("global {key}"),
@@ -1140,9 +1142,12 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                     n.line,
                     3,
                     format!(
-                        "type changed: `{}` -> `{}`; used by {}",
-                        o.ty,
-                        n.ty,
+                        "{}; used by {}",
+                        if o.ty == n.ty {
+                            format!("its type `{}` changed", n.ty)
+                        } else {
+                            format!("type changed: `{}` -> `{}`", o.ty, n.ty)
+                        },
                         if users.is_empty() {
                             "no component".into()
                         } else {
@@ -1155,13 +1160,38 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                     ),
                     "every user passive, registered threads parked".into(),
                 ));
-                a.refusals.push(Refusal {
-                    item: format!("global {key}"),
-                    file: n.file.clone(),
-                    line: n.line,
-                    reason: "a global's type cannot change in place yet: the patch shares the running instance, and the runtime has no transfer for globals".into(),
-                    fix: "keep the global's type and add a new global beside it, or restart the process".into(),
-                });
+                let outside_users: Vec<&String> = fn_
+                    .outside
+                    .iter()
+                    .filter(|(k, o)| {
+                        o.idents.contains(last(key)) && !component_only(&fn_).contains(*k)
+                    })
+                    .map(|(k, _)| k)
+                    .collect();
+                let plain_state = fn_
+                    .states
+                    .values()
+                    .any(|s| s.name == n.ty && changed_names.contains(&s.name));
+                if !outside_users.is_empty() {
+                    a.refusals.push(Refusal {
+                        item: format!("global {key}"),
+                        file: n.file.clone(),
+                        line: n.line,
+                        reason: format!(
+                            "global `{key}` changes type, and code outside components ({}) uses it: that code keeps the old value",
+                            outside_users.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
+                        ),
+                        fix: "reach the global only from components (call a component method from that code), or keep its type".into(),
+                    });
+                } else if !plain_state {
+                    a.refusals.push(Refusal {
+                        item: format!("global {key}"),
+                        file: n.file.clone(),
+                        line: n.line,
+                        reason: format!("global `{key}` changes type to `{}`, which is not a changed `#[dsu::state]` type: no transfer can be generated", n.ty),
+                        fix: "make the global's type a `#[dsu::state]` struct (the transfer is then generated field by field), or keep its type".into(),
+                    });
+                }
                 for u in users {
                     affected.insert(u);
                 }

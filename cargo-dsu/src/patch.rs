@@ -141,6 +141,16 @@ pub fn root_target(pkg: &CargoPackage) -> Result<&Target> {
         .ok_or_else(|| anyhow!("package `{}` has no binary or library target", pkg.name))
 }
 
+/// A `#[dsu::global]` whose type changed.
+struct RetypedGlobal {
+    module: Vec<String>,
+    name: String,
+    /// The new type's name (a changed state type of `module`).
+    ty: String,
+    old_hash: u64,
+    new_hash: u64,
+}
+
 /// One changed state type.
 struct ChangedState {
     module: Vec<String>,
@@ -157,7 +167,7 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
     let src_new = source::load_crate(&new.dir, &new.root)?;
 
     // Analysis (owned results, so NEW's trees can be edited afterwards).
-    let (changed, transfers_needed, base, old_uses) = {
+    let (changed, transfers_needed, base, old_uses, retyped_globals) = {
         let m_old = Model::of(&src_old);
         let m_new = Model::of(&src_new);
         let def_changed: HashSet<String> = m_new
@@ -211,7 +221,57 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
             .collect();
         base.sort_by(|a, b| a.id.cmp(&b.id));
         let old_uses: HashMap<Vec<String>, Vec<syn::ItemUse>> = m_old.uses.clone();
-        (changed, transfers_needed, base, old_uses)
+        // Globals whose type changed: the type must be a changed state type of the same module.
+        let globals_of = |src: &CrateSource| -> HashMap<String, (Vec<String>, String, syn::Type)> {
+            src.items()
+                .into_iter()
+                .filter_map(|(module, _, item)| match item {
+                    Item::Static(st) if source::has_attr(&st.attrs, "global") => Some((
+                        source::key(&module, &st.ident.to_string()),
+                        (module, st.ident.to_string(), (*st.ty).clone()),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        };
+        let (g_old, g_new) = (globals_of(&src_old), globals_of(&src_new));
+        let mut retyped_globals = Vec::new();
+        for (key, (module, name, nty)) in &g_new {
+            let Some((_, _, oty)) = g_old.get(key) else {
+                continue;
+            };
+            let names: HashSet<String> = changed.iter().map(|c| c.name.clone()).collect();
+            let same_tokens = dsu_syntax::canonical(&oty.to_token_stream())
+                == dsu_syntax::canonical(&nty.to_token_stream());
+            if same_tokens && !transfer::holds_any(nty, &names) {
+                continue;
+            }
+            let ty_name = match nty {
+                syn::Type::Path(p) if p.path.segments.len() == 1 => p.path.segments[0].ident.to_string(),
+                _ => bail!("global `{key}` changed type to `{}`; only a `#[dsu::state]` type named plainly can be transferred", nty.to_token_stream()),
+            };
+            if !changed
+                .iter()
+                .any(|c| c.name == ty_name && &c.module == module)
+            {
+                bail!("global `{key}` changed type, but `{ty_name}` is not a changed `#[dsu::state]` of the same module");
+            }
+            retyped_globals.push(RetypedGlobal {
+                module: module.clone(),
+                name: name.clone(),
+                ty: ty_name,
+                old_hash: dsu_syntax::token_hash(&oty.to_token_stream()),
+                new_hash: dsu_syntax::token_hash(&nty.to_token_stream()),
+            });
+        }
+        let mut transfers_needed = transfers_needed;
+        for g in &retyped_globals {
+            let key = source::key(&g.module, &g.ty);
+            if !transfers_needed.contains(&key) {
+                transfers_needed.push(key);
+            }
+        }
+        (changed, transfers_needed, base, old_uses, retyped_globals)
     };
     let _ = &src_old;
 
@@ -236,6 +296,33 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
             generated.entry(c.module.clone()).or_default().push(tokens);
             needs.extend(n);
         }
+    }
+    for g in &retyped_globals {
+        let ty = format_ident!("{}", g.ty);
+        let name = &g.name;
+        let transfer = format_ident!("__dsu_transfer_{}", g.ty);
+        let (oh, nh) = (g.old_hash, g.new_hash);
+        generated.entry(g.module.clone()).or_default().push(quote! {
+            const _: () = {
+                static __DSU_GLOBAL_TRANSFER: ::dsu::__private::GlobalTransferDesc = ::dsu::__private::GlobalTransferDesc {
+                    name: #name,
+                    module_path: ::core::module_path!(),
+                    old_fingerprint: ::dsu::__private::fingerprint::mix_all(#oh, &[
+                        ::core::mem::size_of::<old::#ty>() as u64,
+                        ::core::mem::align_of::<old::#ty>() as u64,
+                    ]),
+                    new_fingerprint: ::dsu::__private::fingerprint::mix_all(#nh, &[
+                        ::core::mem::size_of::<#ty>() as u64,
+                        ::core::mem::align_of::<#ty>() as u64,
+                    ]),
+                    transfer: #transfer,
+                    drop_new: ::dsu::__private::drop_state::<#ty>,
+                };
+                #[::dsu::__private::linkme::distributed_slice(::dsu::__private::GLOBAL_TRANSFERS)]
+                #[linkme(crate = ::dsu::__private::linkme)]
+                static __DSU_GLOBAL_TRANSFER_REG: &'static ::dsu::__private::GlobalTransferDesc = &__DSU_GLOBAL_TRANSFER;
+            };
+        });
     }
     let mut done = HashSet::new();
     while let Some(n) = needs.pop() {
@@ -647,7 +734,7 @@ fn splice(original: &str, mut edits: Vec<Edit>) -> String {
         e.end = e.end.min(len);
     }
     // From the end, so earlier offsets stay valid; insertions at one point keep their order.
-    edits.sort_by(|a, b| b.start.cmp(&a.start));
+    edits.sort_by_key(|e| std::cmp::Reverse(e.start));
     let mut out = original.to_string();
     let mut i = 0;
     while i < edits.len() {

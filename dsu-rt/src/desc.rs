@@ -270,6 +270,27 @@ impl GlobalDesc {
     }
 }
 
+/// A patch's transfer of a `#[dsu::global]` whose type changed: the running value is converted
+/// while every user is passive, and the registry's entry replaced. The old value is never freed
+/// (code that cached a pointer to it stays memory-safe).
+pub struct GlobalTransferDesc {
+    pub name: &'static str,
+    pub module_path: &'static str,
+    pub old_fingerprint: u64,
+    pub new_fingerprint: u64,
+    /// Reads the old value (`*const Old`) and returns a new boxed value (`*mut New`).
+    pub transfer: unsafe fn(*const ()) -> Result<*mut (), TransferFailure>,
+    /// Drops a new boxed value (when a later step of the same update fails).
+    pub drop_new: unsafe fn(*mut ()),
+}
+
+impl GlobalTransferDesc {
+    /// The global's identity (see [`GlobalDesc::id`]).
+    pub fn id(&self) -> String {
+        join_id(strip_crate(self.module_path), self.name)
+    }
+}
+
 /// Extracts a readable message from a panic payload.
 pub fn payload_message(p: &(dyn Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {

@@ -90,8 +90,9 @@ pub mod __private {
     };
     pub use crate::context::adopt;
     pub use crate::desc::{
-        CallResult, ComponentDesc, ErasedFn, FieldLayout, GlobalDesc, IndexCell, MethodDesc,
-        ProtocolRole, Receiver, StateKind, StateLayout, TransferDesc, TransferFailure,
+        CallResult, ComponentDesc, ErasedFn, FieldLayout, GlobalDesc, GlobalTransferDesc,
+        IndexCell, MethodDesc, ProtocolRole, Receiver, StateKind, StateLayout, TransferDesc,
+        TransferFailure,
     };
     pub use crate::fingerprint;
     pub use crate::global::Global;
@@ -118,4 +119,7 @@ pub mod __private {
     /// Every state transfer of this artifact (only patches have any).
     #[linkme::distributed_slice]
     pub static TRANSFERS: [&'static TransferDesc];
+    /// Every global transfer of this artifact (only patches have any).
+    #[linkme::distributed_slice]
+    pub static GLOBAL_TRANSFERS: [&'static GlobalTransferDesc];
 }

@@ -17,7 +17,7 @@ use abi_stable::{declare_root_module_statics, package_version_strings, StableAbi
 
 use crate::build;
 use crate::context::HostContext;
-use crate::desc::{ComponentDesc, GlobalDesc, StateLayout, TransferDesc};
+use crate::desc::{ComponentDesc, GlobalDesc, GlobalTransferDesc, StateLayout, TransferDesc};
 
 /// Version of the loader/patch protocol. Bumped whenever what crosses the boundary changes.
 pub const PATCH_FORMAT: u32 = 1;
@@ -53,6 +53,7 @@ pub struct PatchDescriptors {
     pub states: &'static [&'static StateLayout],
     pub globals: &'static [&'static GlobalDesc],
     pub transfers: &'static [&'static TransferDesc],
+    pub global_transfers: &'static [&'static GlobalTransferDesc],
 }
 
 /// Builds a patch's root module (called inside the patch by `patch_root!`).
@@ -76,12 +77,13 @@ pub fn patch_root_module(adopt: unsafe extern "C" fn(*const ())) -> PatchRootRef
 
 /// The descriptors of the artifact this copy of the runtime is linked into.
 pub(crate) fn this_artifact() -> PatchDescriptors {
-    use crate::__private::{COMPONENTS, GLOBALS, STATES, TRANSFERS};
+    use crate::__private::{COMPONENTS, GLOBALS, GLOBAL_TRANSFERS, STATES, TRANSFERS};
     PatchDescriptors {
         components: &COMPONENTS,
         states: &STATES,
         globals: &GLOBALS,
         transfers: &TRANSFERS,
+        global_transfers: &GLOBAL_TRANSFERS,
     }
 }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::{self, ComponentType, Slot, Table, TypeInner, COUNTING};
 use crate::context::ctx;
-use crate::desc::{ComponentDesc, ProtocolRole, StateLayout, TransferDesc};
+use crate::desc::{ComponentDesc, GlobalTransferDesc, ProtocolRole, StateLayout, TransferDesc};
 use crate::loader::{self, PatchDescriptors};
 use crate::package::{Change, Package};
 use crate::policy::{self, Policy};
@@ -146,6 +146,8 @@ struct Plan {
     timeout: Duration,
     policy: Policy,
     new_states: Vec<&'static StateLayout>,
+    /// Globals whose type changes, with their transfers.
+    globals: Vec<&'static GlobalTransferDesc>,
 }
 
 struct TypeUpdate {
@@ -539,16 +541,28 @@ impl Manager {
                 }
             }
         }
-        // Globals are shared with the host, so their types must not change.
+        // Globals are shared with the host: a global whose type changes needs the patch's
+        // transfer from the running type.
         let running_globals = running_globals();
+        let mut globals = Vec::new();
         for g in d.globals {
             if let Some(fp) = running_globals.get(&g.id()) {
                 if *fp != g.fingerprint {
-                    return Err(format!(
-                        "global `{}` changed type; a patch shares the running instance, so a \
-                         global cannot change type in place",
-                        g.id()
-                    ));
+                    let t = d.global_transfers.iter().find(|t| {
+                        t.id() == g.id()
+                            && t.new_fingerprint == g.fingerprint
+                            && t.old_fingerprint == *fp
+                    });
+                    match t {
+                        Some(t) => globals.push(*t),
+                        None => {
+                            return Err(format!(
+                                "global `{}` changed type and the patch carries no transfer from \
+                                 the running type; build the patch with `cargo dsu diff`",
+                                g.id()
+                            ))
+                        }
+                    }
                 }
             }
         }
@@ -657,6 +671,7 @@ impl Manager {
             timeout: Duration::from_millis(opts.timeout_ms.unwrap_or(man.timeout_ms).max(1)),
             policy: Policy::default(),
             new_states: d.states.iter().filter(|s| !s.is_old).copied().collect(),
+            globals,
         })
     }
 }
@@ -1134,8 +1149,33 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
             }
         }
     }
+    // Globals whose type changes: converted like states, installed with them.
+    let mut new_globals: Vec<(&'static GlobalTransferDesc, *mut ())> = Vec::new();
+    if failure.is_none() {
+        for g in &plan.globals {
+            let running = lock(&ctx().globals).get(&g.id()).map(|e| e.ptr);
+            let Some(old) = running else { continue };
+            // SAFETY: the entry holds a live value of the running type, whose fingerprint is
+            // the transfer's `old_fingerprint` (checked in `plan`); every user is passive.
+            match unsafe { (g.transfer)(old) } {
+                Ok(new) => new_globals.push((g, new)),
+                Err(f) => {
+                    failure = Some(format!(
+                        "the transfer of global `{}` {f}; rolled back, the old version keeps \
+                         running with its state",
+                        g.id()
+                    ));
+                    break;
+                }
+            }
+        }
+    }
     rec.transfer_ms = ms(t0.elapsed());
     if let Some(reason) = failure {
+        for (g, new) in new_globals {
+            // SAFETY: produced by this transfer and never published.
+            unsafe { (g.drop_new)(new) };
+        }
         for (i, _, _, new) in transferred {
             let t = plan.types[i].transfer.expect("transferred with a transfer");
             // SAFETY: `new` was produced by this transfer and never published.
@@ -1168,6 +1208,19 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
     }
     for (_, slot, _, new) in &transferred {
         slot.state.store(*new, Ordering::Release);
+    }
+    {
+        let mut registry = lock(&ctx().globals);
+        for (g, new) in new_globals {
+            // The old value stays allocated: code of an older version may have cached a pointer.
+            registry.insert(
+                g.id(),
+                crate::global::GlobalEntry {
+                    fingerprint: g.new_fingerprint,
+                    ptr: new,
+                },
+            );
+        }
     }
     drop(guards);
     for (_, s) in &ready.slots {

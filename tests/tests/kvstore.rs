@@ -233,7 +233,7 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
     let exe = dsu_tests::build_base(&version("v1")).unwrap();
     // Build the packages first: building is not part of what a client sees.
     let work = tempfile::tempdir().unwrap();
-    let steps = [("v1", "v2"), ("v2", "v3"), ("v3", "v4")];
+    let steps = [("v1", "v2"), ("v2", "v3"), ("v3", "v4"), ("v4", "v5")];
     let packages: Vec<PathBuf> = steps.iter().map(|(a, b)| diff(a, b, work.path())).collect();
 
     let server = start(&exe);
@@ -299,6 +299,14 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
         Reply::Simple("OK".into())
     );
     assert!(matches!(c.cmd(&["TTL", "session"]), Reply::Int(t) if (49..=50).contains(&t)));
+    // v4 -> v5: the global shared by Engine and Journal changes type (it counts error replies);
+    // its counters carry over.
+    let commands_before = info_field(&mut c, "total_commands_processed");
+    apply(&server, &packages[3]);
+    assert!(info_field(&mut c, "total_commands_processed") > commands_before);
+    assert_eq!(info_field(&mut c, "total_error_replies"), 0);
+    assert!(matches!(c.cmd(&["NOSUCHCOMMAND"]), Reply::Error(_)));
+    assert_eq!(info_field(&mut c, "total_error_replies"), 1);
 
     let out = bench.wait_with_output().unwrap();
     let (stdout, stderr) = (
@@ -346,9 +354,9 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
         "json",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    assert_eq!(v["status"]["version"], "4.0.0");
+    assert_eq!(v["status"]["version"], "5.0.0");
     let history = v["status"]["history"].as_array().unwrap();
-    assert_eq!(history.len(), 3);
+    assert_eq!(history.len(), 4);
     assert!(history.iter().all(|r| r["outcome"] == "committed"));
 }
 

@@ -17,22 +17,26 @@ mod resp;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use engine::Engine;
 use journal::Journal;
 use keyspace::Keyspace;
 
-/// Server-wide counters, shared by every component that serves requests.
+/// Server-wide counters, shared by the components that serve requests (and only by them:
+/// `main` never touches it, so its type can change in an update).
+#[dsu::state]
 pub struct Stats {
     pub connections: AtomicU64,
     pub commands: AtomicU64,
+    pub aof_writes: AtomicU64,
 }
 
 #[dsu::global]
 pub static STATS: Stats = Stats {
     connections: AtomicU64::new(0),
     commands: AtomicU64::new(0),
+    aof_writes: AtomicU64::new(0),
 };
 
 struct Args {
@@ -79,7 +83,7 @@ fn main() {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let engine = engine.clone();
-        STATS.connections.fetch_add(1, Ordering::Relaxed);
+        engine.connected();
         std::thread::spawn(move || {
             let _ = conn.set_nodelay(true);
             let mut pending: Vec<u8> = Vec::new();

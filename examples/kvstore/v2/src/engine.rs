@@ -47,6 +47,11 @@ impl Engine {
         }
     }
 
+    /// Counts an accepted connection.
+    pub fn connected(&self) {
+        STATS.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Applies replayed writes at start; returns how many.
     pub fn load(&self, ops: Vec<Op>) -> usize {
         let n = ops.len();
@@ -157,7 +162,7 @@ fn run(e: &Engine, args: &[Vec<u8>], out: &mut Vec<u8>) -> bool {
                 "2",
                 STATS.connections.load(Ordering::Relaxed),
                 STATS.commands.load(Ordering::Relaxed),
-                e.journal.written(),
+                STATS.aof_writes.load(Ordering::Relaxed),
                 e.keyspace.len()
             );
             resp::bulk(out, Some(info.as_bytes()));

@@ -75,6 +75,9 @@ impl Journal {
         if let Some(f) = &mut self.file {
             if f.write_all(line.as_bytes()).is_ok() {
                 self.written += 1;
+                crate::STATS
+                    .aof_writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
