@@ -77,6 +77,7 @@ pub enum Kind {
     OutsideChanged,
     StaticReachable,
     DependencyChanged,
+    DataMigration,
 }
 
 /// One change, classified.
@@ -173,6 +174,8 @@ struct ComponentFacts {
     idents: HashSet<String>,
     /// Methods it calls (`.name(`).
     calls: HashSet<String>,
+    /// Names it references as paths.
+    paths: HashSet<String>,
 }
 
 struct FieldFacts {
@@ -214,6 +217,8 @@ struct OutsideFacts {
     line: u32,
     idents: HashSet<String>,
     calls: HashSet<String>,
+    paths: HashSet<String>,
+    /// A function or constant: carried by the patch when only components reach it.
     is_fn: bool,
 }
 
@@ -239,11 +244,19 @@ fn rel(src: &CrateSource, file: &source::SourceFile) -> String {
 struct Idents {
     idents: HashSet<String>,
     calls: HashSet<String>,
+    /// Names referenced as paths (`helper(x)`, `CONST`): what can reach a free item.
+    paths: HashSet<String>,
 }
 
 impl<'a> Visit<'a> for Idents {
     fn visit_ident(&mut self, i: &'a proc_macro2::Ident) {
         self.idents.insert(i.to_string());
+    }
+    fn visit_expr_path(&mut self, p: &'a syn::ExprPath) {
+        if let Some(seg) = p.path.segments.last() {
+            self.paths.insert(seg.ident.to_string());
+        }
+        syn::visit::visit_expr_path(self, p);
     }
     fn visit_expr_method_call(&mut self, m: &'a syn::ExprMethodCall) {
         self.calls.insert(m.method.to_string());
@@ -386,6 +399,7 @@ fn facts(src: &CrateSource) -> Facts {
                         methods,
                         idents: v.idents,
                         calls: v.calls,
+                        paths: v.paths,
                     },
                 );
             }
@@ -493,14 +507,9 @@ fn facts(src: &CrateSource) -> Facts {
                 };
                 record_outside(&mut f, &module, &name, item, &file_rel, false);
             }
-            Item::Const(c) => record_outside(
-                &mut f,
-                &module,
-                &c.ident.to_string(),
-                item,
-                &file_rel,
-                false,
-            ),
+            Item::Const(c) => {
+                record_outside(&mut f, &module, &c.ident.to_string(), item, &file_rel, true)
+            }
             Item::Trait(t) => record_outside(
                 &mut f,
                 &module,
@@ -540,6 +549,7 @@ fn record_outside(
             line: line_of(item),
             idents: v.idents,
             calls: v.calls,
+            paths: v.paths,
             is_fn,
         },
     );
@@ -872,6 +882,24 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                         affected.insert(n.id.clone());
                     }
                 }
+            }
+        }
+        // Data on disk: a new or changed `migrate` hook runs inside the update.
+        if let Some(nm) = n.methods.get(dsu_syntax::MIGRATE) {
+            if o.methods
+                .get(dsu_syntax::MIGRATE)
+                .is_none_or(|om| om.body != nm.body)
+            {
+                a.changes.push(change(
+                    Kind::DataMigration,
+                    &format!("{key}::{}", dsu_syntax::MIGRATE),
+                    &n.file,
+                    nm.line,
+                    5,
+                    "data on disk: the component's `migrate` hook converts its data inside the update; a failure rolls the update back".into(),
+                    format!("component `{}` passive while its data migrates", n.id),
+                ));
+                affected.insert(n.id.clone());
             }
         }
         for (m, om) in &o.methods {
@@ -1244,7 +1272,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                 .filter(|(k, o)| {
                     component_only.contains(*k)
                         && !reaching.contains(last(k))
-                        && o.idents.iter().any(|i| reaching.contains(i))
+                        && o.paths.iter().any(|i| reaching.contains(i))
                 })
                 .map(|(k, _)| last(k).to_string())
                 .collect();
@@ -1256,7 +1284,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
         let callers_components: Vec<String> = fn_
             .components
             .values()
-            .filter(|c| c.idents.iter().any(|i| reaching.contains(i)))
+            .filter(|c| c.paths.iter().any(|i| reaching.contains(i)))
             .map(|c| c.id.clone())
             .collect();
         let is_new = !fo.outside.contains_key(*key);
@@ -1512,7 +1540,7 @@ fn component_only(f: &Facts) -> HashSet<String> {
             .filter(|k| {
                 f.outside
                     .iter()
-                    .any(|(ck, co)| ck != *k && co.idents.contains(last(k)) && !set.contains(ck))
+                    .any(|(ck, co)| ck != *k && co.paths.contains(last(k)) && !set.contains(ck))
             })
             .cloned()
             .collect();

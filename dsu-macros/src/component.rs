@@ -1,6 +1,6 @@
 //! `#[dsu::component]` (and `#[dsu::protocol]`, which only means something inside it).
 
-use dsu_syntax::{is_dsu_attr, keys, token_hash, Args, PREPARE_TO_DIE};
+use dsu_syntax::{is_dsu_attr, keys, token_hash, Args, MIGRATE, PREPARE_TO_DIE};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::visit::Visit;
@@ -298,6 +298,16 @@ fn parse_method(
             ty
         }
     };
+    if sig.ident == MIGRATE {
+        const HOOK: &str = "the `migrate` hook moves the component's data on disk to this version's \
+                            format during the update: write `fn migrate(&mut self) -> Result<(), String>`";
+        let ret_ok = matches!(&sig.output, ReturnType::Type(_, t)
+            if dsu_syntax::canonical(&t.to_token_stream()) == "Result < () , String >");
+        if receiver.mutability.is_none() || !args.is_empty() || !ret_ok {
+            cx.error(sig, HOOK);
+            ok = false;
+        }
+    }
     if sig.ident == PREPARE_TO_DIE {
         const HOOK: &str = "the `prepare_to_die` hook takes no arguments and returns nothing: \
                             write `fn prepare_to_die(&mut self)` (or `&self`)";
@@ -400,6 +410,10 @@ fn generate(c: &Component, code: u64) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let prepare = match c.methods.iter().position(|m| m.name == PREPARE_TO_DIE) {
+        Some(i) => quote!(::core::option::Option::Some(#i)),
+        None => quote!(::core::option::Option::None),
+    };
+    let migrate = match c.methods.iter().position(|m| m.name == MIGRATE) {
         Some(i) => quote!(::core::option::Option::Some(#i)),
         None => quote!(::core::option::Option::None),
     };
@@ -550,6 +564,7 @@ fn generate(c: &Component, code: u64) -> TokenStream {
                 code: #code,
                 drop_state: ::dsu::__private::drop_state::<#self_ty>,
                 prepare_to_die: #prepare,
+                migrate: #migrate,
             };
 
             #[::dsu::__private::linkme::distributed_slice(::dsu::__private::COMPONENTS)]

@@ -470,6 +470,33 @@ pub(crate) fn call_hook(slot: &Arc<Slot>, index: usize) -> Result<(), String> {
     r.map_err(|p| payload_message(&*p))
 }
 
+/// Calls the `migrate` hook of the version installed in `slot`, while the update manager holds
+/// the slot's gate (so no gate is entered: the manager's hold is the exclusive access).
+pub(crate) fn call_migrate_locked(slot: &Slot, index: usize) -> Result<(), String> {
+    let table = slot.current_table();
+    let method = &table.desc.methods[index];
+    let Some(entry) = table.entries.get(method.cell.get()) else {
+        return Err("the `migrate` hook has no entry in the new table".into());
+    };
+    // SAFETY: the macro accepts `migrate` only as `fn(&mut self) -> Result<(), String>`, so the
+    // entry has this type.
+    let f: unsafe fn(*mut ()) -> CallResult<Result<(), String>> =
+        unsafe { std::mem::transmute(entry.get()) };
+    // Calls the hook makes are nested calls of the update.
+    // SAFETY: `current()` returns null or this thread's live info.
+    let info = unsafe { thread::current().as_ref() };
+    let depth = info.map(|t| t.push(&slot.gate as *const Gate as *const (), method));
+    // SAFETY: the state belongs to the installed version; the manager holds the gate exclusively.
+    let r = unsafe { f(slot.state.load(Ordering::Relaxed)) };
+    if let (Some(t), Some(d)) = (info, depth) {
+        t.pop(d);
+    }
+    match r {
+        Ok(r) => r,
+        Err(p) => Err(format!("panicked: {}", payload_message(&*p))),
+    }
+}
+
 /// Ids of all registered component types, for status reports.
 pub(crate) fn types_snapshot() -> Vec<Arc<ComponentType>> {
     let types = lock(&ctx().components);

@@ -210,6 +210,8 @@ pub struct ComponentDesc {
     pub drop_state: unsafe fn(*mut ()),
     /// Index in `methods` of the `prepare_to_die` hook, if the component has one.
     pub prepare_to_die: Option<usize>,
+    /// Index in `methods` of the `migrate` hook (`fn(&mut self) -> Result<(), String>`).
+    pub migrate: Option<usize>,
 }
 
 impl ComponentDesc {

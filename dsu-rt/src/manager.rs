@@ -1192,6 +1192,7 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
         return Err(());
     }
     let mut guards = guards;
+    let old_tables: Vec<&'static Table> = guards.iter().map(|g| g.table).collect();
     for (t, inner) in plan.types.iter().zip(guards.iter_mut()) {
         inner.table = t.new_table;
         inner.version += 1;
@@ -1199,28 +1200,87 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
             inner.transfers.push(tr);
         }
     }
-    for (i, slot) in &ready.slots {
-        let table = plan.types[*i].new_table;
-        // Release: readers outside the gate (status) see a complete table; callers are ordered
-        // by the gate's release below.
-        slot.table
-            .store(table as *const Table as *mut Table, Ordering::Release);
-    }
+    let install = |tables: &dyn Fn(usize) -> &'static Table| {
+        for (i, slot) in &ready.slots {
+            // Release: readers outside the gate (status) see a complete table; callers are
+            // ordered by the gate's release below.
+            slot.table
+                .store(tables(*i) as *const Table as *mut Table, Ordering::Release);
+        }
+    };
+    install(&|i| plan.types[i].new_table);
     for (_, slot, _, new) in &transferred {
         slot.state.store(*new, Ordering::Release);
     }
+    let mut replaced_globals = Vec::new();
     {
         let mut registry = lock(&ctx().globals);
-        for (g, new) in new_globals {
+        for (g, new) in &new_globals {
             // The old value stays allocated: code of an older version may have cached a pointer.
-            registry.insert(
+            let old = registry.insert(
                 g.id(),
                 crate::global::GlobalEntry {
                     fingerprint: g.new_fingerprint,
-                    ptr: new,
+                    ptr: *new,
                 },
             );
+            replaced_globals.push((g.id(), old));
         }
+    }
+    // Data on disk (category 5): each new version's `migrate` hook, with the components still
+    // held. A failure rolls the whole update back.
+    let mut migration_failure = None;
+    for (i, slot) in &ready.slots {
+        if let Some(m) = plan.types[*i].new_table.desc.migrate {
+            if let Err(e) = component::call_migrate_locked(slot, m) {
+                migration_failure = Some(format!(
+                    "the data migration (`migrate`) of component `{}` failed: {e}; rolled back, \
+                     the old version keeps running with its state",
+                    slot.ty.id
+                ));
+                break;
+            }
+        }
+    }
+    if let Some(reason) = migration_failure {
+        for ((t, inner), old) in plan.types.iter().zip(guards.iter_mut()).zip(&old_tables) {
+            inner.table = old;
+            inner.version -= 1;
+            if t.transfer.is_some() {
+                inner.transfers.pop();
+            }
+        }
+        install(&|i| old_tables[i]);
+        for (i, slot, old, new) in &transferred {
+            slot.state.store(*old, Ordering::Release);
+            let t = plan.types[*i]
+                .transfer
+                .expect("transferred with a transfer");
+            // SAFETY: produced by this transfer; no caller saw it (the gates are still held).
+            unsafe { (t.drop_new)(*new) };
+        }
+        {
+            let mut registry = lock(&ctx().globals);
+            for (id, old) in replaced_globals {
+                match old {
+                    Some(e) => registry.insert(id, e),
+                    None => registry.remove(&id),
+                };
+            }
+        }
+        for (g, new) in new_globals {
+            // SAFETY: produced by this transfer and unpublished again above.
+            unsafe { (g.drop_new)(new) };
+        }
+        drop(guards);
+        for (_, s) in &ready.slots {
+            s.gate.unlock_after_update();
+        }
+        release_after(plan);
+        rec.pause_ms = ms(ready.pending_at.elapsed());
+        rec.outcome = Outcome::RolledBack;
+        rec.reason = Some(reason);
+        return Err(());
     }
     drop(guards);
     for (_, s) in &ready.slots {

@@ -31,6 +31,10 @@ pub mod keys {
 /// The name of the `prepare_to_die` hook method.
 pub const PREPARE_TO_DIE: &str = "prepare_to_die";
 
+/// The name of the data-migration hook: `fn migrate(&mut self) -> Result<(), String>`, run by
+/// the update manager on the new version, before the update commits (category 5: data on disk).
+pub const MIGRATE: &str = "migrate";
+
 /// One `key` or `key = "value"` argument.
 pub struct Arg {
     pub key: Ident,

@@ -137,6 +137,7 @@ struct Server {
     child: Child,
     port: u16,
     socket: PathBuf,
+    data: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -156,7 +157,19 @@ fn free_port() -> u16 {
 }
 
 fn start(exe: &Path) -> Server {
+    start_on(exe, None)
+}
+
+/// Starts kvstore, on a copy of `data` if given.
+fn start_on(exe: &Path, data: Option<&Path>) -> Server {
     let dir = tempfile::tempdir().unwrap();
+    if let Some(from) = data {
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.path().join("data").join(e.file_name())).unwrap();
+        }
+    }
     let port = free_port();
     let socket = dir.path().join("kv.sock");
     let mut child = Command::new(exe)
@@ -176,10 +189,12 @@ fn start(exe: &Path) -> Server {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "ready");
+    let data = dir.path().join("data");
     Server {
         child,
         port,
         socket,
+        data,
         _dir: dir,
     }
 }
@@ -233,7 +248,13 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
     let exe = dsu_tests::build_base(&version("v1")).unwrap();
     // Build the packages first: building is not part of what a client sees.
     let work = tempfile::tempdir().unwrap();
-    let steps = [("v1", "v2"), ("v2", "v3"), ("v3", "v4"), ("v4", "v5")];
+    let steps = [
+        ("v1", "v2"),
+        ("v2", "v3"),
+        ("v3", "v4"),
+        ("v4", "v5"),
+        ("v5", "v6"),
+    ];
     let packages: Vec<PathBuf> = steps.iter().map(|(a, b)| diff(a, b, work.path())).collect();
 
     let server = start(&exe);
@@ -307,6 +328,19 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
     assert_eq!(info_field(&mut c, "total_error_replies"), 0);
     assert!(matches!(c.cmd(&["NOSUCHCOMMAND"]), Reply::Error(_)));
     assert_eq!(info_field(&mut c, "total_error_replies"), 1);
+    // v5 -> v6: the persistence file format changes; the update migrates the file.
+    let aof = server.data.join("kvstore.aof");
+    assert!(!std::fs::read_to_string(&aof)
+        .unwrap()
+        .starts_with("KVAOF 2"));
+    apply(&server, &packages[4]);
+    assert!(std::fs::read_to_string(&aof)
+        .unwrap()
+        .starts_with("KVAOF 2\n"));
+    assert_eq!(
+        c.cmd(&["SET", "after-migration", "yes"]),
+        Reply::Simple("OK".into())
+    );
 
     let out = bench.wait_with_output().unwrap();
     let (stdout, stderr) = (
@@ -354,10 +388,43 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
         "json",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    assert_eq!(v["status"]["version"], "5.0.0");
+    assert_eq!(v["status"]["version"], "6.0.0");
     let history = v["status"]["history"].as_array().unwrap();
-    assert_eq!(history.len(), 4);
+    assert_eq!(history.len(), 5);
     assert!(history.iter().all(|r| r["outcome"] == "committed"));
+    let categories: Vec<u64> = history
+        .iter()
+        .map(|r| {
+            r["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|c| c["category"].as_u64())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(
+        categories,
+        vec![1, 1, 2, 3, 5],
+        "the category of each update"
+    );
+
+    // The migrated file is one v6 reads: a fresh v6 process on a copy of it has every key.
+    let v6 = dsu_tests::build_base(&version("v6")).unwrap();
+    let keys = c.cmd(&["DBSIZE"]);
+    assert!(matches!(keys, Reply::Int(n) if n > KEYS as i64));
+    let fresh = start_on(&v6, Some(&server.data));
+    let mut f = Client::connect(fresh.port);
+    assert_eq!(f.cmd(&["DBSIZE"]), keys);
+    assert_eq!(
+        f.cmd(&["GET", "key-77"]),
+        Reply::Bulk(Some(value_of(77).into_bytes()))
+    );
+    assert_eq!(
+        f.cmd(&["GET", "after-migration"]),
+        Reply::Bulk(Some(b"yes".to_vec()))
+    );
 }
 
 #[test]
