@@ -322,3 +322,107 @@ impl Load {
         }
     }
 }
+
+/// A minimal RESP (Redis protocol) client, for driving examples/kvstore.
+pub mod resp {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// A minimal RESP client.
+    pub struct Client {
+        r: BufReader<TcpStream>,
+        w: TcpStream,
+    }
+
+    #[derive(Debug, PartialEq)]
+    pub enum Reply {
+        Simple(String),
+        Error(String),
+        Int(i64),
+        Bulk(Option<Vec<u8>>),
+        Array(Vec<Reply>),
+    }
+
+    impl Client {
+        pub fn connect(port: u16) -> Client {
+            let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            Client {
+                r: BufReader::new(s.try_clone().unwrap()),
+                w: s,
+            }
+        }
+
+        pub fn send(&mut self, args: &[&[u8]]) {
+            let mut b = format!("*{}\r\n", args.len()).into_bytes();
+            for a in args {
+                b.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                b.extend_from_slice(a);
+                b.extend_from_slice(b"\r\n");
+            }
+            self.w.write_all(&b).unwrap();
+        }
+
+        pub fn read(&mut self) -> Reply {
+            let mut line = String::new();
+            self.r.read_line(&mut line).unwrap();
+            let (kind, rest) = line.trim_end().split_at(1);
+            match kind {
+                "+" => Reply::Simple(rest.into()),
+                "-" => Reply::Error(rest.into()),
+                ":" => Reply::Int(rest.parse().unwrap()),
+                "$" => {
+                    let n: i64 = rest.parse().unwrap();
+                    if n < 0 {
+                        return Reply::Bulk(None);
+                    }
+                    let mut v = vec![0; n as usize + 2];
+                    self.r.read_exact(&mut v).unwrap();
+                    v.truncate(n as usize);
+                    Reply::Bulk(Some(v))
+                }
+                "*" => {
+                    let n: usize = rest.parse().unwrap();
+                    Reply::Array((0..n).map(|_| self.read()).collect())
+                }
+                other => panic!("bad reply type {other:?} in {line:?}"),
+            }
+        }
+
+        pub fn cmd(&mut self, args: &[&str]) -> Reply {
+            let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
+            self.send(&a);
+            self.read()
+        }
+    }
+}
+
+/// The `cargo-dsu` binary of this workspace.
+pub fn cargo_dsu() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "cargo-dsu",
+                "--message-format=json-render-diagnostics",
+            ])
+            .current_dir(repo_root())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("build cargo-dsu");
+        assert!(out.status.success(), "building cargo-dsu failed");
+        cargo_metadata::Message::parse_stream(&out.stdout[..])
+            .filter_map(|m| match m {
+                Ok(cargo_metadata::Message::CompilerArtifact(a)) => {
+                    a.executable.map(|e| e.into_std_path_buf())
+                }
+                _ => None,
+            })
+            .last()
+            .expect("the cargo-dsu executable")
+    })
+}

@@ -2,14 +2,13 @@
 //! apply`, while redis-benchmark (a client nobody here wrote) drives it with 50 pipelined
 //! clients. Needs redis-tools (`apt-get install redis-tools`; .ci/run installs it).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use dsu_tests::repo_root;
+use dsu_tests::resp::{Client, Reply};
+use dsu_tests::{cargo_dsu, repo_root};
 
 fn version(v: &str) -> PathBuf {
     repo_root().join("examples/kvstore").join(v)
@@ -26,35 +25,6 @@ fn tool(name: &str) -> PathBuf {
     })
 }
 
-/// The `cargo-dsu` binary of this workspace.
-fn cargo_dsu() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "cargo-dsu",
-                "--message-format=json-render-diagnostics",
-            ])
-            .current_dir(repo_root())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("build cargo-dsu");
-        assert!(out.status.success(), "building cargo-dsu failed");
-        cargo_metadata::Message::parse_stream(&out.stdout[..])
-            .filter_map(|m| match m {
-                Ok(cargo_metadata::Message::CompilerArtifact(a)) => {
-                    a.executable.map(|e| e.into_std_path_buf())
-                }
-                _ => None,
-            })
-            .last()
-            .expect("the cargo-dsu executable")
-    })
-}
-
 fn run_dsu(args: &[&str]) -> Output {
     Command::new(cargo_dsu())
         .arg("dsu")
@@ -63,74 +33,6 @@ fn run_dsu(args: &[&str]) -> Output {
         .env("CARGO_TARGET_DIR", dsu_tests::programs_target())
         .output()
         .unwrap()
-}
-
-/// A minimal RESP client.
-struct Client {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-#[derive(Debug, PartialEq)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
-}
-
-impl Client {
-    fn connect(port: u16) -> Client {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Client {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        }
-    }
-
-    fn send(&mut self, args: &[&[u8]]) {
-        let mut b = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            b.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            b.extend_from_slice(a);
-            b.extend_from_slice(b"\r\n");
-        }
-        self.w.write_all(&b).unwrap();
-    }
-
-    fn read(&mut self) -> Reply {
-        let mut line = String::new();
-        self.r.read_line(&mut line).unwrap();
-        let (kind, rest) = line.trim_end().split_at(1);
-        match kind {
-            "+" => Reply::Simple(rest.into()),
-            "-" => Reply::Error(rest.into()),
-            ":" => Reply::Int(rest.parse().unwrap()),
-            "$" => {
-                let n: i64 = rest.parse().unwrap();
-                if n < 0 {
-                    return Reply::Bulk(None);
-                }
-                let mut v = vec![0; n as usize + 2];
-                self.r.read_exact(&mut v).unwrap();
-                v.truncate(n as usize);
-                Reply::Bulk(Some(v))
-            }
-            "*" => {
-                let n: usize = rest.parse().unwrap();
-                Reply::Array((0..n).map(|_| self.read()).collect())
-            }
-            other => panic!("bad reply type {other:?} in {line:?}"),
-        }
-    }
-
-    fn cmd(&mut self, args: &[&str]) -> Reply {
-        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
-        self.send(&a);
-        self.read()
-    }
 }
 
 struct Server {

@@ -1,147 +1,213 @@
-//! The live-update demonstration: builds examples/counter v1, v2 and v3, starts v1, keeps
-//! clients calling it, applies v1 -> v2 -> v3 live and prints a timeline.
+//! The live-update demonstration: examples/kvstore, a Redis-protocol server, is updated live
+//! through six versions while redis-benchmark drives it, and a timeline is printed.
 //!
-//! `cargo run -p dsu-tests --bin dsu-demo`
+//! `cargo run -p dsu-tests --bin dsu-demo` (needs redis-tools: `apt-get install redis-tools`)
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
-use dsu_tests::{build_base, build_patch_on, repo_root, Load, Process};
+use anyhow::{bail, ensure, Context, Result};
+use dsu::control::{request, Request};
+use dsu_tests::resp::{Client, Reply};
+use dsu_tests::{build_base, cargo_dsu, programs_target, repo_root};
 
-const CLIENTS: usize = 4;
-const KEYS_PER_CLIENT: u64 = 25;
+const KEYS: usize = 10_000;
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|p| p.join(name))
+        .find(|p| p.is_file())
+}
+
+fn commands(c: &mut Client) -> u64 {
+    let Reply::Bulk(Some(info)) = c.cmd(&["INFO"]) else {
+        return 0;
+    };
+    String::from_utf8_lossy(&info)
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
 
 fn main() -> Result<()> {
-    let example = repo_root().join("examples/counter");
-    let versions = ["v1", "v2", "v3"];
-    let dirs: Vec<_> = versions.iter().map(|v| example.join(v)).collect();
-    let what = [
-        "",
-        "bug fix in one component: `top` returned the least hit key (code only)",
-        "the state gains a field: generated transfer, the new field starts at its default",
-    ];
-
-    eprintln!(
-        "dsu demo: examples/counter, updated live v1 -> v2 -> v3 while {CLIENTS} clients call it\n"
-    );
-    eprintln!("{:>12} counter v1 (the base)", "Building");
-    let exe = build_base(&dirs[0])?;
+    let Some(benchmark) = which("redis-benchmark") else {
+        bail!("the demo drives kvstore with redis-benchmark, which is not installed: `apt-get install redis-tools`");
+    };
+    let example = repo_root().join("examples/kvstore");
+    let versions = ["v1", "v2", "v3", "v4", "v5", "v6"];
+    eprintln!("dsu demo: examples/kvstore updated live v1 -> v6 while redis-benchmark drives it (50 clients, pipelined)\n");
+    eprintln!("{:>12} kvstore v1 (the base) and cargo-dsu", "Building");
+    let exe = build_base(&example.join("v1"))?;
+    let work = programs_target().join("demo");
+    std::fs::create_dir_all(&work)?;
     let mut packages = Vec::new();
-    for w in dirs.windows(2) {
-        eprintln!(
-            "{:>12} patch {} -> {}",
-            "Building",
-            w[0].file_name().unwrap().to_string_lossy(),
-            w[1].file_name().unwrap().to_string_lossy()
+    for w in versions.windows(2) {
+        eprintln!("{:>12} cargo dsu diff {} {}", "Running", w[0], w[1]);
+        let out = work.join(format!("{}-{}.dsu", w[0], w[1]));
+        let o = Command::new(cargo_dsu())
+            .args(["dsu", "diff", "-q"])
+            .arg(example.join(w[0]))
+            .arg(example.join(w[1]))
+            .arg("-o")
+            .arg(&out)
+            .env("CARGO_TARGET_DIR", programs_target())
+            .output()?;
+        ensure!(
+            o.status.success(),
+            "cargo dsu diff {} {} failed:\n{}{}",
+            w[0],
+            w[1],
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
         );
-        packages.push(build_patch_on(&w[0], &w[1], Some(&dirs[0]))?);
+        packages.push(out);
     }
-    let p = Process::start(&exe)?;
+
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("kv.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut server = Command::new(&exe)
+        .args(["--port", &port.to_string(), "--socket"])
+        .arg(&socket)
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut ready = String::new();
+    BufReader::new(server.stdout.take().context("stdout")?).read_line(&mut ready)?;
+    ensure!(ready.trim() == "ready", "kvstore did not start");
+    let mut c = Client::connect(port);
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        let mut args = vec!["MSET".to_string()];
+        for i in chunk {
+            args.push(format!("key-{i}"));
+            args.push(format!("value-{i}"));
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        ensure!(c.cmd(&a) == Reply::Simple("OK".into()), "MSET failed");
+    }
     eprintln!(
-        "{:>12} counter v1 on 127.0.0.1:{}, control socket {}\n",
-        "Started",
-        p.port,
-        p.socket.display()
+        "{:>12} kvstore v1 on 127.0.0.1:{port} with {KEYS} keys; redis-benchmark running\n",
+        "Started"
     );
+    let mut bench = Command::new(&benchmark)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "50",
+            "-P",
+            "16",
+            "-t",
+            "set,get",
+            "-l",
+            "-q",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
 
-    // Each client hits its own keys and checks every count goes up by exactly one.
-    let expected: Arc<Vec<Mutex<HashMap<String, u64>>>> =
-        Arc::new((0..CLIENTS).map(|_| Mutex::new(HashMap::new())).collect());
-    let exp = expected.clone();
-    let load = Load::start(p.port, CLIENTS, move |conn, c, i| {
-        let key = format!("c{c}k{}", (i * 7 + c as u64) % KEYS_PER_CLIENT);
-        let n: u64 = conn.cmd(&format!("hit {key}"))?.parse()?;
-        let mut mine = exp[c].lock().unwrap();
-        let want = mine.get(&key).copied().unwrap_or(0) + 1;
-        ensure!(n == want, "hit {key} returned {n}, expected {want}");
-        mine.insert(key, n);
-        Ok(())
-    })?;
-
-    let mut c = p.connect()?;
     println!(
-        "{:<3} {:<16} {:<10} {:>10} {:>10} {:>10} {:>10}   {:>8} {:>7} {:>8}  change",
-        "#",
-        "update",
-        "outcome",
-        "prepare",
-        "pause",
-        "transfer",
-        "total",
-        "before",
-        "during",
-        "after"
+        "{:<3} {:<14} {:>3}  {:>9} {:>9} {:>9}  {:>9} {:>8} {:>9}  what changed",
+        "#", "update", "cat", "prepare", "pause", "transfer", "before/s", "during", "after/s"
     );
-    let settle = Duration::from_millis(800);
-    let mut tops = vec![];
+    let window = Duration::from_millis(1000);
+    std::thread::sleep(window);
     for (i, pkg) in packages.iter().enumerate() {
-        // Requests served in the same span of time before, during and after each update.
-        let mark = load.completed();
-        std::thread::sleep(settle);
-        let before = load.completed() - mark;
-        tops.push(c.cmd("top")?);
-        let t0 = load.completed();
-        let started = Instant::now();
-        let rec = p.apply(pkg, None).context("apply")?;
-        let apply_time = started.elapsed();
-        let during = load.completed() - t0;
-        let mark = load.completed();
-        std::thread::sleep(settle);
-        let after = load.completed() - mark;
-        println!(
-            "{:<3} {:<16} {:<10} {:>7.3} ms {:>7.3} ms {:>7.3} ms {:>7.3} ms   {:>8} {:>7} {:>8}  {} [{}]",
-            i + 1,
-            format!("{} -> {}", rec.from, rec.to),
-            format!("{:?}", rec.outcome).to_lowercase(),
-            rec.prepare_ms,
-            rec.pause_ms,
-            rec.transfer_ms,
-            apply_time.as_secs_f64() * 1000.0,
-            before,
-            during,
-            after,
-            what[i + 1],
-            rec.components.join(", "),
-        );
+        let m = dsu::Package::read(pkg)?.manifest;
+        let c0 = commands(&mut c);
+        std::thread::sleep(window);
+        let c1 = commands(&mut c);
+        let t = Instant::now();
+        let resp = request(
+            &socket,
+            &Request::Apply {
+                package: pkg.clone(),
+                timeout_ms: None,
+                policy: None,
+            },
+        )?;
+        let took = t.elapsed();
+        let c2 = commands(&mut c);
+        std::thread::sleep(window);
+        let c3 = commands(&mut c);
+        let rec = resp.report.context("no report")?;
         ensure!(
             rec.outcome == dsu::Outcome::Committed,
-            "update {} failed: {:?}",
+            "update {} not committed: {:?}",
             i + 1,
             rec.reason
         );
+        let category = m.changes.iter().map(|c| c.category).max().unwrap_or(0);
+        let mut what: Vec<String> = m
+            .changes
+            .iter()
+            .filter(|c| c.category == category)
+            .map(|c| c.item.clone())
+            .collect();
+        what.dedup();
+        let more = what.len().saturating_sub(3);
+        what.truncate(3);
+        if more > 0 {
+            what.push(format!("+{more} more"));
+        }
+        println!(
+            "{:<3} {:<14} {:>3}  {:>6.3} ms {:>6.3} ms {:>6.3} ms  {:>9} {:>8} {:>9}  {}",
+            i + 1,
+            format!("{} -> {}", rec.from, rec.to),
+            category,
+            rec.prepare_ms,
+            rec.pause_ms,
+            rec.transfer_ms,
+            (c1 - c0) as f64 / window.as_secs_f64(),
+            format!("{} in {:.0}ms", c2 - c1, took.as_secs_f64() * 1000.0),
+            (c3 - c2) as f64 / window.as_secs_f64(),
+            what.join(", ")
+        );
     }
-    tops.push(c.cmd("top")?);
-    let report = load.stop();
-    println!();
-    println!(
-        "requests served: {}, failed: {}",
-        report.ok,
-        report.failures.len()
-    );
-    for f in report.failures.iter().take(5) {
-        println!("  failure: {f}");
-    }
-    println!(
-        "`top` by version: v1 {:?} (the bug), v2 {:?}, v3 {:?}",
-        tops[0], tops[1], tops[2]
-    );
-    println!("`version` now: {}", c.cmd("version")?);
-    // Every hit made by every client is in the state, across both updates.
-    let mut checked = 0;
-    for mine in expected.iter() {
-        for (k, n) in mine.lock().unwrap().iter() {
-            let got: u64 = c.cmd(&format!("get {k}"))?.parse()?;
-            ensure!(got == *n, "state lost: {k} = {got}, {n} hits were made");
-            checked += 1;
+    let _ = bench.kill();
+    let _ = bench.wait();
+    // Every key loaded at the start is still there.
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(1000) {
+        let mut args = vec!["MGET".to_string()];
+        args.extend(chunk.iter().map(|i| format!("key-{i}")));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let Reply::Array(values) = c.cmd(&a) else {
+            bail!("MGET failed")
+        };
+        for (i, v) in chunk.iter().zip(values) {
+            ensure!(
+                v == Reply::Bulk(Some(format!("value-{i}").into_bytes())),
+                "key-{i} lost"
+            );
         }
     }
-    println!("state: all {checked} keys read back with every hit counted");
-    ensure!(
-        report.failures.is_empty(),
-        "{} requests failed",
-        report.failures.len()
+    let Reply::Bulk(Some(info)) = c.cmd(&["INFO"]) else {
+        bail!("INFO failed")
+    };
+    let info = String::from_utf8_lossy(&info).into_owned();
+    let field = |f: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(f))
+            .unwrap_or("?")
+            .trim()
+            .to_string()
+    };
+    println!();
+    println!(
+        "requests served: {}; error replies: {}; connections: {}; version now: {}",
+        field("total_commands_processed:"),
+        field("total_error_replies:"),
+        field("total_connections_received:"),
+        field("kvstore_version:")
     );
+    println!("all {KEYS} keys loaded at the start read back with their values");
+    let _ = server.kill();
+    let _ = server.wait();
     Ok(())
 }
