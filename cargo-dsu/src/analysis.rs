@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use dsu_syntax::{canonical, is_dsu_attr};
 use proc_macro2::TokenStream;
 use quote::ToTokens;
@@ -609,45 +609,16 @@ fn last(key: &str) -> &str {
 // ---------------------------------------------------------------------------------------------
 // Loading
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
-}
-
 /// Reads a package's name, version, root file, Cargo.lock and dependency requirements.
 pub fn load_version(path: &Path) -> Result<Version> {
-    let manifest = if path.is_dir() {
-        path.join("Cargo.toml")
-    } else {
-        path.to_path_buf()
-    };
-    if !manifest.is_file() {
-        bail!(
-            "{} is not a crate: there is no Cargo.toml; give a package directory or its Cargo.toml",
-            path.display()
-        );
-    }
-    let meta = cargo_metadata::MetadataCommand::new()
-        .cargo_path(cargo())
-        .manifest_path(&manifest)
-        .no_deps()
-        .exec()
-        .with_context(|| format!("cannot read the package at {}", manifest.display()))?;
-    let canon = manifest.canonicalize().unwrap_or(manifest.clone());
-    let pkg = meta
-        .packages
-        .iter()
-        .find(|p| p.manifest_path.as_std_path() == canon)
-        .or_else(|| meta.packages.first())
-        .ok_or_else(|| {
-            anyhow!(
-                "{} defines no package (is it a virtual workspace?)",
-                manifest.display()
-            )
-        })?;
+    let (meta, pkg) = crate::patch::read_package(path)?;
+    let pkg = &pkg;
     let target = crate::patch::root_target(pkg)?;
-    let dir = canon
+    let dir = pkg
+        .manifest_path
         .parent()
         .expect("a manifest is in a directory")
+        .as_std_path()
         .to_path_buf();
     let lock = meta.workspace_root.as_std_path().join("Cargo.lock");
     let deps = pkg

@@ -79,11 +79,12 @@ struct Crate {
     root: PathBuf,
 }
 
-fn cargo() -> String {
+pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
 }
 
-fn load_crate(path: &Path) -> Result<Crate> {
+/// The package at `path` (a directory or its Cargo.toml), read with `cargo metadata`.
+pub(crate) fn read_package(path: &Path) -> Result<(Metadata, CargoPackage)> {
     let manifest = if path.is_dir() {
         path.join("Cargo.toml")
     } else {
@@ -91,7 +92,7 @@ fn load_crate(path: &Path) -> Result<Crate> {
     };
     if !manifest.is_file() {
         bail!(
-            "{} is not a crate: no Cargo.toml there; give a package directory or its Cargo.toml",
+            "{} is not a crate: there is no Cargo.toml; give a package directory or its Cargo.toml",
             path.display()
         );
     }
@@ -101,15 +102,24 @@ fn load_crate(path: &Path) -> Result<Crate> {
         .no_deps()
         .exec()
         .with_context(|| format!("cannot read the package at {}", manifest.display()))?;
+    let canon = manifest.canonicalize().unwrap_or(manifest.clone());
     let pkg = meta
         .packages
         .iter()
-        .find(|p| {
-            p.manifest_path.as_std_path() == manifest.canonicalize().unwrap_or(manifest.clone())
-        })
+        .find(|p| p.manifest_path.as_std_path() == canon)
         .or_else(|| meta.packages.first())
         .cloned()
-        .ok_or_else(|| anyhow!("{} defines no package", manifest.display()))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "{} defines no package (is it a virtual workspace?)",
+                manifest.display()
+            )
+        })?;
+    Ok((meta, pkg))
+}
+
+fn load_crate(path: &Path) -> Result<Crate> {
+    let (meta, pkg) = read_package(path)?;
     let target = root_target(&pkg)?;
     let dir = pkg
         .manifest_path

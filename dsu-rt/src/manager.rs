@@ -1171,17 +1171,22 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
         }
     }
     rec.transfer_ms = ms(t0.elapsed());
-    if let Some(reason) = failure {
+    // Drops what the transfers produced, lets the callers go on the old version, records why.
+    let roll_back = |transferred: &[(usize, Arc<Slot>, *mut (), *mut ())],
+                     new_globals: Vec<(&'static GlobalTransferDesc, *mut ())>,
+                     rec: &mut UpdateRecord,
+                     reason: String| {
         for (g, new) in new_globals {
-            // SAFETY: produced by this transfer and never published.
+            // SAFETY: produced by this transfer, and not (or no longer) published.
             unsafe { (g.drop_new)(new) };
         }
         for (i, _, _, new) in transferred {
-            let t = plan.types[i].transfer.expect("transferred with a transfer");
-            // SAFETY: `new` was produced by this transfer and never published.
-            unsafe { (t.drop_new)(new) };
+            let t = plan.types[*i]
+                .transfer
+                .expect("transferred with a transfer");
+            // SAFETY: produced by this transfer; no caller saw it (the gates are still held).
+            unsafe { (t.drop_new)(*new) };
         }
-        drop(guards);
         for (_, s) in &ready.slots {
             s.gate.unlock_after_update();
         }
@@ -1189,6 +1194,10 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
         rec.pause_ms = ms(ready.pending_at.elapsed());
         rec.outcome = Outcome::RolledBack;
         rec.reason = Some(reason);
+    };
+    if let Some(reason) = failure {
+        drop(guards);
+        roll_back(&transferred, new_globals, rec, reason);
         return Err(());
     }
     let mut guards = guards;
@@ -1251,13 +1260,8 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
             }
         }
         install(&|i| old_tables[i]);
-        for (i, slot, old, new) in &transferred {
+        for (_, slot, old, _) in &transferred {
             slot.state.store(*old, Ordering::Release);
-            let t = plan.types[*i]
-                .transfer
-                .expect("transferred with a transfer");
-            // SAFETY: produced by this transfer; no caller saw it (the gates are still held).
-            unsafe { (t.drop_new)(*new) };
         }
         {
             let mut registry = lock(&ctx().globals);
@@ -1268,18 +1272,8 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
                 };
             }
         }
-        for (g, new) in new_globals {
-            // SAFETY: produced by this transfer and unpublished again above.
-            unsafe { (g.drop_new)(new) };
-        }
         drop(guards);
-        for (_, s) in &ready.slots {
-            s.gate.unlock_after_update();
-        }
-        release_after(plan);
-        rec.pause_ms = ms(ready.pending_at.elapsed());
-        rec.outcome = Outcome::RolledBack;
-        rec.reason = Some(reason);
+        roll_back(&transferred, new_globals, rec, reason);
         return Err(());
     }
     drop(guards);

@@ -235,6 +235,35 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
     assert!(!std::fs::read_to_string(&aof)
         .unwrap()
         .starts_with("KVAOF 2"));
+    // First with a fault: the migration cannot write its new file (a directory is in the way).
+    // The update rolls back; v5 keeps serving with its file and state as they were.
+    let blocker = server.data.join("kvstore.aof.migrating");
+    std::fs::create_dir(&blocker).unwrap();
+    let o = run_dsu(&[
+        "apply",
+        packages[4].to_str().unwrap(),
+        "--socket",
+        server.socket.to_str().unwrap(),
+    ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(
+        out.contains("rolledback")
+            && out.contains("data migration (`migrate`) of component `journal::Journal` failed"),
+        "{out}"
+    );
+    assert_eq!(info_field(&mut c, "kvstore_version"), 5);
+    assert!(!std::fs::read_to_string(&aof)
+        .unwrap()
+        .starts_with("KVAOF 2"));
+    assert_eq!(
+        c.cmd(&["GET", "key-5"]),
+        Reply::Bulk(Some(value_of(5).into_bytes()))
+    );
+    std::fs::remove_dir(&blocker).unwrap();
     apply(&server, &packages[4]);
     assert!(std::fs::read_to_string(&aof)
         .unwrap()
@@ -291,8 +320,10 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
     ]);
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(v["status"]["version"], "6.0.0");
-    let history = v["status"]["history"].as_array().unwrap();
-    assert_eq!(history.len(), 5);
+    let mut history = v["status"]["history"].as_array().unwrap().clone();
+    assert_eq!(history.len(), 6);
+    let failed = history.remove(4);
+    assert_eq!(failed["outcome"], "rolled_back");
     assert!(history.iter().all(|r| r["outcome"] == "committed"));
     let categories: Vec<u64> = history
         .iter()
