@@ -235,8 +235,7 @@ fn line_of(t: &impl Spanned) -> u32 {
     t.span().start().line as u32
 }
 
-fn rel(src: &CrateSource, file: &source::SourceFile) -> String {
-    let _ = src;
+fn rel(file: &source::SourceFile) -> String {
     file.rel.to_string_lossy().replace('\\', "/")
 }
 
@@ -341,7 +340,7 @@ fn facts(src: &CrateSource) -> Facts {
             StateFacts {
                 name: s.name.clone(),
                 module: s.module.clone(),
-                file: rel(src, s.file),
+                file: rel(s.file),
                 line: line_of(s.item),
                 def: canonical(&strip_field_attrs(s.item).to_token_stream()),
                 fields: state_fields(s.item),
@@ -350,7 +349,7 @@ fn facts(src: &CrateSource) -> Facts {
         );
     }
     for (module, file, item) in src.items() {
-        let file_rel = rel(src, file);
+        let file_rel = rel(file);
         match item {
             Item::Impl(i) if source::has_attr(&i.attrs, "component") => {
                 let Some(name) = self_name(&i.self_ty) else {

@@ -17,13 +17,12 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// `#[dsu::protocol]` reached on its own: it was not inside a component impl.
-pub fn protocol_outside_component(args: TokenStream, item: TokenStream) -> TokenStream {
+pub fn protocol_outside_component(_args: TokenStream, item: TokenStream) -> TokenStream {
     let err = syn::Error::new(
         Span::call_site(),
         "`#[dsu::protocol]` marks a method of a `#[dsu::component]` impl block; put it on a \
          method inside one",
     );
-    let _ = args;
     with_original(err, &item)
 }
 

@@ -448,17 +448,13 @@ impl Manager {
                 on_off(crate::build::DEBUG_ASSERTIONS)
             ));
         }
-        let (program, running_version) = {
-            let m = lock(&self.inner);
-            (m.program.clone(), m.version.clone())
-        };
+        let program = lock(&self.inner).program.clone();
         if !program.is_empty() && !man.program.is_empty() && program != man.program {
             return Err(format!(
                 "the package is for program `{}`, this process is `{program}`",
                 man.program
             ));
         }
-        let _ = running_version;
         let dir = {
             let m = lock(&self.inner);
             m.patch_dir
