@@ -176,6 +176,8 @@ struct ComponentFacts {
     calls: HashSet<String>,
     /// Names it references as paths.
     paths: HashSet<String>,
+    /// The code fingerprint the component macro computes.
+    code: Option<u64>,
 }
 
 struct FieldFacts {
@@ -399,6 +401,7 @@ fn facts(src: &CrateSource) -> Facts {
                         idents: v.idents,
                         calls: v.calls,
                         paths: v.paths,
+                        code: model.component_code(&key),
                     },
                 );
             }
@@ -699,8 +702,8 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
     let src_new = source::load_crate(&new.dir, &new.root)?;
     let fo = facts(&src_old);
     let fn_ = facts(&src_new);
-    let (code_old, code_new) = (Model::of(&src_old), Model::of(&src_new));
     let old_component_only = component_only(&fo);
+    let new_component_only = component_only(&fn_);
     let mut a = Analysis {
         old: old.clone(),
         new: new.clone(),
@@ -905,8 +908,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
             }
         }
         // A changed impl whose methods all compare equal (attributes, order) still changes code.
-        if !affected.contains(&n.id) && code_old.component_code(key) != code_new.component_code(key)
-        {
+        if !affected.contains(&n.id) && o.code != n.code {
             a.changes.push(change(
                 Kind::BodyChanged,
                 &format!("impl {key}"),
@@ -1162,7 +1164,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                     .outside
                     .iter()
                     .filter(|(k, o)| {
-                        o.idents.contains(last(key)) && !component_only(&fn_).contains(*k)
+                        o.idents.contains(last(key)) && !new_component_only.contains(*k)
                     })
                     .map(|(k, _)| k)
                     .collect();
@@ -1231,7 +1233,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
         .iter()
         .filter(|(k, n)| fo.outside.get(*k).is_none_or(|o| o.code != n.code))
         .collect();
-    let component_only = component_only(&fn_);
+    let component_only = &new_component_only;
     for (key, n) in &changed_outside {
         // The components that reach this helper, directly or through other helpers.
         let mut reaching: HashSet<String> = HashSet::from([last(key).to_string()]);
@@ -1371,22 +1373,15 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                 o.map(String::as_str).unwrap_or("(none)"),
                 n.map(String::as_str).unwrap_or("(none)")
             );
-            a.changes.push(change(
-                Kind::DependencyChanged,
+            refuse_environment(
+                &mut a,
                 d,
+                format!("dependency {d}"),
                 "Cargo.toml",
-                0,
-                6,
-                desc.clone(),
-                "cannot be applied in place".into(),
-            ));
-            a.refusals.push(Refusal {
-                item: format!("dependency {d}"),
-                file: "Cargo.toml".into(),
-                line: 0,
-                reason: format!("{desc}: a patch must be built with exactly the dependency versions of the running build"),
-                fix: "keep the base's dependency versions for this update, or restart the process on the new version".into(),
-            });
+                desc,
+                SAME_DEPENDENCIES,
+                "keep the base's dependency versions for this update, or restart the process on the new version",
+            );
         }
     }
     if let (Some(ol), Some(nl)) = (&old.lock, &new.lock) {
@@ -1405,22 +1400,15 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                             ov.iter().cloned().collect::<Vec<_>>().join(", "),
                             nv.iter().cloned().collect::<Vec<_>>().join(", ")
                         );
-                        a.changes.push(change(
-                            Kind::DependencyChanged,
+                        refuse_environment(
+                            &mut a,
                             name,
+                            format!("dependency {name}"),
                             "Cargo.lock",
-                            0,
-                            6,
-                            desc.clone(),
-                            "cannot be applied in place".into(),
-                        ));
-                        a.refusals.push(Refusal {
-                            item: format!("dependency {name}"),
-                            file: "Cargo.lock".into(),
-                            line: 0,
-                            reason: format!("{desc}: a patch must be built with exactly the dependency versions of the running build"),
-                            fix: "build the patch against the base's Cargo.lock (cargo dsu uses OLD's), or restart the process".into(),
-                        });
+                            desc,
+                            SAME_DEPENDENCIES,
+                            "build the patch against the base's Cargo.lock (cargo dsu uses OLD's), or restart the process",
+                        );
                     }
                 }
             }
@@ -1438,22 +1426,15 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
             None => "no pin".to_string(),
         };
         let desc = format!("toolchain pin: {} -> {}", show(&ot), show(&nt));
-        a.changes.push(change(
-            Kind::DependencyChanged,
+        refuse_environment(
+            &mut a,
             "rust-toolchain",
+            "toolchain".into(),
             "rust-toolchain.toml",
-            0,
-            6,
-            desc.clone(),
-            "cannot be applied in place".into(),
-        ));
-        a.refusals.push(Refusal {
-            item: "toolchain".into(),
-            file: "rust-toolchain.toml".into(),
-            line: 0,
-            reason: format!("{desc}: a patch must be built by the rustc that built the running process"),
-            fix: "keep the base's toolchain for this update, or restart the process on the new version".into(),
-        });
+            desc,
+            "a patch must be built by the rustc that built the running process",
+            "keep the base's toolchain for this update, or restart the process on the new version",
+        );
     }
 
     // Constraints.
@@ -1473,6 +1454,37 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
         (x.file.as_str(), x.line, &x.item).cmp(&(y.file.as_str(), y.line, &y.item))
     });
     Ok(a)
+}
+
+const SAME_DEPENDENCIES: &str =
+    "a patch must be built with exactly the dependency versions of the running build";
+
+/// A difference in the build environment (category 6): recorded as a change, and refused.
+fn refuse_environment(
+    a: &mut Analysis,
+    item: &str,
+    refusal_item: String,
+    file: &str,
+    desc: String,
+    why: &str,
+    fix: &str,
+) {
+    a.changes.push(change(
+        Kind::DependencyChanged,
+        item,
+        file,
+        0,
+        6,
+        desc.clone(),
+        "cannot be applied in place".into(),
+    ));
+    a.refusals.push(Refusal {
+        item: refusal_item,
+        file: file.into(),
+        line: 0,
+        reason: format!("{desc}: {why}"),
+        fix: fix.into(),
+    });
 }
 
 fn change(
