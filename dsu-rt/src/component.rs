@@ -17,7 +17,7 @@ use crate::desc::{
     payload_message, CallResult, ComponentDesc, ErasedFn, MethodDesc, Receiver, StateLayout,
     TransferDesc,
 };
-use crate::gate::{Access, Gate};
+use crate::gate::{self, Access, Gate};
 use crate::thread::{self, lock, ThreadInfo};
 
 /// A `#[dsu::state]` type.
@@ -334,6 +334,7 @@ pub struct Call<'a> {
     slot: &'a Slot,
     thread: *const ThreadInfo,
     depth: u32,
+    stripe: usize,
     access: Access,
 }
 
@@ -343,14 +344,14 @@ pub(crate) static COUNTING: std::sync::atomic::AtomicBool =
 
 impl<'a> Call<'a> {
     /// Enters `method` on the component behind `raw`.
-    #[inline]
+    #[inline(always)]
     pub fn enter(raw: &'a RawHandle, method: &'static MethodDesc) -> Call<'a> {
         Self::enter_with(raw, method, false)
     }
 
     /// `force_nested`: the update manager calling a `prepare_to_die` hook passes the pending
     /// gate as a nested call would.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn enter_with(
         raw: &'a RawHandle,
         method: &'static MethodDesc,
@@ -364,7 +365,8 @@ impl<'a> Call<'a> {
         let thread = thread::current();
         // SAFETY: `current()` returns null or this thread's live info.
         let nested = force_nested || unsafe { thread.as_ref() }.is_some_and(|t| t.depth() > 0);
-        slot.gate.enter(access, thread, nested, method.name);
+        let stripe = gate::stripe_of(thread);
+        slot.gate.enter(access, thread, stripe, nested, method.name);
         // SAFETY: as above.
         let depth = match unsafe { thread.as_ref() } {
             Some(t) => t.push(&slot.gate as *const Gate as *const (), method),
@@ -378,12 +380,13 @@ impl<'a> Call<'a> {
             slot,
             thread,
             depth,
+            stripe,
             access,
         }
     }
 
     /// The running table's entry for `method`.
-    #[inline]
+    #[inline(always)]
     pub fn entry(&self, method: &'static MethodDesc) -> unsafe fn() {
         // Relaxed: the table is only swapped while the manager holds the gate, and entering
         // the gate (Acquire) synchronised with the manager's release.
@@ -396,7 +399,7 @@ impl<'a> Call<'a> {
     }
 
     /// The state pointer, of the type the running table's entries expect.
-    #[inline]
+    #[inline(always)]
     pub fn state(&self) -> *mut () {
         // Relaxed: as for `entry`.
         self.slot.state.load(Ordering::Relaxed)
@@ -409,13 +412,13 @@ fn unresolved(name: &str) -> ! {
 }
 
 impl Drop for Call<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         // SAFETY: `thread` is null or this thread's live info (a Call never leaves its thread).
         if let Some(t) = unsafe { self.thread.as_ref() } {
             t.pop(self.depth);
         }
-        self.slot.gate.leave(self.access);
+        self.slot.gate.leave(self.access, self.stripe);
     }
 }
 

@@ -1,17 +1,33 @@
 //! The entry gate of a component instance.
 //!
-//! One word of state: a writer bit (a `&mut self` call or the update manager holds the
-//! component exclusively), a pending bit (an update is preparing: new *outer* calls wait), a
-//! waiters bit (someone sleeps on the condvar) and a count of shared holders.
+//! A gate is a reader-writer lock built for calls that mostly share: a shared (`&self`) call
+//! must not write to a cache line that other cores' shared calls write too, or two threads
+//! calling the same component run slower than one.
 //!
-//! Orderings: entering the gate is an `Acquire` and leaving it a `Release`, so everything a
-//! call did to the state happens-before the next exclusive holder (another call or the update
-//! manager, which swaps tables and transfers state while it holds the writer bit). Setting the
-//! pending bit is a plain read-modify-write with no data attached (`Relaxed` would do; `AcqRel`
-//! is used so the manager's observation of the counts that follow is ordered after it). The
-//! waiters bit is only set with the condvar's mutex held and by a compare-exchange against the
-//! exact blocked state the waiter observed; every release that sees the bit takes the mutex
-//! before notifying, so no wakeup is lost.
+//! - **The control word** holds a writer bit (a `&mut self` call or the update manager holds
+//!   the component exclusively), a pending bit (an update is preparing: new *outer* calls
+//!   wait), a waiters bit (someone sleeps on the condvar) and a mask of the reader stripes in
+//!   use.
+//! - **Reader stripes:** shared holders are counted in [`STRIPES`] cache-line-sized counters,
+//!   and each thread always uses the same one (`ThreadInfo::stripe`). A shared call increments
+//!   its stripe and then reads the control word; an exclusive holder sets the writer bit and
+//!   then sums the stripes the mask names. Both sides use `SeqCst` so that, in the single total
+//!   order of those operations, either the reader sees the writer bit (and backs off) or the
+//!   writer sees the reader's count (and backs off). The first time a stripe is used on a
+//!   gate, its bit is set in the mask with a read-modify-write whose result is checked the same
+//!   way, so a writer never skips a stripe that holds a reader.
+//!
+//! Writers do not hold the writer bit while they wait for readers to drain: a reader may be
+//! in the middle of a call chain that enters this gate again (a nested shared call), and it
+//! must not find the gate closed. A writer that finds readers releases the bit and sleeps
+//! until the last of them leaves; so does the update manager, which retries.
+//!
+//! Orderings: besides the `SeqCst` pairs above, entering is an acquire and leaving a release,
+//! so everything a call did to the state happens-before the next exclusive holder (another
+//! call or the update manager, which swaps tables and transfers state while it holds the
+//! writer bit). The waiters bit is set with the condvar's mutex held, and the waiter re-checks
+//! its condition after setting it; every release that can unblock someone and sees the bit
+//! takes the mutex before notifying, so no wakeup is lost.
 
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -21,14 +37,30 @@ use crate::thread::{lock, ThreadInfo};
 const WRITER: usize = 1;
 const PENDING: usize = 2;
 const WAITERS: usize = 4;
-const READER: usize = 8;
-const READERS: usize = !(READER - 1);
+/// Bit `MASK_SHIFT + i` of the control word: stripe `i` has been used on this gate.
+const MASK_SHIFT: u32 = 3;
+
+/// Reader stripes per gate. Threads are assigned stripes round-robin, so up to this many
+/// threads calling at once never share a counter.
+pub(crate) const STRIPES: usize = 8;
+
+/// A reader count on a cache line of its own.
+#[repr(align(64))]
+#[derive(Default)]
+struct Stripe(AtomicUsize);
+
+/// The control word, and the owner beside it on the same cache line.
+#[repr(align(64))]
+struct Control {
+    word: AtomicUsize,
+    /// The thread holding the writer bit for a call (null when it is the manager or free).
+    owner: AtomicPtr<ThreadInfo>,
+}
 
 /// See the module documentation.
 pub struct Gate {
-    state: AtomicUsize,
-    /// The thread holding the writer bit for a call (null when it is the manager or free).
-    owner: AtomicPtr<ThreadInfo>,
+    state: Control,
+    readers: [Stripe; STRIPES],
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -46,157 +78,290 @@ impl Default for Gate {
     }
 }
 
+#[inline]
+fn used_bit(stripe: usize) -> usize {
+    1 << (MASK_SHIFT as usize + stripe)
+}
+
+/// The stripe a thread's shared calls count in (stripe 0 for a thread being torn down).
+#[inline]
+pub(crate) fn stripe_of(me: *const ThreadInfo) -> usize {
+    // SAFETY: `me` is null or the live info of this thread.
+    unsafe { me.as_ref() }.map_or(0, |t| t.stripe)
+}
+
 impl Gate {
     pub fn new() -> Self {
         Gate {
-            state: AtomicUsize::new(0),
-            owner: AtomicPtr::new(std::ptr::null_mut()),
+            state: Control {
+                word: AtomicUsize::new(0),
+                owner: AtomicPtr::new(std::ptr::null_mut()),
+            },
+            readers: Default::default(),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         }
     }
 
-    fn blocks(s: usize, access: Access, nested: bool) -> bool {
-        let pending = s & PENDING != 0 && !nested;
-        match access {
-            Access::Shared => s & WRITER != 0 || pending,
-            Access::Exclusive => s & (WRITER | READERS) != 0 || pending,
+    /// Whether the control word `s` keeps out a caller (shared callers: only the writer and
+    /// pending bits; readers are checked separately by exclusive callers).
+    #[inline]
+    fn blocks(s: usize, nested: bool) -> bool {
+        s & WRITER != 0 || (s & PENDING != 0 && !nested)
+    }
+
+    /// Shared holders counted in the stripes that the control word `s` marks as used.
+    #[inline]
+    fn readers_in(&self, s: usize) -> usize {
+        let mut mask = s >> MASK_SHIFT;
+        let mut n = 0;
+        while mask != 0 {
+            let i = mask.trailing_zeros() as usize;
+            // SeqCst: pairs with the readers' increments (see the module documentation).
+            n += self.readers[i % STRIPES].0.load(Ordering::SeqCst);
+            mask &= mask - 1;
         }
+        n
     }
 
     /// Enters the gate. `nested` is true when the thread is already inside a dsu call: such a
     /// call passes a pending update (it is part of a call chain the update waits to drain).
-    #[inline]
-    pub(crate) fn enter(&self, access: Access, me: *const ThreadInfo, nested: bool, who: &str) {
+    /// `stripe` is [`stripe_of`] the calling thread; `leave` must be given the same one.
+    #[inline(always)]
+    pub(crate) fn enter(
+        &self,
+        access: Access,
+        me: *const ThreadInfo,
+        stripe: usize,
+        nested: bool,
+        who: &str,
+    ) {
+        if self.try_enter(access, me, stripe, nested) {
+            return;
+        }
+        self.enter_slow(access, me, stripe, nested, who);
+    }
+
+    /// One attempt to enter without waiting.
+    #[inline(always)]
+    fn try_enter(
+        &self,
+        access: Access,
+        me: *const ThreadInfo,
+        stripe: usize,
+        nested: bool,
+    ) -> bool {
         match access {
             Access::Shared => {
-                // Acquire: pairs with the Release of the previous exclusive holder.
-                let prev = self.state.fetch_add(READER, Ordering::Acquire);
-                if prev & (WRITER | PENDING) == 0 || (prev & WRITER == 0 && nested) {
-                    return;
+                let count = &self.readers[stripe % STRIPES].0;
+                // SeqCst: see the module documentation (this is also the acquire of the call).
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut s = self.state.word.load(Ordering::SeqCst);
+                if s & used_bit(stripe) == 0 {
+                    // First use of this stripe on this gate: publish it, and judge the gate
+                    // by the word the publication saw.
+                    s = self.state.word.fetch_or(used_bit(stripe), Ordering::SeqCst);
                 }
-                // Undo the optimistic increment; Release pairs with a drain check that may
-                // have seen it.
-                let prev = self.state.fetch_sub(READER, Ordering::Release);
-                self.after_release(prev, READER);
+                if !Self::blocks(s, nested) {
+                    return true;
+                }
+                // Back off; a writer waiting for readers to drain may be waiting for this one.
+                self.leave_shared(stripe);
+                false
             }
             Access::Exclusive => {
-                // Acquire: pairs with the Release of the previous holder.
+                let s = self.state.word.load(Ordering::Relaxed);
+                if Self::blocks(s, nested) {
+                    return false;
+                }
+                // SeqCst: see the module documentation (this is also the acquire of the call).
                 if self
                     .state
-                    .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
+                    .word
+                    .compare_exchange(s, s | WRITER, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_err()
                 {
-                    self.owner.store(me as *mut _, Ordering::Relaxed);
-                    return;
+                    return false;
                 }
+                if self.readers_in(s) != 0 {
+                    self.release_writer();
+                    return false;
+                }
+                self.state.owner.store(me as *mut _, Ordering::Relaxed);
+                true
             }
         }
-        self.enter_slow(access, me, nested, who);
     }
 
     #[cold]
-    fn enter_slow(&self, access: Access, me: *const ThreadInfo, nested: bool, who: &str) {
+    fn enter_slow(
+        &self,
+        access: Access,
+        me: *const ThreadInfo,
+        stripe: usize,
+        nested: bool,
+        who: &str,
+    ) {
         let inside = || {
             // SAFETY: `me` is null or the live info of this thread.
             unsafe { me.as_ref() }.is_some_and(|t| t.is_inside(self as *const Gate as *const ()))
         };
-        {
-            let mut guard = lock(&self.lock);
-            loop {
-                let s = self.state.load(Ordering::Relaxed);
-                if !Self::blocks(s, access, nested) {
-                    let next = match access {
-                        Access::Shared => s + READER,
-                        Access::Exclusive => s | WRITER,
-                    };
-                    // Acquire: as in the fast path.
-                    if self
-                        .state
-                        .compare_exchange(s, next, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        if access == Access::Exclusive {
-                            self.owner.store(me as *mut _, Ordering::Relaxed);
-                        }
-                        return;
-                    }
-                    continue;
+        let mut guard = lock(&self.lock);
+        loop {
+            if self.try_enter_locked(access, me, stripe, nested) {
+                return;
+            }
+            let s = self.state.word.load(Ordering::SeqCst);
+            // A thread waiting for a gate it is itself holding would wait forever.
+            let self_owned = s & WRITER != 0
+                && !me.is_null()
+                && std::ptr::eq(self.state.owner.load(Ordering::Relaxed), me);
+            if self_owned || (access == Access::Exclusive && inside()) {
+                drop(guard);
+                panic!(
+                    "dsu: re-entrant call `{who}`: this thread is already inside a call on \
+                     this component instance and would deadlock; call the method directly \
+                     on `self` instead of through a handle"
+                );
+            }
+            // Announce the wait, then look again: a release that happened before the
+            // announcement is seen now; one after it sees the bit and wakes us.
+            self.state.word.fetch_or(WAITERS, Ordering::SeqCst);
+            if self.try_enter_locked(access, me, stripe, nested) {
+                return;
+            }
+            guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// `try_enter` for a caller holding the mutex: ignores the waiters bit (the caller is one
+    /// of the waiters).
+    fn try_enter_locked(
+        &self,
+        access: Access,
+        me: *const ThreadInfo,
+        stripe: usize,
+        nested: bool,
+    ) -> bool {
+        match access {
+            Access::Shared => {
+                let count = &self.readers[stripe % STRIPES].0;
+                // SeqCst: as in `try_enter`.
+                count.fetch_add(1, Ordering::SeqCst);
+                let s = self.state.word.fetch_or(used_bit(stripe), Ordering::SeqCst);
+                if !Self::blocks(s, nested) {
+                    return true;
                 }
-                // A thread waiting for a gate it is itself holding would wait forever.
-                let self_owned = s & WRITER != 0
-                    && !me.is_null()
-                    && std::ptr::eq(self.owner.load(Ordering::Relaxed), me);
-                if self_owned || (access == Access::Exclusive && s & READERS != 0 && inside()) {
-                    drop(guard);
-                    panic!(
-                        "dsu: re-entrant call `{who}`: this thread is already inside a call on \
-                         this component instance and would deadlock; call the method directly \
-                         on `self` instead of through a handle"
-                    );
+                count.fetch_sub(1, Ordering::SeqCst);
+                self.notify_if_drained_locked();
+                false
+            }
+            Access::Exclusive => loop {
+                let s = self.state.word.load(Ordering::SeqCst);
+                if Self::blocks(s, nested) {
+                    return false;
                 }
-                if s & WAITERS == 0
-                    && self
-                        .state
-                        .compare_exchange(s, s | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_err()
+                if self
+                    .state
+                    .word
+                    .compare_exchange(s, s | WRITER, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_err()
                 {
                     continue;
                 }
-                guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
-            }
+                if self.readers_in(s) != 0 {
+                    self.release_writer_locked();
+                    return false;
+                }
+                self.state.owner.store(me as *mut _, Ordering::Relaxed);
+                return true;
+            },
         }
     }
 
-    /// Leaves the gate.
-    #[inline]
-    pub(crate) fn leave(&self, access: Access) {
+    /// Leaves the gate. `stripe` must be the one given to `enter`.
+    #[inline(always)]
+    pub(crate) fn leave(&self, access: Access, stripe: usize) {
         match access {
-            Access::Shared => {
-                // Release: publishes this call's effects to the next exclusive holder.
-                let prev = self.state.fetch_sub(READER, Ordering::Release);
-                self.after_release(prev, READER);
-            }
+            Access::Shared => self.leave_shared(stripe),
             Access::Exclusive => {
-                self.owner.store(std::ptr::null_mut(), Ordering::Relaxed);
-                // Release: as above.
-                let prev = self.state.fetch_and(!WRITER, Ordering::Release);
-                self.after_release(prev, WRITER);
+                self.state
+                    .owner
+                    .store(std::ptr::null_mut(), Ordering::Relaxed);
+                self.release_writer();
             }
         }
     }
 
+    #[inline(always)]
+    fn leave_shared(&self, stripe: usize) {
+        // SeqCst: publishes this call's effects (release) and pairs with a waiter's
+        // announcement (see `enter_slow`).
+        self.readers[stripe % STRIPES]
+            .0
+            .fetch_sub(1, Ordering::SeqCst);
+        let s = self.state.word.load(Ordering::SeqCst);
+        if s & WAITERS != 0 {
+            self.after_last_reader(s);
+        }
+    }
+
+    /// A reader left while someone waits: only the last reader can unblock anyone (a writer
+    /// waiting for the drain); readers waiting for a writer or an update are woken by those.
+    #[cold]
+    fn after_last_reader(&self, s: usize) {
+        if self.readers_in(s) == 0 {
+            self.wake_all();
+        }
+    }
+
+    /// `after_last_reader` for a caller that holds the mutex. The waiters bit stays set: the
+    /// caller is a waiter itself and may go on to wait.
+    fn notify_if_drained_locked(&self) {
+        let s = self.state.word.load(Ordering::SeqCst);
+        if s & WAITERS != 0 && self.readers_in(s) == 0 {
+            self.wake.notify_all();
+        }
+    }
+
+    /// Clears the writer bit (which the caller holds), waking waiters.
     #[inline]
-    fn after_release(&self, prev: usize, released: usize) {
+    fn release_writer(&self) {
+        // Release (SeqCst): publishes the holder's effects to whoever enters next. A
+        // subtraction, because the bit is known to be set: on x86 it is one `lock xadd`, where
+        // a `fetch_and` is a compare-exchange loop.
+        let prev = self.state.word.fetch_sub(WRITER, Ordering::SeqCst);
         if prev & WAITERS != 0 {
-            let now = if released == WRITER {
-                prev & !WRITER
-            } else {
-                prev - READER
-            };
-            // Only a release that can unblock someone needs to wake: the last reader or a writer.
-            if now & (READERS | WRITER) == 0 || released == WRITER {
-                self.wake_all();
-            }
+            self.wake_all();
+        }
+    }
+
+    /// `release_writer` for a caller that holds the mutex. The waiters bit stays set: the
+    /// caller is a waiter itself and may go on to wait.
+    fn release_writer_locked(&self) {
+        let prev = self.state.word.fetch_sub(WRITER, Ordering::SeqCst);
+        if prev & WAITERS != 0 {
+            self.wake.notify_all();
         }
     }
 
     #[cold]
     fn wake_all(&self) {
         let _g = lock(&self.lock);
-        // Relaxed: the waiters re-check the state under the mutex.
-        self.state.fetch_and(!WAITERS, Ordering::Relaxed);
+        // The waiters re-check the state under the mutex, and set the bit again if they still
+        // have to wait.
+        self.state.word.fetch_and(!WAITERS, Ordering::SeqCst);
         self.wake.notify_all();
     }
 
     /// Marks the gate pending: from now on new outer calls wait.
     pub(crate) fn set_pending(&self) {
-        self.state.fetch_or(PENDING, Ordering::AcqRel);
+        self.state.word.fetch_or(PENDING, Ordering::SeqCst);
     }
 
     /// Clears the pending bit (update aborted) and wakes the waiting callers.
     pub(crate) fn clear_pending(&self) {
-        let prev = self.state.fetch_and(!PENDING, Ordering::AcqRel);
+        let prev = self.state.word.fetch_and(!PENDING, Ordering::SeqCst);
         if prev & WAITERS != 0 {
             self.wake_all();
         }
@@ -204,20 +369,35 @@ impl Gate {
 
     /// Takes the gate for the update manager if no call is in flight. The gate must be pending.
     pub(crate) fn try_lock_for_update(&self) -> bool {
-        let s = self.state.load(Ordering::Relaxed);
-        if s & (WRITER | READERS) != 0 {
+        let s = self.state.word.load(Ordering::SeqCst);
+        if s & WRITER != 0 || self.readers_in(s) != 0 {
             return false;
         }
-        // Acquire: everything the last calls did to the state is visible to the manager.
-        self.state
-            .compare_exchange(s, s | WRITER, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        // SeqCst: as for an exclusive call; everything the last calls did to the state is
+        // visible to the manager.
+        if self
+            .state
+            .word
+            .compare_exchange(s, s | WRITER, Ordering::SeqCst, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        if self.readers_in(s) != 0 {
+            self.release_writer();
+            return false;
+        }
+        true
     }
 
     /// Releases a gate taken by `try_lock_for_update`, clearing the pending bit too.
     pub(crate) fn unlock_after_update(&self) {
-        // Release: the new table and state are published to every caller that enters next.
-        let prev = self.state.fetch_and(!(WRITER | PENDING), Ordering::Release);
+        // Release (SeqCst): the new table and state are published to every caller that enters
+        // next.
+        let prev = self
+            .state
+            .word
+            .fetch_and(!(WRITER | PENDING), Ordering::SeqCst);
         if prev & WAITERS != 0 {
             self.wake_all();
         }
@@ -226,16 +406,13 @@ impl Gate {
     /// Releases the manager's hold but keeps the gate pending (another gate of the same update
     /// could not be taken; the manager will try again).
     pub(crate) fn unlock_keep_pending(&self) {
-        let prev = self.state.fetch_and(!WRITER, Ordering::Release);
-        if prev & WAITERS != 0 {
-            self.wake_all();
-        }
+        self.release_writer();
     }
 
     /// Calls in flight: (shared holders, whether an exclusive call holds it).
     pub(crate) fn in_flight(&self) -> (usize, bool) {
-        let s = self.state.load(Ordering::Relaxed);
-        (s / READER, s & WRITER != 0)
+        let s = self.state.word.load(Ordering::SeqCst);
+        (self.readers_in(s), s & WRITER != 0)
     }
 }
 
@@ -255,14 +432,14 @@ mod tests {
     #[test]
     fn shared_calls_overlap_and_exclusive_waits() {
         let g = Gate::new();
-        g.enter(Access::Shared, me(), false, "t");
-        g.enter(Access::Shared, me(), true, "t");
+        g.enter(Access::Shared, me(), stripe_of(me()), false, "t");
+        g.enter(Access::Shared, me(), stripe_of(me()), true, "t");
         assert_eq!(g.in_flight(), (2, false));
-        g.leave(Access::Shared);
-        g.leave(Access::Shared);
-        g.enter(Access::Exclusive, me(), false, "t");
+        g.leave(Access::Shared, stripe_of(thread::current()));
+        g.leave(Access::Shared, stripe_of(thread::current()));
+        g.enter(Access::Exclusive, me(), stripe_of(me()), false, "t");
         assert_eq!(g.in_flight(), (0, true));
-        g.leave(Access::Exclusive);
+        g.leave(Access::Exclusive, stripe_of(thread::current()));
         assert_eq!(g.in_flight(), (0, false));
     }
 
@@ -271,18 +448,24 @@ mod tests {
         let g = Arc::new(Gate::new());
         g.set_pending();
         // A nested call passes.
-        g.enter(Access::Shared, me(), true, "t");
-        g.leave(Access::Shared);
-        g.enter(Access::Exclusive, me(), true, "t");
-        g.leave(Access::Exclusive);
+        g.enter(Access::Shared, me(), stripe_of(me()), true, "t");
+        g.leave(Access::Shared, stripe_of(thread::current()));
+        g.enter(Access::Exclusive, me(), stripe_of(me()), true, "t");
+        g.leave(Access::Exclusive, stripe_of(thread::current()));
         // An outer call waits until the pending bit is cleared.
         let entered = Arc::new(AtomicU64::new(0));
         let h = {
             let (g, entered) = (g.clone(), entered.clone());
             std::thread::spawn(move || {
-                g.enter(Access::Shared, thread::current(), false, "t");
+                g.enter(
+                    Access::Shared,
+                    thread::current(),
+                    stripe_of(thread::current()),
+                    false,
+                    "t",
+                );
                 entered.store(1, Ordering::SeqCst);
-                g.leave(Access::Shared);
+                g.leave(Access::Shared, stripe_of(thread::current()));
             })
         };
         std::thread::sleep(Duration::from_millis(50));
@@ -300,10 +483,10 @@ mod tests {
     #[test]
     fn manager_cannot_lock_while_a_call_is_in_flight() {
         let g = Gate::new();
-        g.enter(Access::Shared, me(), false, "t");
+        g.enter(Access::Shared, me(), stripe_of(me()), false, "t");
         g.set_pending();
         assert!(!g.try_lock_for_update());
-        g.leave(Access::Shared);
+        g.leave(Access::Shared, stripe_of(thread::current()));
         assert!(g.try_lock_for_update());
         g.unlock_after_update();
         assert_eq!(g.in_flight(), (0, false));
@@ -330,7 +513,13 @@ mod tests {
                     } else {
                         Access::Shared
                     };
-                    g.enter(acc, thread::current(), false, "t");
+                    g.enter(
+                        acc,
+                        thread::current(),
+                        stripe_of(thread::current()),
+                        false,
+                        "t",
+                    );
                     if excl {
                         assert_eq!(writers.fetch_add(1, Ordering::SeqCst), 0);
                         assert_eq!(inside.load(Ordering::SeqCst), 0);
@@ -341,7 +530,7 @@ mod tests {
                         assert_eq!(writers.load(Ordering::SeqCst), 0);
                         inside.fetch_sub(1, Ordering::SeqCst);
                     }
-                    g.leave(acc);
+                    g.leave(acc, stripe_of(thread::current()));
                     n += 1;
                 }
                 n
@@ -363,6 +552,69 @@ mod tests {
         assert_eq!(g.in_flight(), (0, false));
     }
 
+    /// A writer waiting for readers must not close the gate to them: a reader in the middle
+    /// of a call chain may enter the same gate again before it leaves.
+    #[test]
+    fn a_waiting_writer_lets_a_readers_nested_call_in() {
+        let g = Arc::new(Gate::new());
+        g.enter(Access::Shared, me(), stripe_of(me()), false, "t");
+        let h = {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                let t = thread::current();
+                g.enter(Access::Exclusive, t, stripe_of(t), false, "w");
+                g.leave(Access::Exclusive, stripe_of(t));
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        // The nested call of the chain that is already inside.
+        g.enter(Access::Shared, me(), stripe_of(me()), true, "t");
+        g.leave(Access::Shared, stripe_of(me()));
+        g.leave(Access::Shared, stripe_of(me()));
+        h.join().unwrap();
+        assert_eq!(g.in_flight(), (0, false));
+    }
+
+    /// More threads than stripes, so some share a counter; every thread's calls finish (no
+    /// lost wakeup) and exclusive sections never overlap anything.
+    #[test]
+    fn stress_more_threads_than_stripes() {
+        let g = Arc::new(Gate::new());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let writers = Arc::new(AtomicUsize::new(0));
+        let hs: Vec<_> = (0..2 * STRIPES + 1)
+            .map(|i| {
+                let (g, inside, writers) = (g.clone(), inside.clone(), writers.clone());
+                std::thread::spawn(move || {
+                    let t = thread::current();
+                    for n in 0..2_000usize {
+                        let excl = (n + i) % 5 == 0;
+                        let acc = if excl {
+                            Access::Exclusive
+                        } else {
+                            Access::Shared
+                        };
+                        g.enter(acc, t, stripe_of(t), false, "t");
+                        if excl {
+                            assert_eq!(writers.fetch_add(1, Ordering::SeqCst), 0);
+                            assert_eq!(inside.load(Ordering::SeqCst), 0);
+                            writers.fetch_sub(1, Ordering::SeqCst);
+                        } else {
+                            inside.fetch_add(1, Ordering::SeqCst);
+                            assert_eq!(writers.load(Ordering::SeqCst), 0);
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        g.leave(acc, stripe_of(t));
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(g.in_flight(), (0, false));
+    }
+
     #[test]
     #[should_panic(expected = "re-entrant call")]
     fn reentrant_exclusive_call_panics_instead_of_deadlocking() {
@@ -373,7 +625,7 @@ mod tests {
         let info = unsafe { &*t };
         info.slots[0].store(&g as *const Gate as *mut (), Ordering::Relaxed);
         info.depth.store(1, Ordering::Relaxed);
-        g.enter(Access::Shared, t, false, "t");
-        g.enter(Access::Exclusive, t, true, "Store::set");
+        g.enter(Access::Shared, t, stripe_of(t), false, "t");
+        g.enter(Access::Exclusive, t, stripe_of(t), true, "Store::set");
     }
 }

@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -32,6 +32,8 @@ pub struct ThreadInfo {
     /// Counts outer calls, so a report can tell one long call from many short ones.
     pub(crate) seq: AtomicU64,
     pub(crate) registered: AtomicBool,
+    /// The reader stripe this thread's shared calls count in (see `gate`).
+    pub(crate) stripe: usize,
     /// Set while the thread is parked at an update point. Written under the [`Parking`] mutex.
     pub(crate) quiescent: Cell<bool>,
 }
@@ -55,6 +57,8 @@ impl ThreadInfo {
             slots: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
             seq: AtomicU64::new(0),
             registered: AtomicBool::new(false),
+            // Relaxed: a round-robin ticket; any value is correct, distinct ones are faster.
+            stripe: NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % crate::gate::STRIPES,
             quiescent: Cell::new(false),
         }
     }
@@ -73,7 +77,9 @@ impl ThreadInfo {
             self.slots[d as usize].store(slot as *mut (), Ordering::Relaxed);
         }
         if d == 0 {
-            self.seq.fetch_add(1, Ordering::Relaxed);
+            // Only this thread writes `seq`: a load and a store, not a read-modify-write.
+            self.seq
+                .store(self.seq.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         }
         self.depth.store(d + 1, Ordering::Relaxed);
         d
@@ -98,13 +104,20 @@ struct Current(Arc<ThreadInfo>);
 
 impl Drop for Current {
     fn drop(&mut self) {
+        CURRENT_PTR.with(|p| p.set(ptr::null()));
         let reg = registry();
         let mut all = lock(&reg.all);
         all.retain(|t| !Arc::ptr_eq(t, &self.0));
     }
 }
 
+/// Hands out reader stripes round-robin.
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
 thread_local! {
+    /// A copy of `CURRENT`'s pointer: a constant-initialised thread-local without a destructor
+    /// is a single load, where `CURRENT` checks its lazy initialisation on every access.
+    static CURRENT_PTR: Cell<*const ThreadInfo> = const { Cell::new(ptr::null()) };
     static CURRENT: Current = {
         let info = Arc::new(ThreadInfo::new());
         lock(&registry().all).push(info.clone());
@@ -116,14 +129,30 @@ thread_local! {
 pub(crate) static FORWARD: AtomicPtr<()> = AtomicPtr::new(ptr::null_mut());
 
 /// The host's accessor, handed to a patch at adoption.
+#[inline(always)]
 pub(crate) fn host_current() -> *const ThreadInfo {
+    let p = CURRENT_PTR.with(Cell::get);
+    if p.is_null() {
+        host_current_slow()
+    } else {
+        p
+    }
+}
+
+/// First call on this thread (or one during its teardown, which gets null).
+#[cold]
+fn host_current_slow() -> *const ThreadInfo {
     CURRENT
-        .try_with(|c| Arc::as_ptr(&c.0))
+        .try_with(|c| {
+            let p = Arc::as_ptr(&c.0);
+            CURRENT_PTR.with(|c| c.set(p));
+            p
+        })
         .unwrap_or(ptr::null())
 }
 
 /// The current thread's info, or null while the thread is being torn down.
-#[inline]
+#[inline(always)]
 pub(crate) fn current() -> *const ThreadInfo {
     // Relaxed: FORWARD is written once at adoption, before any patched code can run.
     let f = FORWARD.load(Ordering::Relaxed);
