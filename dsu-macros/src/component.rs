@@ -538,16 +538,8 @@ fn generate(c: &Component, code: u64) -> TokenStream {
         });
     }
 
-    quote! {
-        #item
-
-        #[doc(hidden)]
-        #[allow(non_camel_case_types)]
-        pub struct #proxy {
-            __dsu_raw: ::dsu::__private::RawHandle,
-        }
-
-        #[doc(hidden)]
+    // The expansion with dsu: entries, descriptors, and proxy methods through the table.
+    let on = quote! {
         #[allow(non_upper_case_globals, non_snake_case, private_interfaces, private_bounds)]
         const _: () = {
             #(#entries)*
@@ -587,6 +579,95 @@ fn generate(c: &Component, code: u64) -> TokenStream {
             }
 
             #(#proxies)*
+        };
+    };
+    let off = generate_off(c, &proxy, &id);
+    // Both expansions are emitted and `cfg(dsu_off)` picks one (see dsu-rt's `off.rs`). The
+    // cfgs sit inside a `const` that allows `unexpected_cfgs`: the cfg belongs to the runtime,
+    // so a user's crate need not declare it.
+    quote! {
+        #item
+
+        #[doc(hidden)]
+        #[allow(unexpected_cfgs)]
+        const _: () = {
+            #[cfg(not(dsu_off))]
+            #[allow(non_camel_case_types)]
+            pub struct #proxy {
+                __dsu_raw: ::dsu::__private::RawHandle,
+            }
+
+            #[cfg(not(dsu_off))]
+            #on
+
+            #[cfg(dsu_off)]
+            #off
+        };
+    }
+}
+
+/// The expansion under `--cfg dsu_off` (see dsu-rt's `off.rs`): the proxy holds an
+/// `Arc<RwLock<T>>` and each method takes the lock its receiver needs and calls the method
+/// directly. `#[inline]`, as the lock and the call would be if written at the call site.
+fn generate_off(c: &Component, proxy: &Ident, id: &TokenStream) -> TokenStream {
+    let self_ty = &c.self_ty;
+    let name_str = c.name.to_string();
+    let names = c.methods.iter().map(|m| &m.name);
+    let methods = c.methods.iter().map(|m| {
+        let mname = &m.name;
+        let arg_names: Vec<Ident> = (0..m.args.len())
+            .map(|j| format_ident!("__dsu_a{}", j))
+            .collect();
+        let arg_tys = &m.args;
+        let ret = &m.ret;
+        let vis = &m.vis;
+        let docs = &m.docs;
+        let this = if m.exclusive {
+            quote!(&mut *::dsu::__private::write(&self.__dsu_state))
+        } else {
+            quote!(&*::dsu::__private::read(&self.__dsu_state))
+        };
+        quote! {
+            #(#docs)*
+            #[inline]
+            #[allow(clippy::too_many_arguments)]
+            #vis fn #mname(&self #(, #arg_names: #arg_tys)*) -> #ret {
+                <#self_ty>::#mname(#this #(, #arg_names)*)
+            }
+        }
+    });
+    quote! {
+        #[allow(non_upper_case_globals, non_snake_case, private_interfaces, private_bounds)]
+        const _: () = {
+            #[allow(non_camel_case_types)]
+            pub struct #proxy {
+                __dsu_state: ::dsu::__private::Shared<#self_ty>,
+            }
+
+            #[automatically_derived]
+            impl ::dsu::__private::Component for #self_ty {
+                type Proxy = #proxy;
+                const EXPLICIT_ID: ::core::option::Option<&'static str> = #id;
+                const PATH: &'static str = ::core::concat!(::core::module_path!(), "::", #name_str);
+            }
+
+            #[automatically_derived]
+            impl ::dsu::__private::Proxy<#self_ty> for #proxy {
+                fn from_shared(state: ::dsu::__private::Shared<#self_ty>) -> Self {
+                    #proxy { __dsu_state: state }
+                }
+                fn shared(&self) -> &::dsu::__private::Shared<#self_ty> {
+                    &self.__dsu_state
+                }
+            }
+
+            impl #proxy {
+                #(#methods)*
+            }
+
+            // With dsu every method is referenced by its table; so here, lest an uncalled one
+            // (a hook, say) warn as dead code in this build only.
+            #(let _ = #proxy::#names;)*
         };
     }
 }

@@ -41,24 +41,35 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
     } = &s;
     let name = ident.to_string();
     let ty_hash = token_hash(&ty.to_token_stream());
+    // Both expansions are emitted and `cfg(dsu_off)` (see dsu-rt's `off.rs`) picks one: with
+    // it, a plain static, so `init` must then be a constant expression. The cfgs sit inside the
+    // initialiser, where `unexpected_cfgs` is allowed: the cfg belongs to the runtime, so a
+    // user's crate need not declare it.
     Ok(quote! {
         #(#attrs)*
+        #[allow(unexpected_cfgs)]
         #vis static #ident: ::dsu::Global<#ty> = {
-            static __DSU_GLOBAL: ::dsu::__private::GlobalDesc = ::dsu::__private::GlobalDesc {
-                name: #name,
-                module_path: ::core::module_path!(),
-                fingerprint: ::dsu::__private::fingerprint::mix_all(#ty_hash, &[
-                    ::core::mem::size_of::<#ty>() as u64,
-                    ::core::mem::align_of::<#ty>() as u64,
-                ]),
+            #[cfg(dsu_off)]
+            let __dsu_global = ::dsu::__private::Global::new(#expr);
+            #[cfg(not(dsu_off))]
+            let __dsu_global = {
+                static __DSU_GLOBAL: ::dsu::__private::GlobalDesc = ::dsu::__private::GlobalDesc {
+                    name: #name,
+                    module_path: ::core::module_path!(),
+                    fingerprint: ::dsu::__private::fingerprint::mix_all(#ty_hash, &[
+                        ::core::mem::size_of::<#ty>() as u64,
+                        ::core::mem::align_of::<#ty>() as u64,
+                    ]),
+                };
+                #[::dsu::__private::linkme::distributed_slice(::dsu::__private::GLOBALS)]
+                #[linkme(crate = ::dsu::__private::linkme)]
+                static __DSU_GLOBAL_REG: &'static ::dsu::__private::GlobalDesc = &__DSU_GLOBAL;
+                fn __dsu_init() -> #ty {
+                    #expr
+                }
+                ::dsu::__private::Global::new(&__DSU_GLOBAL, __dsu_init)
             };
-            #[::dsu::__private::linkme::distributed_slice(::dsu::__private::GLOBALS)]
-            #[linkme(crate = ::dsu::__private::linkme)]
-            static __DSU_GLOBAL_REG: &'static ::dsu::__private::GlobalDesc = &__DSU_GLOBAL;
-            fn __dsu_init() -> #ty {
-                #expr
-            }
-            ::dsu::__private::Global::new(&__DSU_GLOBAL, __dsu_init)
+            __dsu_global
         };
     })
 }

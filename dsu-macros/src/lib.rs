@@ -4,6 +4,10 @@
 //! Each macro is parse -> validate -> expand. Every problem found is reported at once, pointing
 //! at the user's tokens, and the original item is still emitted next to the errors so the rest
 //! of the crate keeps compiling.
+//!
+//! Every expansion comes in two alternatives, and `cfg(dsu_off)` picks one: with dsu, and with
+//! the runtime compiled out (`RUSTFLAGS="--cfg dsu_off"`, see dsu-rt's `off.rs`). A macro cannot
+//! see the cfg of the crate it expands in, so it emits both and the compiler keeps one.
 
 #![forbid(unsafe_code)]
 

@@ -106,9 +106,13 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
     Ok(quote! {
         #item
 
+        // With `--cfg dsu_off` (see dsu-rt's `off.rs`) the type is all there is. The cfg sits
+        // inside a `const` that allows `unexpected_cfgs`: it belongs to the runtime, so a
+        // user's crate need not declare it.
         #[doc(hidden)]
-        #[allow(non_upper_case_globals)]
+        #[allow(non_upper_case_globals, unexpected_cfgs)]
         const _: () = {
+            #[cfg(not(dsu_off))]
             #[automatically_derived]
             unsafe impl ::dsu::__private::State for #ident {
                 const LAYOUT: ::dsu::__private::StateLayout = ::dsu::__private::StateLayout {
@@ -123,6 +127,7 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
                 };
             }
 
+            #[cfg(not(dsu_off))]
             #[::dsu::__private::linkme::distributed_slice(::dsu::__private::STATES)]
             #[linkme(crate = ::dsu::__private::linkme)]
             static __DSU_STATE: &'static ::dsu::__private::StateLayout =

@@ -82,6 +82,15 @@ fn calls(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("1 thread");
     g.throughput(Throughput::Elements(1));
+    // Control: the method with no lock at all, to show what this machine's two cores give a
+    // loop that shares nothing.
+    let plain = Arc::new(Counter::default());
+    {
+        let plain = plain.clone();
+        g.bench_function("&self direct, no lock (control)", move |b| {
+            b.iter(|| black_box(plain.get_direct()))
+        });
+    }
     g.bench_function("&self direct (RwLock read)", |b| {
         b.iter(|| black_box(locked.read().unwrap().get_direct()))
     });
@@ -99,6 +108,15 @@ fn calls(c: &mut Criterion) {
     // Two threads at once: throughput counts both threads' calls.
     let mut g = c.benchmark_group("2 threads");
     g.throughput(Throughput::Elements(2));
+    g.bench_function("&self direct, no lock (control)", move |b| {
+        let plain = plain.clone();
+        b.iter_custom(move |iters| {
+            let p = plain.clone();
+            parallel(2, iters, move || {
+                black_box(p.get_direct());
+            })
+        })
+    });
     {
         let locked = locked.clone();
         g.bench_function("&self direct (RwLock read)", move |b| {

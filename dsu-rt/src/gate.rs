@@ -40,6 +40,9 @@ const WAITERS: usize = 4;
 /// Bit `MASK_SHIFT + i` of the control word: stripe `i` has been used on this gate.
 const MASK_SHIFT: u32 = 3;
 
+/// Attempts a blocked caller makes before it sleeps.
+const SPINS: usize = 100;
+
 /// Reader stripes per gate. Threads are assigned stripes round-robin, so up to this many
 /// threads calling at once never share a counter.
 pub(crate) const STRIPES: usize = 8;
@@ -202,6 +205,19 @@ impl Gate {
         nested: bool,
         who: &str,
     ) {
+        // Spin a little before sleeping: calls are short, and a caller that sleeps on the
+        // condvar costs every release that follows a wakeup (std's `RwLock` spins the same
+        // way). Only an attempt that can succeed is made, so spinning costs no writes.
+        for _ in 0..SPINS {
+            std::hint::spin_loop();
+            let s = self.state.word.load(Ordering::Relaxed);
+            let free = !Self::blocks(s, nested)
+                && (access == Access::Shared || self.readers_in(s) == 0)
+                && s & WAITERS == 0;
+            if free && self.try_enter(access, me, stripe, nested) {
+                return;
+            }
+        }
         let inside = || {
             // SAFETY: `me` is null or the live info of this thread.
             unsafe { me.as_ref() }.is_some_and(|t| t.is_inside(self as *const Gate as *const ()))

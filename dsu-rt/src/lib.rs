@@ -29,45 +29,88 @@
 //! }
 //! ```
 //!
+//! ## Building without dsu
+//!
+//! `RUSTFLAGS="--cfg dsu_off"` compiles the same source with the runtime left out: a component
+//! handle is an `Arc<RwLock<T>>` whose methods take the lock and call the method, globals are
+//! plain statics, and no control socket is opened, so **such a build cannot be updated**. It is
+//! the baseline dsu's cost is measured against (see `off.rs` and BENCHMARKS.md).
+//!
 //! See DESIGN.md for the architecture.
 
+// With `--cfg dsu_off`, `off` stands in for everything but the error type and the build facts.
+#[cfg(not(dsu_off))]
 mod alloc;
+#[cfg(not(dsu_off))]
 mod component;
+#[cfg(not(dsu_off))]
 mod context;
+#[cfg(not(dsu_off))]
 pub mod control;
+#[cfg(not(dsu_off))]
 mod desc;
 mod error;
+#[cfg(not(dsu_off))]
 pub mod fingerprint;
+#[cfg(not(dsu_off))]
 mod gate;
+#[cfg(not(dsu_off))]
 mod global;
+#[cfg(not(dsu_off))]
 mod loader;
+#[cfg(not(dsu_off))]
 mod manager;
+#[cfg(dsu_off)]
+mod off;
+#[cfg(not(dsu_off))]
 pub mod package;
+#[cfg(not(dsu_off))]
 mod policy;
+#[cfg(not(dsu_off))]
 mod protocol;
+#[cfg(not(dsu_off))]
 mod runtime;
+#[cfg(not(dsu_off))]
 mod thread;
 
+#[cfg(not(dsu_off))]
 pub use component::{register, Component, Handle, State};
 pub use dsu_macros::{component, global, protocol, state, transfer};
 pub use error::Error;
+#[cfg(not(dsu_off))]
 pub use global::Global;
+#[cfg(not(dsu_off))]
 pub use manager::{
     ApplyOptions, BusyCall, ComponentStatus, Outcome, Status, UpdateRecord, UpdateReport,
 };
+#[cfg(dsu_off)]
+pub use off::{
+    register, register_thread, Component, Global, Handle, Runtime, RuntimeBuilder,
+    ThreadRegistration,
+};
+#[cfg(not(dsu_off))]
 pub use package::{Constraints, Manifest, Package};
+#[cfg(not(dsu_off))]
 pub use policy::{Policy, TimeOfDay};
+#[cfg(not(dsu_off))]
 pub use runtime::{Runtime, RuntimeBuilder};
+#[cfg(not(dsu_off))]
 pub use thread::{register_thread, ThreadRegistration};
 
 /// A thread-level safe point. A thread registered with [`Runtime::register_thread`] parks here
-/// while an update that requires parked threads is applied; elsewhere it costs one relaxed load.
+/// while an update that requires parked threads is applied; elsewhere it costs one relaxed load
+/// (and nothing with `--cfg dsu_off`).
 #[macro_export]
 macro_rules! update_point {
     () => {
         $crate::__private::update_point()
     };
 }
+
+/// Not public API: what the macros' `dsu_off` expansions use.
+#[cfg(dsu_off)]
+#[doc(hidden)]
+pub use off::private as __private;
 
 /// Facts about this build of the runtime, compared against a patch's before it is loaded.
 pub mod build {
@@ -82,6 +125,7 @@ pub mod build {
 }
 
 /// Not public API: what the macros' generated code uses.
+#[cfg(not(dsu_off))]
 #[doc(hidden)]
 pub mod __private {
     pub use crate::alloc::ForwardAlloc;

@@ -457,10 +457,13 @@ impl Manager {
         }
         let dir = {
             let m = lock(&self.inner);
-            m.patch_dir
-                .clone()
-                .unwrap_or_else(|| std::env::temp_dir().join(format!("dsu-{}", std::process::id())))
+            m.patch_dir.clone()
         };
+        let dir = dir.unwrap_or_else(|| {
+            let tmp = std::env::temp_dir();
+            sweep_stale_patch_dirs(&tmp);
+            tmp.join(format!("dsu-{}", std::process::id()))
+        });
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create the patch directory {}: {e}", dir.display()))?;
         // dlopen hands back the library it already has for a path it has seen, so every patch
@@ -468,7 +471,11 @@ impl Manager {
         let path = dir.join(format!("patch-{id}-{}.so", sanitize(&man.to)));
         std::fs::write(&path, &pkg.library)
             .map_err(|e| format!("cannot write the patch library to {}: {e}", path.display()))?;
-        let loaded = loader::load(&path).map_err(|e| e.to_string())?;
+        let loaded = loader::load(&path).map_err(|e| {
+            // Nothing will ever run from this file; a library that did get mapped stays mapped.
+            let _ = std::fs::remove_file(&path);
+            e.to_string()
+        })?;
         Ok(LoadedPatch {
             package_manifest: pkg.manifest,
             descriptors: loaded.descriptors,
@@ -1298,6 +1305,45 @@ fn release_after(plan: &Plan) {
     }
 }
 
+/// Removes the default patch directories (`$TMPDIR/dsu-PID`) of processes that have ended.
+///
+/// A process keeps its patch libraries on disk while it runs (a backtrace through patched
+/// code reads them), and never knows when it is killed; so each process that loads a patch
+/// sweeps the directories its dead predecessors left. Only directories named `dsu-PID` whose
+/// process is gone are touched, only `patch-*.so` files are removed from them, and a directory
+/// with anything else in it is left alone.
+fn sweep_stale_patch_dirs(tmp: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("dsu-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        let Ok(files) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let n = f.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with("patch-") && n.ends_with(".so") {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+        // Fails, and leaves the directory, if anything else is in it.
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1371,5 +1417,45 @@ mod tests {
     #[test]
     fn patch_files_get_paths_of_their_own() {
         assert_eq!(sanitize("2.0.0-rc/1 x"), "2.0.0-rc_1_x");
+    }
+
+    #[test]
+    fn patch_dirs_of_ended_processes_are_swept_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            c.wait().unwrap();
+            c.id()
+        };
+        let mk = |name: &str, files: &[&str]| {
+            let d = tmp.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            for f in files {
+                std::fs::write(d.join(f), b"x").unwrap();
+            }
+            d
+        };
+        let stale = mk(&format!("dsu-{dead}"), &["patch-1-v2.so", "patch-2-v3.so"]);
+        let mine = mk(&format!("dsu-{}", std::process::id()), &["patch-1-v2.so"]);
+        let foreign = mk("dsu-notapid", &["patch-1-v2.so"]);
+        let kept = mk(
+            &format!("dsu-{}", dead + 1_000_000),
+            &["patch-1-v2.so", "notes.txt"],
+        );
+        sweep_stale_patch_dirs(tmp.path());
+        assert!(!stale.exists(), "a dead process's patches are removed");
+        assert!(
+            mine.join("patch-1-v2.so").exists(),
+            "this process's are kept"
+        );
+        assert!(
+            foreign.join("patch-1-v2.so").exists(),
+            "not a dsu-PID directory"
+        );
+        assert!(
+            kept.join("notes.txt").exists(),
+            "only patch libraries are removed"
+        );
+        assert!(!kept.join("patch-1-v2.so").exists());
     }
 }

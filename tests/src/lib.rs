@@ -44,21 +44,68 @@ fn build_lock() -> &'static Mutex<HashMap<String, PathBuf>> {
     LOCK.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// How [`build_base_with`] builds a program: the cargo profile and the target directory (a
+/// benchmark builds in release, in a directory of its own, so that the tests' builds in
+/// [`programs_target`] and its own never overwrite each other's binaries). A patch for such a
+/// base is built with the same profile: `cargo dsu diff --release --target-dir DIR`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildProfile {
+    /// `cargo build --release`.
+    pub release: bool,
+    /// `CARGO_TARGET_DIR` of the build.
+    pub target_dir: PathBuf,
+}
+
+impl BuildProfile {
+    /// What the tests use: the dev profile, in [`programs_target`].
+    pub fn dev() -> BuildProfile {
+        BuildProfile {
+            release: false,
+            target_dir: programs_target(),
+        }
+    }
+
+    /// Release builds in `target_dir`.
+    pub fn release_in(target_dir: impl Into<PathBuf>) -> BuildProfile {
+        BuildProfile {
+            release: true,
+            target_dir: target_dir.into(),
+        }
+    }
+
+    fn key(&self) -> String {
+        format!(
+            "{}@{}",
+            if self.release { "release" } else { "dev" },
+            self.target_dir.display()
+        )
+    }
+}
+
 /// Builds a program version as a normal binary and returns its path.
 pub fn build_base(dir: &Path) -> Result<PathBuf> {
+    build_base_with(dir, &BuildProfile::dev())
+}
+
+/// Builds a program version as a normal binary with `profile` and returns its path.
+pub fn build_base_with(dir: &Path, profile: &BuildProfile) -> Result<PathBuf> {
     let mut cache = build_lock().lock().unwrap_or_else(|e| e.into_inner());
-    let key = format!("base:{}", dir.display());
+    let key = format!("base:{}:{}", profile.key(), dir.display());
     if let Some(p) = cache.get(&key) {
         return Ok(p.clone());
     }
-    let out = Command::new(cargo())
-        .args([
-            "build",
-            "--message-format=json-render-diagnostics",
-            "--manifest-path",
-        ])
-        .arg(dir.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", programs_target())
+    let mut cmd = Command::new(cargo());
+    cmd.args([
+        "build",
+        "--message-format=json-render-diagnostics",
+        "--manifest-path",
+    ])
+    .arg(dir.join("Cargo.toml"));
+    if profile.release {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .env("CARGO_TARGET_DIR", &profile.target_dir)
         .stderr(Stdio::inherit())
         .output()
         .context("run cargo build")?;
