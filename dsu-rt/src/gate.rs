@@ -60,12 +60,35 @@ struct Control {
     owner: AtomicPtr<ThreadInfo>,
 }
 
+/// Callers asleep on a gate, by kind (protected by the gate's mutex).
+#[derive(Default)]
+struct Sleepers {
+    readers: usize,
+    writers: usize,
+}
+
+/// Whom a release wakes.
+#[derive(Clone, Copy)]
+enum Wake {
+    /// The last reader left: only a writer can have been waiting for that.
+    Writer,
+    /// A writer left: one writer may go next, and every reader may.
+    WriterAndReaders,
+    /// The pending bit was cleared: everyone re-checks.
+    Everyone,
+}
+
 /// See the module documentation.
 pub struct Gate {
     state: Control,
     readers: [Stripe; STRIPES],
-    lock: Mutex<()>,
-    wake: Condvar,
+    lock: Mutex<Sleepers>,
+    /// Where blocked shared callers sleep.
+    readers_wake: Condvar,
+    /// Where blocked exclusive callers sleep. Writers are woken one at a time: waking all of
+    /// them for every release (when 50 threads queue on a `&mut self` method) costs more than
+    /// the calls.
+    writers_wake: Condvar,
 }
 
 /// How a caller wants to enter.
@@ -101,8 +124,9 @@ impl Gate {
                 owner: AtomicPtr::new(std::ptr::null_mut()),
             },
             readers: Default::default(),
-            lock: Mutex::new(()),
-            wake: Condvar::new(),
+            lock: Mutex::new(Sleepers::default()),
+            readers_wake: Condvar::new(),
+            writers_wake: Condvar::new(),
         }
     }
 
@@ -225,6 +249,11 @@ impl Gate {
         let mut guard = lock(&self.lock);
         loop {
             if self.try_enter_locked(access, me, stripe, nested) {
+                if guard.readers + guard.writers == 0 {
+                    // Nobody else sleeps: releases can skip the mutex again. (A new sleeper
+                    // sets the bit under the mutex, which this thread holds.)
+                    self.state.word.fetch_and(!WAITERS, Ordering::SeqCst);
+                }
                 return;
             }
             let s = self.state.word.load(Ordering::SeqCst);
@@ -246,7 +275,25 @@ impl Gate {
             if self.try_enter_locked(access, me, stripe, nested) {
                 return;
             }
-            guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+            // Counted while asleep, so that no release clears the bit under a sleeper.
+            match access {
+                Access::Shared => {
+                    guard.readers += 1;
+                    guard = self
+                        .readers_wake
+                        .wait(guard)
+                        .unwrap_or_else(|e| e.into_inner());
+                    guard.readers -= 1;
+                }
+                Access::Exclusive => {
+                    guard.writers += 1;
+                    guard = self
+                        .writers_wake
+                        .wait(guard)
+                        .unwrap_or_else(|e| e.into_inner());
+                    guard.writers -= 1;
+                }
+            }
         }
     }
 
@@ -327,7 +374,7 @@ impl Gate {
     #[cold]
     fn after_last_reader(&self, s: usize) {
         if self.readers_in(s) == 0 {
-            self.wake_all();
+            self.wake(Wake::Writer);
         }
     }
 
@@ -336,7 +383,7 @@ impl Gate {
     fn notify_if_drained_locked(&self) {
         let s = self.state.word.load(Ordering::SeqCst);
         if s & WAITERS != 0 && self.readers_in(s) == 0 {
-            self.wake.notify_all();
+            self.notify(Wake::Writer);
         }
     }
 
@@ -348,7 +395,7 @@ impl Gate {
         // a `fetch_and` is a compare-exchange loop.
         let prev = self.state.word.fetch_sub(WRITER, Ordering::SeqCst);
         if prev & WAITERS != 0 {
-            self.wake_all();
+            self.wake(Wake::WriterAndReaders);
         }
     }
 
@@ -357,17 +404,37 @@ impl Gate {
     fn release_writer_locked(&self) {
         let prev = self.state.word.fetch_sub(WRITER, Ordering::SeqCst);
         if prev & WAITERS != 0 {
-            self.wake.notify_all();
+            self.notify(Wake::WriterAndReaders);
         }
     }
 
+    /// Wakes sleepers after a release that saw the waiters bit.
     #[cold]
-    fn wake_all(&self) {
-        let _g = lock(&self.lock);
-        // The waiters re-check the state under the mutex, and set the bit again if they still
-        // have to wait.
-        self.state.word.fetch_and(!WAITERS, Ordering::SeqCst);
-        self.wake.notify_all();
+    fn wake(&self, how: Wake) {
+        let g = lock(&self.lock);
+        if g.readers + g.writers == 0 {
+            // Whoever set the bit got in without sleeping. Clearing it is safe under the
+            // mutex: a caller about to sleep sets it again first.
+            self.state.word.fetch_and(!WAITERS, Ordering::SeqCst);
+            return;
+        }
+        self.notify(how);
+    }
+
+    /// Notifies, the mutex held. Sleepers that are not woken stay counted, so the waiters bit
+    /// stays set and the next release wakes the next one.
+    fn notify(&self, how: Wake) {
+        match how {
+            Wake::Writer => self.writers_wake.notify_one(),
+            Wake::WriterAndReaders => {
+                self.writers_wake.notify_one();
+                self.readers_wake.notify_all();
+            }
+            Wake::Everyone => {
+                self.writers_wake.notify_all();
+                self.readers_wake.notify_all();
+            }
+        }
     }
 
     /// Marks the gate pending: from now on new outer calls wait.
@@ -379,7 +446,7 @@ impl Gate {
     pub(crate) fn clear_pending(&self) {
         let prev = self.state.word.fetch_and(!PENDING, Ordering::SeqCst);
         if prev & WAITERS != 0 {
-            self.wake_all();
+            self.wake(Wake::Everyone);
         }
     }
 
@@ -415,7 +482,7 @@ impl Gate {
             .word
             .fetch_and(!(WRITER | PENDING), Ordering::SeqCst);
         if prev & WAITERS != 0 {
-            self.wake_all();
+            self.wake(Wake::Everyone);
         }
     }
 
@@ -625,6 +692,48 @@ mod tests {
                 })
             })
             .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(g.in_flight(), (0, false));
+    }
+
+    /// Many writers queue on one gate (woken one at a time), a few readers mix in, and an
+    /// update takes the gate again and again: every call finishes (no wakeup is lost), and no
+    /// two holders overlap.
+    #[test]
+    fn stress_queued_writers_and_updates() {
+        let g = Arc::new(Gate::new());
+        let holders = Arc::new(AtomicUsize::new(0));
+        let hs: Vec<_> = (0..32)
+            .map(|i| {
+                let (g, holders) = (g.clone(), holders.clone());
+                std::thread::spawn(move || {
+                    let t = thread::current();
+                    let acc = if i % 8 == 0 {
+                        Access::Shared
+                    } else {
+                        Access::Exclusive
+                    };
+                    for _ in 0..1_000 {
+                        g.enter(acc, t, stripe_of(t), false, "t");
+                        if acc == Access::Exclusive {
+                            assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0);
+                            holders.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        g.leave(acc, stripe_of(t));
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..100 {
+            g.set_pending();
+            while !g.try_lock_for_update() {
+                std::thread::yield_now();
+            }
+            assert_eq!(holders.load(Ordering::SeqCst), 0);
+            g.unlock_after_update();
+        }
         for h in hs {
             h.join().unwrap();
         }
