@@ -6,7 +6,7 @@
 //!
 //! - **The control word** holds a writer bit (a `&mut self` call or the update manager holds
 //!   the component exclusively), a pending bit (an update is preparing: new *outer* calls
-//!   wait), a waiters bit (someone sleeps on the condvar) and a mask of the reader stripes in
+//!   wait), a waiters bit (someone may be asleep on the gate) and a mask of the reader stripes in
 //!   use.
 //! - **Reader stripes:** shared holders are counted in [`STRIPES`] cache-line-sized counters,
 //!   and each thread always uses the same one (`ThreadInfo::stripe`). A shared call increments
@@ -22,17 +22,23 @@
 //! must not find the gate closed. A writer that finds readers releases the bit and sleeps
 //! until the last of them leaves; so does the update manager, which retries.
 //!
+//! Blocked callers spin briefly, then sleep on a futex word of their kind (readers, writers),
+//! with no mutex in between: a writer's release that sees the waiters bit clears it, bumps the
+//! words and wakes every reader and one writer; the last reader to leave wakes one writer. A woken writer that gets in sets the
+//! bit again, so its own release wakes the next: with 50 threads queued on a `&mut self`
+//! method, each release wakes one thread instead of all of them, as std's `RwLock` does.
+//!
 //! Orderings: besides the `SeqCst` pairs above, entering is an acquire and leaving a release,
 //! so everything a call did to the state happens-before the next exclusive holder (another
 //! call or the update manager, which swaps tables and transfers state while it holds the
-//! writer bit). The waiters bit is set with the condvar's mutex held, and the waiter re-checks
-//! its condition after setting it; every release that can unblock someone and sees the bit
-//! takes the mutex before notifying, so no wakeup is lost.
+//! writer bit). A waiter reads its futex word, then sets the waiters bit, then re-checks its
+//! condition, then sleeps only if the word has not moved; a release changes the gate, then
+//! reads the bit, then bumps the word and wakes (all `SeqCst`). Either the waiter's re-check
+//! sees the release, or the release sees the bit and the sleep returns or is woken.
 
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
-use crate::thread::{lock, ThreadInfo};
+use crate::thread::ThreadInfo;
 
 const WRITER: usize = 1;
 const PENDING: usize = 2;
@@ -58,37 +64,54 @@ struct Control {
     word: AtomicUsize,
     /// The thread holding the writer bit for a call (null when it is the manager or free).
     owner: AtomicPtr<ThreadInfo>,
-}
-
-/// Callers asleep on a gate, by kind (protected by the gate's mutex).
-#[derive(Default)]
-struct Sleepers {
-    readers: usize,
-    writers: usize,
+    /// Futex words blocked readers and writers sleep on; a wake bumps them.
+    readers_seq: AtomicU32,
+    writers_seq: AtomicU32,
 }
 
 /// Whom a release wakes.
 #[derive(Clone, Copy)]
 enum Wake {
-    /// The last reader left: only a writer can have been waiting for that.
+    /// The last reader left: only a writer can have been waiting for that. One is enough.
     Writer,
     /// A writer left: one writer may go next, and every reader may.
     WriterAndReaders,
-    /// The pending bit was cleared: everyone re-checks.
+    /// The pending bit was cleared: everyone looks again.
     Everyone,
+}
+
+/// Sleeps while `word` holds `seen` (returns at once if it does not; may return spuriously).
+fn futex_wait(word: &AtomicU32, seen: u32) {
+    // SAFETY: FUTEX_WAIT reads the aligned u32 behind the pointer, which lives as long as the
+    // gate; a null timeout waits without a deadline.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            seen,
+            std::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+/// Wakes up to `n` threads sleeping on `word`.
+fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            n,
+        );
+    }
 }
 
 /// See the module documentation.
 pub struct Gate {
     state: Control,
     readers: [Stripe; STRIPES],
-    lock: Mutex<Sleepers>,
-    /// Where blocked shared callers sleep.
-    readers_wake: Condvar,
-    /// Where blocked exclusive callers sleep. Writers are woken one at a time: waking all of
-    /// them for every release (when 50 threads queue on a `&mut self` method) costs more than
-    /// the calls.
-    writers_wake: Condvar,
 }
 
 /// How a caller wants to enter.
@@ -122,11 +145,10 @@ impl Gate {
             state: Control {
                 word: AtomicUsize::new(0),
                 owner: AtomicPtr::new(std::ptr::null_mut()),
+                readers_seq: AtomicU32::new(0),
+                writers_seq: AtomicU32::new(0),
             },
             readers: Default::default(),
-            lock: Mutex::new(Sleepers::default()),
-            readers_wake: Condvar::new(),
-            writers_wake: Condvar::new(),
         }
     }
 
@@ -229,9 +251,8 @@ impl Gate {
         nested: bool,
         who: &str,
     ) {
-        // Spin a little before sleeping: calls are short, and a caller that sleeps on the
-        // condvar costs every release that follows a wakeup (std's `RwLock` spins the same
-        // way). Only an attempt that can succeed is made, so spinning costs no writes.
+        // Spin a little before sleeping: calls are short, and sleeping costs two system
+        // calls (std's `RwLock` spins the same way). Only an attempt that can succeed is made, so spinning costs no writes.
         for _ in 0..SPINS {
             std::hint::spin_loop();
             let s = self.state.word.load(Ordering::Relaxed);
@@ -246,13 +267,19 @@ impl Gate {
             // SAFETY: `me` is null or the live info of this thread.
             unsafe { me.as_ref() }.is_some_and(|t| t.is_inside(self as *const Gate as *const ()))
         };
-        let mut guard = lock(&self.lock);
+        let (seq, count) = match access {
+            Access::Shared => (&self.state.readers_seq, 0),
+            Access::Exclusive => (&self.state.writers_seq, 1),
+        };
+        let mut slept = false;
         loop {
-            if self.try_enter_locked(access, me, stripe, nested) {
-                if guard.readers + guard.writers == 0 {
-                    // Nobody else sleeps: releases can skip the mutex again. (A new sleeper
-                    // sets the bit under the mutex, which this thread holds.)
-                    self.state.word.fetch_and(!WAITERS, Ordering::SeqCst);
+            if self.try_enter_blocked(access, me, stripe, nested) {
+                if slept && count == 1 {
+                    // Writers are woken one at a time, and the release that woke this one
+                    // cleared the bit: other writers may still sleep, so set it again for
+                    // this call's release to wake the next (std's futex `RwLock` does the
+                    // same).
+                    self.state.word.fetch_or(WAITERS, Ordering::SeqCst);
                 }
                 return;
             }
@@ -262,44 +289,30 @@ impl Gate {
                 && !me.is_null()
                 && std::ptr::eq(self.state.owner.load(Ordering::Relaxed), me);
             if self_owned || (access == Access::Exclusive && inside()) {
-                drop(guard);
                 panic!(
                     "dsu: re-entrant call `{who}`: this thread is already inside a call on \
                      this component instance and would deadlock; call the method directly \
                      on `self` instead of through a handle"
                 );
             }
-            // Announce the wait, then look again: a release that happened before the
-            // announcement is seen now; one after it sees the bit and wakes us.
+            // Read the futex word, announce the wait, then look again: a release before the
+            // announcement is seen by the second look; one after it sees the bit, bumps the
+            // word and wakes, so the wait below either returns at once (the word moved) or is
+            // woken.
+            let seen = seq.load(Ordering::SeqCst);
             self.state.word.fetch_or(WAITERS, Ordering::SeqCst);
-            if self.try_enter_locked(access, me, stripe, nested) {
+            if self.try_enter_blocked(access, me, stripe, nested) {
                 return;
             }
-            // Counted while asleep, so that no release clears the bit under a sleeper.
-            match access {
-                Access::Shared => {
-                    guard.readers += 1;
-                    guard = self
-                        .readers_wake
-                        .wait(guard)
-                        .unwrap_or_else(|e| e.into_inner());
-                    guard.readers -= 1;
-                }
-                Access::Exclusive => {
-                    guard.writers += 1;
-                    guard = self
-                        .writers_wake
-                        .wait(guard)
-                        .unwrap_or_else(|e| e.into_inner());
-                    guard.writers -= 1;
-                }
-            }
+            futex_wait(seq, seen);
+            slept = true;
         }
     }
 
-    /// `try_enter` for a caller holding the mutex: ignores the waiters bit (the caller is one
-    /// of the waiters).
-    fn try_enter_locked(
+    /// `try_enter` for a blocked caller: an exclusive caller retries when the word changed
+    /// under its compare-exchange (someone announced a wait, or a stripe came into use),
+    /// rather than going to sleep with nobody left to wake it.
+    fn try_enter_blocked(
         &self,
         access: Access,
         me: *const ThreadInfo,
@@ -307,18 +320,7 @@ impl Gate {
         nested: bool,
     ) -> bool {
         match access {
-            Access::Shared => {
-                let count = &self.readers[stripe % STRIPES].0;
-                // SeqCst: as in `try_enter`.
-                count.fetch_add(1, Ordering::SeqCst);
-                let s = self.state.word.fetch_or(used_bit(stripe), Ordering::SeqCst);
-                if !Self::blocks(s, nested) {
-                    return true;
-                }
-                count.fetch_sub(1, Ordering::SeqCst);
-                self.notify_if_drained_locked();
-                false
-            }
+            Access::Shared => self.try_enter(access, me, stripe, nested),
             Access::Exclusive => loop {
                 let s = self.state.word.load(Ordering::SeqCst);
                 if Self::blocks(s, nested) {
@@ -333,7 +335,7 @@ impl Gate {
                     continue;
                 }
                 if self.readers_in(s) != 0 {
-                    self.release_writer_locked();
+                    self.release_writer();
                     return false;
                 }
                 self.state.owner.store(me as *mut _, Ordering::Relaxed);
@@ -378,15 +380,6 @@ impl Gate {
         }
     }
 
-    /// `after_last_reader` for a caller that holds the mutex. The waiters bit stays set: the
-    /// caller is a waiter itself and may go on to wait.
-    fn notify_if_drained_locked(&self) {
-        let s = self.state.word.load(Ordering::SeqCst);
-        if s & WAITERS != 0 && self.readers_in(s) == 0 {
-            self.notify(Wake::Writer);
-        }
-    }
-
     /// Clears the writer bit (which the caller holds), waking waiters.
     #[inline]
     fn release_writer(&self) {
@@ -399,41 +392,30 @@ impl Gate {
         }
     }
 
-    /// `release_writer` for a caller that holds the mutex. The waiters bit stays set: the
-    /// caller is a waiter itself and may go on to wait.
-    fn release_writer_locked(&self) {
-        let prev = self.state.word.fetch_sub(WRITER, Ordering::SeqCst);
-        if prev & WAITERS != 0 {
-            self.notify(Wake::WriterAndReaders);
-        }
-    }
-
     /// Wakes sleepers after a release that saw the waiters bit.
+    ///
+    /// The bit is cleared only by a wake that also wakes every reader and at least one
+    /// writer: each of those either gets in or sets the bit again before it sleeps, and a woken
+    /// writer that gets in sets it again too (other writers may still sleep). A wake of one
+    /// writer alone (the last reader left) leaves the bit set, since readers asleep on the
+    /// writer bit or an update are not woken by it and still need the next release to see them.
     #[cold]
     fn wake(&self, how: Wake) {
-        let g = lock(&self.lock);
-        if g.readers + g.writers == 0 {
-            // Whoever set the bit got in without sleeping. Clearing it is safe under the
-            // mutex: a caller about to sleep sets it again first.
+        let (writers, readers) = match how {
+            Wake::Writer => (1, 0),
+            Wake::WriterAndReaders => (1, i32::MAX),
+            Wake::Everyone => (i32::MAX, i32::MAX),
+        };
+        if readers > 0 {
             self.state.word.fetch_and(!WAITERS, Ordering::SeqCst);
-            return;
         }
-        self.notify(how);
-    }
-
-    /// Notifies, the mutex held. Sleepers that are not woken stay counted, so the waiters bit
-    /// stays set and the next release wakes the next one.
-    fn notify(&self, how: Wake) {
-        match how {
-            Wake::Writer => self.writers_wake.notify_one(),
-            Wake::WriterAndReaders => {
-                self.writers_wake.notify_one();
-                self.readers_wake.notify_all();
-            }
-            Wake::Everyone => {
-                self.writers_wake.notify_all();
-                self.readers_wake.notify_all();
-            }
+        // SeqCst: after the clear, so a sleeper that read the old word is woken or finds the
+        // word moved (see `enter_slow`).
+        self.state.writers_seq.fetch_add(1, Ordering::SeqCst);
+        futex_wake(&self.state.writers_seq, writers);
+        if readers > 0 {
+            self.state.readers_seq.fetch_add(1, Ordering::SeqCst);
+            futex_wake(&self.state.readers_seq, readers);
         }
     }
 
@@ -698,8 +680,8 @@ mod tests {
         assert_eq!(g.in_flight(), (0, false));
     }
 
-    /// Many writers queue on one gate (woken one at a time), a few readers mix in, and an
-    /// update takes the gate again and again: every call finishes (no wakeup is lost), and no
+    /// Many writers queue on one gate, a few readers mix in, and an update takes the gate
+    /// again and again: every call finishes (no wakeup is lost), and no
     /// two holders overlap.
     #[test]
     fn stress_queued_writers_and_updates() {
