@@ -218,7 +218,10 @@ impl Gate {
                 self.leave_shared(stripe);
                 false
             }
-            Access::Exclusive => {
+            // Retries when the word changed under the compare-exchange (a wait announced, a
+            // stripe came into use) rather than report a gate that may be free as taken: a
+            // blocked caller would go to sleep with nobody left to wake it.
+            Access::Exclusive => loop {
                 let s = self.state.word.load(Ordering::Relaxed);
                 if Self::blocks(s, nested) {
                     return false;
@@ -230,15 +233,15 @@ impl Gate {
                     .compare_exchange(s, s | WRITER, Ordering::SeqCst, Ordering::Relaxed)
                     .is_err()
                 {
-                    return false;
+                    continue;
                 }
                 if self.readers_in(s) != 0 {
                     self.release_writer();
                     return false;
                 }
                 self.state.owner.store(me as *mut _, Ordering::Relaxed);
-                true
-            }
+                return true;
+            },
         }
     }
 
@@ -273,7 +276,7 @@ impl Gate {
         };
         let mut slept = false;
         loop {
-            if self.try_enter_blocked(access, me, stripe, nested) {
+            if self.try_enter(access, me, stripe, nested) {
                 if slept && count == 1 {
                     // Writers are woken one at a time, and the release that woke this one
                     // cleared the bit: other writers may still sleep, so set it again for
@@ -301,46 +304,11 @@ impl Gate {
             // woken.
             let seen = seq.load(Ordering::SeqCst);
             self.state.word.fetch_or(WAITERS, Ordering::SeqCst);
-            if self.try_enter_blocked(access, me, stripe, nested) {
+            if self.try_enter(access, me, stripe, nested) {
                 return;
             }
             futex_wait(seq, seen);
             slept = true;
-        }
-    }
-
-    /// `try_enter` for a blocked caller: an exclusive caller retries when the word changed
-    /// under its compare-exchange (someone announced a wait, or a stripe came into use),
-    /// rather than going to sleep with nobody left to wake it.
-    fn try_enter_blocked(
-        &self,
-        access: Access,
-        me: *const ThreadInfo,
-        stripe: usize,
-        nested: bool,
-    ) -> bool {
-        match access {
-            Access::Shared => self.try_enter(access, me, stripe, nested),
-            Access::Exclusive => loop {
-                let s = self.state.word.load(Ordering::SeqCst);
-                if Self::blocks(s, nested) {
-                    return false;
-                }
-                if self
-                    .state
-                    .word
-                    .compare_exchange(s, s | WRITER, Ordering::SeqCst, Ordering::Relaxed)
-                    .is_err()
-                {
-                    continue;
-                }
-                if self.readers_in(s) != 0 {
-                    self.release_writer();
-                    return false;
-                }
-                self.state.owner.store(me as *mut _, Ordering::Relaxed);
-                return true;
-            },
         }
     }
 
