@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use dsu::control::{request, Request};
 use dsu_tests::resp::{Client, Reply};
-use dsu_tests::{build_base_with, cargo_dsu, repo_root, BuildProfile};
+use dsu_tests::{build_base_with, cargo_dsu, machine, repo_root, BuildProfile};
 
 /// Keys per MSET while preloading.
 const PRELOAD_BATCH: usize = 1000;
@@ -182,7 +182,7 @@ struct Run {
 
 fn main() -> Result<()> {
     let opts = Options::parse(std::env::args().skip(1))?;
-    let machine = machine()?;
+    let machine = machine();
     eprintln!("pause versus state size: {machine}");
     // Builds and scratch sources stay in one place whatever `--out` says, so they are reused.
     let scratch = repo_root().join("target/dsu-bench/pause");
@@ -274,25 +274,6 @@ fn main() -> Result<()> {
         opts.plot.display()
     );
     Ok(())
-}
-
-/// The machine, for the record: cores and compiler.
-fn machine() -> Result<String> {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-        .arg("-V")
-        .output()
-        .context("run `rustc -V`")?;
-    let rustc = String::from_utf8_lossy(&rustc.stdout).trim().to_string();
-    Ok(format!("{cores} cores ({cpu}), {rustc}"))
 }
 
 /// `cargo dsu diff OLD NEW -o PACKAGE --release --target-dir DIR`, as a user builds a release

@@ -36,7 +36,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use dsu::control::{request, Request};
 use dsu_tests::resp::{Client, Reply};
-use dsu_tests::{cargo_dsu, repo_root};
+use dsu_tests::{cargo_dsu, machine, repo_root};
 
 const USAGE: &str = "\
 cargo bench -p dsu-tests --bench service [-- OPTIONS]
@@ -580,23 +580,6 @@ fn load_average() -> String {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "?".into())
-}
-
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let rustc = command_line(
-        &std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()),
-        &["-V"],
-    );
-    format!("{cores} cores ({cpu}), {rustc}")
 }
 
 fn main() -> Result<()> {

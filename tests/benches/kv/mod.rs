@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use dsu::control::{request, Request};
+pub use dsu_tests::machine;
 use dsu_tests::repo_root;
 pub use dsu_tests::resp::Reply;
 
@@ -107,26 +108,6 @@ impl Opts {
             .collect::<Vec<_>>()
             .join(" ")
     }
-}
-
-/// The machine, for the output: cores, CPU model, rustc.
-pub fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
-        .arg("-V")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "rustc: unknown".into());
-    format!("{cores} cores ({model}), {rustc}")
 }
 
 /// `cargo build` of the package in `dir`, into the benchmarks' target directory, with the dev
