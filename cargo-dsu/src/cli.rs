@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dsu::control::{request, Request};
+use dsu::signing::SecretKey;
 use dsu::{Outcome, Package};
 
 use crate::analysis::{self, Analysis, Source};
@@ -80,6 +81,24 @@ enum Command {
         /// Build directory (default: OLD's target directory).
         #[arg(long, value_name = "DIR")]
         target_dir: Option<PathBuf>,
+        /// Sign the package with this secret key (written by `cargo dsu keygen`). A process
+        /// that trusts keys applies only packages signed by one of them.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+    },
+    /// Create an ed25519 key pair for signing packages.
+    ///
+    /// Writes the secret key to FILE (mode 0600) and the public key to FILE.pub. Give the
+    /// public key to the processes that should trust the packages (`RuntimeBuilder::
+    /// trusted_keys_file`, or the file named by DSU_TRUSTED_KEYS), keep the secret key with
+    /// whoever builds updates, and sign with `cargo dsu diff --sign FILE`.
+    Keygen {
+        /// Where to write the secret key (the public key goes to FILE.pub).
+        #[arg(short, long, value_name = "FILE", default_value = "dsu-signing.key")]
+        output: PathBuf,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
     },
     /// The same analysis as `diff`, without building.
     ///
@@ -185,9 +204,11 @@ fn execute(cmd: Command, shell: &Shell) -> Result<i32> {
             emit,
             timeout_ms,
             target_dir,
+            sign,
         } => diff(
-            shell, &old, &new, output, release, format, emit, timeout_ms, target_dir,
+            shell, &old, &new, output, release, format, emit, timeout_ms, target_dir, sign,
         ),
+        Command::Keygen { output, force } => keygen(shell, &output, force),
         Command::Apply {
             package,
             socket,
@@ -242,7 +263,13 @@ fn diff(
     emit: Emit,
     timeout_ms: Option<u64>,
     target_dir: Option<PathBuf>,
+    sign: Option<PathBuf>,
 ) -> Result<i32> {
+    // Read the key first: a wrong path should not cost a build.
+    let key = sign
+        .map(|path| SecretKey::read(&path))
+        .transpose()
+        .context("cannot sign the package")?;
     let a = analyse(old, new, shell, target_dir.as_deref())?;
     if emit == Emit::Report {
         print_report(shell, &a, format);
@@ -303,16 +330,21 @@ fn diff(
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    built
-        .package
-        .write(&out)
-        .with_context(|| format!("cannot write the package to {}", out.display()))?;
+    match &key {
+        Some(key) => built.package.write_signed(&out, key),
+        None => built.package.write(&out),
+    }
+    .with_context(|| format!("cannot write the package to {}", out.display()))?;
     shell.status(
         "Packaging",
         format!(
-            "{} ({} KiB)",
+            "{} ({} KiB){}",
             out.display(),
-            built.package.library.len() / 1024
+            built.package.library.len() / 1024,
+            match &key {
+                Some(k) => format!(", signed by key {}", k.public().id()),
+                None => String::new(),
+            }
         ),
     );
     shell.status(
@@ -322,6 +354,52 @@ fn diff(
             started.elapsed().as_secs_f64()
         ),
     );
+    Ok(exit::SUCCESS)
+}
+
+fn keygen(shell: &Shell, output: &Path, force: bool) -> Result<i32> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let public_path = PathBuf::from(format!("{}.pub", output.display()));
+    if !force {
+        for p in [output, public_path.as_path()] {
+            if p.exists() {
+                bail!(
+                    "{} exists; refusing to overwrite a key (pass --force to replace it, or \
+                     choose another path with -o)",
+                    p.display()
+                );
+            }
+        }
+    }
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .context("cannot read random bytes from /dev/urandom")?;
+    let key = SecretKey::from_seed(seed);
+    let write = |path: &Path, mode: u32, text: String| -> Result<()> {
+        let _ = std::fs::remove_file(path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        f.write_all(format!("{text}\n").as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    write(output, 0o600, key.to_file_line())?;
+    write(&public_path, 0o644, key.public().to_string())?;
+    shell.status(
+        "Created",
+        format!(
+            "key {}: secret {} (keep it private), public {}",
+            key.public().id(),
+            output.display(),
+            public_path.display()
+        ),
+    );
+    shell.out(&format!("{}\n", key.public()));
     Ok(exit::SUCCESS)
 }
 
@@ -340,11 +418,15 @@ fn apply(
     shell.status(
         "Applying",
         format!(
-            "{} {} -> {} to {}",
+            "{} {} -> {} to {} ({})",
             pkg.manifest.program,
             pkg.manifest.from,
             pkg.manifest.to,
-            socket.display()
+            socket.display(),
+            match pkg.signer() {
+                Some(k) => format!("signed by key {}", k.id()),
+                None => "unsigned".to_string(),
+            }
         ),
     );
     let resp = request(

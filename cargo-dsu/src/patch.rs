@@ -488,10 +488,7 @@ pub fn build_generated(g: Generated, progress: &mut dyn FnMut(&str)) -> Result<B
     let bytes =
         std::fs::read(&library).with_context(|| format!("cannot read {}", library.display()))?;
     Ok(Built {
-        package: Package {
-            manifest: g.manifest,
-            library: bytes,
-        },
+        package: Package::new(g.manifest, bytes),
         crate_dir: g.dir,
         library,
     })
@@ -907,10 +904,15 @@ fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
     use toml::{Table, Value};
     let mut doc = Table::new();
     let mut package = Table::new();
-    package.insert(
-        "name".into(),
-        Value::String(format!("dsu-patch-{}", new.pkg.name)),
-    );
+    // Named after both versions: patches of one program built into one target directory must
+    // not share a library file (cargo does not hash a cdylib's name), or one build could read
+    // the library another build has just written.
+    let id = format!(
+        "{}-{}-to-{}",
+        new.pkg.name, old.pkg.version, new.pkg.version
+    )
+    .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    package.insert("name".into(), Value::String(format!("dsu-patch-{id}")));
     package.insert("version".into(), Value::String(new.pkg.version.to_string()));
     package.insert("edition".into(), Value::String(new.pkg.edition.to_string()));
     package.insert("publish".into(), Value::Boolean(false));
@@ -920,10 +922,7 @@ fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
     }
     doc.insert("package".into(), Value::Table(package));
     let mut lib = Table::new();
-    lib.insert(
-        "name".into(),
-        Value::String(format!("dsu_patch_{}", new.pkg.name.replace('-', "_"))),
-    );
+    lib.insert("name".into(), Value::String(format!("dsu_patch_{id}")));
     lib.insert(
         "path".into(),
         Value::String(root_rel.to_string_lossy().into_owned()),

@@ -1,6 +1,6 @@
 //! `#[dsu::component]` (and `#[dsu::protocol]`, which only means something inside it).
 
-use dsu_syntax::{is_dsu_attr, keys, token_hash, Args, MIGRATE, PREPARE_TO_DIE};
+use dsu_syntax::{is_dsu_attr, keys, token_hash, Args, HEALTH_CHECK, MIGRATE, PREPARE_TO_DIE};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::visit::Visit;
@@ -307,6 +307,17 @@ fn parse_method(
             ok = false;
         }
     }
+    if sig.ident == HEALTH_CHECK {
+        const HOOK: &str = "the `health_check` hook tells whether a new version works right after \
+                            an update installs it (an `Err` rolls the update back): write \
+                            `fn health_check(&self) -> Result<(), String>`";
+        let ret_ok = matches!(&sig.output, ReturnType::Type(_, t)
+            if dsu_syntax::canonical(&t.to_token_stream()) == "Result < () , String >");
+        if receiver.mutability.is_some() || !args.is_empty() || !ret_ok {
+            cx.error(sig, HOOK);
+            ok = false;
+        }
+    }
     if sig.ident == PREPARE_TO_DIE {
         const HOOK: &str = "the `prepare_to_die` hook takes no arguments and returns nothing: \
                             write `fn prepare_to_die(&mut self)` (or `&self`)";
@@ -413,6 +424,10 @@ fn generate(c: &Component, code: u64) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let migrate = match c.methods.iter().position(|m| m.name == MIGRATE) {
+        Some(i) => quote!(::core::option::Option::Some(#i)),
+        None => quote!(::core::option::Option::None),
+    };
+    let health_check = match c.methods.iter().position(|m| m.name == HEALTH_CHECK) {
         Some(i) => quote!(::core::option::Option::Some(#i)),
         None => quote!(::core::option::Option::None),
     };
@@ -529,8 +544,7 @@ fn generate(c: &Component, code: u64) -> TokenStream {
                     // SAFETY: the state belongs to the running table's version, and the gate is
                     // held as the method's receiver requires.
                     let __dsu_r = unsafe { __dsu_f(__dsu_call.state() #(, #arg_names)*) };
-                    ::core::mem::drop(__dsu_call);
-                    let __dsu_v = ::dsu::__private::finish(__dsu_r);
+                    let __dsu_v = __dsu_call.finish(__dsu_method, __dsu_r);
                     #after
                     __dsu_v
                 }
@@ -556,6 +570,7 @@ fn generate(c: &Component, code: u64) -> TokenStream {
                 drop_state: ::dsu::__private::drop_state::<#self_ty>,
                 prepare_to_die: #prepare,
                 migrate: #migrate,
+                health_check: #health_check,
             };
 
             #[::dsu::__private::linkme::distributed_slice(::dsu::__private::COMPONENTS)]

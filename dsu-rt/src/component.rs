@@ -145,6 +145,10 @@ pub struct Slot {
     pub(crate) ty: Arc<ComponentType>,
     /// Calls counted while a rate-bound policy samples the component.
     pub(crate) calls: AtomicU64,
+    /// Set (to the method) when a `&mut self` call panicked: the state may be half-changed, so
+    /// later calls panic too, as a poisoned `Mutex` or `RwLock` does, until the program clears
+    /// it with [`Handle::clear_poison`].
+    pub(crate) poisoned: AtomicPtr<MethodDesc>,
 }
 
 impl Slot {
@@ -197,6 +201,30 @@ impl<T: Component> Handle<T> {
     /// The component's version: 1 as registered by the base, +1 per update applied to it.
     pub fn version(this: &Self) -> u32 {
         lock(&this.proxy.raw().slot.ty.inner).version
+    }
+
+    /// Whether a `&mut self` call panicked and left the component poisoned: every call then
+    /// panics, as calls on a poisoned `Mutex` would with `lock().unwrap()`.
+    pub fn is_poisoned(this: &Self) -> bool {
+        // Relaxed: a flag read outside the gate; calls read it inside.
+        !this
+            .proxy
+            .raw()
+            .slot
+            .poisoned
+            .load(Ordering::Relaxed)
+            .is_null()
+    }
+
+    /// Clears the poison, once the program has checked or repaired the state (like
+    /// `Mutex::clear_poison`).
+    pub fn clear_poison(this: &Self) {
+        // Relaxed: calls that enter the gate afterwards are ordered by the gate.
+        this.proxy
+            .raw()
+            .slot
+            .poisoned
+            .store(std::ptr::null_mut(), Ordering::Relaxed);
     }
 }
 
@@ -323,6 +351,7 @@ pub(crate) unsafe fn register_raw(desc: &'static ComponentDesc, state: *mut ()) 
         state: AtomicPtr::new(state),
         ty: ty.clone(),
         calls: AtomicU64::new(0),
+        poisoned: AtomicPtr::new(std::ptr::null_mut()),
     });
     inner.slots.retain(|w| w.strong_count() > 0);
     inner.slots.push(Arc::downgrade(&slot));
@@ -376,13 +405,65 @@ impl<'a> Call<'a> {
         if COUNTING.load(Ordering::Relaxed) {
             slot.calls.fetch_add(1, Ordering::Relaxed);
         }
-        Call {
+        let call = Call {
             slot,
             thread,
             depth,
             stripe,
             access,
+        };
+        // Relaxed: set by a call that held the gate before this one entered it.
+        if !slot.poisoned.load(Ordering::Relaxed).is_null() {
+            call.poisoned(method);
         }
+        call
+    }
+
+    /// A call on a poisoned component panics (the gate is released as the panic unwinds).
+    #[cold]
+    #[inline(never)]
+    fn poisoned(&self, method: &'static MethodDesc) -> ! {
+        // Relaxed: as in `enter_with`.
+        let by = self.slot.poisoned.load(Ordering::Relaxed);
+        // SAFETY: method descriptors are statics of the host or of a never-unloaded patch.
+        let by = unsafe { by.as_ref() }.map_or("?", |m| m.name);
+        panic!(
+            "dsu: component `{}` is poisoned: an earlier call of `{by}` (a `&mut self` method) \
+             panicked and may have left its state half-changed, so `{}` is not run; the program \
+             may check the state and call `Handle::clear_poison`",
+            self.slot.ty.id, method.name
+        )
+    }
+
+    /// Ends the call and returns its value, or resumes the panic the callee caught. A panic in
+    /// a `&mut self` method poisons the component (not one in a `&self` method, nor a call
+    /// that never ran because its version removed the method).
+    #[inline(always)]
+    pub fn finish<R>(self, method: &'static MethodDesc, r: CallResult<R>) -> R {
+        match r {
+            Ok(v) => {
+                drop(self);
+                v
+            }
+            Err(p) => self.unwind(method, p),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn unwind(self, method: &'static MethodDesc, p: Box<dyn std::any::Any + Send>) -> ! {
+        let stale = p
+            .downcast_ref::<String>()
+            .is_some_and(|m| m.starts_with(STALE_CALL));
+        if self.access == Access::Exclusive && !stale {
+            // Relaxed: published to later callers by the gate's release below.
+            self.slot.poisoned.store(
+                method as *const MethodDesc as *mut MethodDesc,
+                Ordering::Relaxed,
+            );
+        }
+        drop(self);
+        std::panic::resume_unwind(p)
     }
 
     /// The running table's entry for `method`.
@@ -423,29 +504,23 @@ impl Drop for Call<'_> {
 }
 
 /// Runs a method body on the callee's side of the boundary, catching a panic so it can be
-/// handed to the caller's copy of std (see [`finish`]).
+/// handed to the caller's copy of std (see [`Call::finish`]).
 #[inline]
 pub fn catch<R>(f: impl FnOnce() -> R) -> CallResult<R> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-}
-
-/// Returns a table entry's value on the caller's side, resuming a panic caught on the callee's.
-#[inline]
-pub fn finish<R>(r: CallResult<R>) -> R {
-    match r {
-        Ok(v) => v,
-        Err(p) => std::panic::resume_unwind(p),
-    }
 }
 
 /// The body of every generated trap: a stale caller reached a method its version removed or
 /// changed.
 pub fn stale_call<R>(component: &'static str, method: &'static str) -> CallResult<R> {
     Err(Box::new(format!(
-        "dsu: `{component}::{method}` was removed or changed its signature in an update; this \
-         caller is running code of an older version"
+        "{STALE_CALL}`{component}::{method}` was removed or changed its signature in an \
+         update; this caller is running code of an older version"
     )))
 }
+
+/// How the message of a call to a removed method starts (such a call does not poison).
+const STALE_CALL: &str = "dsu: stale call: ";
 
 /// Drops a boxed state of type `T` (the `drop_state` of every descriptor).
 ///
@@ -473,16 +548,20 @@ pub(crate) fn call_hook(slot: &Arc<Slot>, index: usize) -> Result<(), String> {
     r.map_err(|p| payload_message(&*p))
 }
 
-/// Calls the `migrate` hook of the version installed in `slot`, while the update manager holds
-/// the slot's gate (so no gate is entered: the manager's hold is the exclusive access).
-pub(crate) fn call_migrate_locked(slot: &Slot, index: usize) -> Result<(), String> {
+/// Calls a `migrate` or `health_check` hook (`fn(&mut self | &self) -> Result<(), String>`) of
+/// the version installed in `slot`, while the update manager holds the slot's gate (so no gate
+/// is entered: the manager's hold is the exclusive access). A panic is an `Err`.
+pub(crate) fn call_check_locked(slot: &Slot, index: usize) -> Result<(), String> {
     let table = slot.current_table();
     let method = &table.desc.methods[index];
     let Some(entry) = table.entries.get(method.cell.get()) else {
-        return Err("the `migrate` hook has no entry in the new table".into());
+        return Err(format!(
+            "the `{}` hook has no entry in the new table",
+            method.name
+        ));
     };
-    // SAFETY: the macro accepts `migrate` only as `fn(&mut self) -> Result<(), String>`, so the
-    // entry has this type.
+    // SAFETY: the macro accepts `migrate` and `health_check` only with this return type and no
+    // arguments, so the entry has this type (every entry takes the state as `*mut ()`).
     let f: unsafe fn(*mut ()) -> CallResult<Result<(), String>> =
         unsafe { std::mem::transmute(entry.get()) };
     // Calls the hook makes are nested calls of the update.

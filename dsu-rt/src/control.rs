@@ -10,10 +10,11 @@
 //! One line each way. Requests are bounded in size; a malformed request gets an error reply.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,62 +74,213 @@ impl Response {
     }
 }
 
-/// Runs the server until `stop` is set (checked between connections).
+/// Who may use the control socket, besides the file mode: the peer's uid (from
+/// `SO_PEERCRED`) must be the process's effective uid or one listed here.
+#[derive(Clone, Debug)]
+pub(crate) struct Access {
+    /// The process's effective uid.
+    pub owner: u32,
+    /// Other uids allowed to connect (`RuntimeBuilder::control_allow_uid`).
+    pub allowed: Vec<u32>,
+}
+
+impl Access {
+    pub(crate) fn new(allowed: Vec<u32>) -> Access {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let owner = unsafe { libc::geteuid() };
+        Access { owner, allowed }
+    }
+
+    /// `Ok` when `peer` may send requests; otherwise the refusal to send back.
+    fn check(&self, peer: Option<u32>) -> Result<(), String> {
+        match peer {
+            Some(uid) if uid == self.owner || self.allowed.contains(&uid) => Ok(()),
+            Some(uid) => Err(format!(
+                "permission denied: uid {uid} may not control this process (it runs as uid {}); \
+                 run the command as that user, or let the program allow the uid with \
+                 `RuntimeBuilder::control_allow_uid`",
+                self.owner
+            )),
+            None => Err("permission denied: the peer's credentials cannot be read".into()),
+        }
+    }
+}
+
+/// The uid of the process at the other end of `conn`.
+fn peer_uid(conn: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the fd is open.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize == std::mem::size_of::<libc::ucred>()).then_some(cred.uid)
+}
+
+/// Creates the socket. Its directory must belong to this process's user and not be writable by
+/// others (so nobody else can replace the socket); the socket itself is made mode 0600.
 pub(crate) fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
+    let socket_err = |source| crate::Error::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    check_directory(path)?;
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(crate::Error::SocketInUse(path.to_path_buf()));
         }
         // A stale socket from a process that is gone.
-        std::fs::remove_file(path).map_err(|source| crate::Error::Socket {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        std::fs::remove_file(path).map_err(socket_err)?;
     }
-    let listener = UnixListener::bind(path).map_err(|source| crate::Error::Socket {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        crate::Error::Socket {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
+    let listener = UnixListener::bind(path).map_err(socket_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(socket_err)?;
     Ok(listener)
 }
 
-pub(crate) fn serve(listener: UnixListener, stop: Arc<AtomicBool>) {
+fn check_directory(path: &Path) -> Result<(), crate::Error> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let meta = std::fs::metadata(&dir).map_err(|source| crate::Error::Socket {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let problem = if meta.uid() != me {
+        Some(format!(
+            "it belongs to uid {}, not to this process's uid {me}",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "others may write to it (mode {:o})",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(crate::Error::UnsafeSocketDir { dir, problem }),
+    }
+}
+
+/// Runs the server until `stop` is set (checked between connections).
+pub(crate) fn serve(listener: UnixListener, stop: Arc<AtomicBool>, access: Access) {
+    let access = Arc::new(access);
     for conn in listener.incoming() {
         // Relaxed: a shutdown flag; the runtime's drop connects once to wake this loop.
         if stop.load(Ordering::Relaxed) {
             break;
         }
         let Ok(conn) = conn else { continue };
+        let access = access.clone();
         let _ = std::thread::Builder::new()
             .name("dsu-control".into())
-            .spawn(move || handle(conn));
+            .spawn(move || handle(conn, &access));
     }
 }
 
-fn handle(conn: UnixStream) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut line = String::new();
-    let mut reader = BufReader::new((&conn).take(MAX_REQUEST + 1));
-    let response = match reader.read_line(&mut line) {
-        Ok(_) if line.len() as u64 > MAX_REQUEST => {
-            Response::error(format!("request larger than {MAX_REQUEST} bytes"))
+/// Requests being executed (not those still being read): a shutdown waits for them so that
+/// each gets its reply.
+static EXECUTING: AtomicUsize = AtomicUsize::new(0);
+
+struct Executing;
+
+impl Executing {
+    fn start() -> Executing {
+        // SeqCst: either the shutdown sees this request, or the request sees the shutdown.
+        EXECUTING.fetch_add(1, Ordering::SeqCst);
+        Executing
+    }
+}
+
+impl Drop for Executing {
+    fn drop(&mut self) {
+        // SeqCst: as in `start`.
+        EXECUTING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits (at most `limit`) until no request is being executed; `false` if some still are.
+pub(crate) fn wait_for_requests(limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    // SeqCst: as in `Executing::start`.
+    while EXECUTING.load(Ordering::SeqCst) > 0 {
+        if std::time::Instant::now() >= deadline {
+            return false;
         }
-        Ok(0) => return,
-        Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Ok(req) => execute(req),
-            Err(e) => Response::error(format!("malformed request: {e}")),
-        },
-        Err(e) => Response::error(format!("cannot read the request: {e}")),
-    };
-    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+/// How long a client may take to send its request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads one request line (at most [`MAX_REQUEST`] bytes) and decodes it. `Ok(None)`: the
+/// client closed the connection without sending anything. `Err`: the reply to send.
+pub fn read_request(conn: impl Read) -> Result<Option<Request>, String> {
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(conn.take(MAX_REQUEST + 1));
+    match reader.read_until(b'\n', &mut line) {
+        Ok(0) => Ok(None),
+        Ok(_) if line.len() as u64 > MAX_REQUEST => {
+            Err(format!("request larger than {MAX_REQUEST} bytes"))
+        }
+        Ok(_) => decode_request(&line).map(Some),
+        Err(e) => Err(format!("cannot read the request: {e}")),
+    }
+}
+
+/// Decodes one request (a JSON object, optionally ending in a newline).
+pub fn decode_request(line: &[u8]) -> Result<Request, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("malformed request: {e}"))?;
+    serde_json::from_str::<Request>(text).map_err(|e| format!("malformed request: {e}"))
+}
+
+/// Encodes a reply as the line sent back.
+pub fn encode_response(response: &Response) -> Vec<u8> {
+    let mut out = serde_json::to_vec(response).unwrap_or_else(|e| {
+        format!("{{\"ok\":false,\"error\":\"cannot encode the reply: {e}\"}}").into_bytes()
+    });
     out.push(b'\n');
-    let _ = (&conn).write_all(&out);
+    out
+}
+
+fn handle(conn: UnixStream, access: &Access) {
+    let response = match access.check(peer_uid(&conn)) {
+        Err(refusal) => {
+            log::warn!("dsu: control connection refused: {refusal}");
+            Response::error(refusal)
+        }
+        Ok(()) => {
+            let _ = conn.set_read_timeout(Some(READ_TIMEOUT));
+            match read_request(&conn) {
+                Ok(None) => return,
+                Ok(Some(req)) => {
+                    let _executing = Executing::start();
+                    execute(req)
+                }
+                Err(e) => Response::error(e),
+            }
+        }
+    };
+    let _ = conn.set_write_timeout(Some(READ_TIMEOUT));
+    let _ = (&conn).write_all(&encode_response(&response));
 }
 
 fn execute(req: Request) -> Response {
@@ -145,7 +297,16 @@ fn execute(req: Request) -> Response {
             timeout_ms,
             policy,
         } => match Package::read(&package) {
-            Err(e) => Response::error(e.to_string()),
+            Err(e) => {
+                // Refused before anything was opened; kept in the history like every refusal.
+                let rec = manager.refuse_unreadable(&package, e.to_string());
+                Response {
+                    ok: true,
+                    error: None,
+                    report: Some(rec),
+                    status: None,
+                }
+            }
             Ok(pkg) => {
                 let report = manager.apply(pkg, &ApplyOptions { timeout_ms, policy });
                 Response {
@@ -205,4 +366,81 @@ pub fn request(socket: &Path, req: &Request) -> std::io::Result<Response> {
             format!("malformed reply from the process: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves `access` on a fresh socket and sends one status request.
+    fn status_as(access: Access) -> Response {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let listener = bind(&path).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        std::thread::spawn(move || serve(listener, stop, access));
+        request(&path, &Request::Status).unwrap()
+    }
+
+    #[test]
+    fn only_the_owner_and_listed_uids_may_use_the_socket() {
+        let me = Access::new(Vec::new()).owner;
+        // The peer is this process: its uid is checked against the one the server runs as.
+        let ok = status_as(Access {
+            owner: me,
+            allowed: Vec::new(),
+        });
+        assert!(ok.ok && ok.status.is_some(), "{ok:?}");
+        let refused = status_as(Access {
+            owner: me.wrapping_add(1),
+            allowed: Vec::new(),
+        });
+        assert!(!refused.ok && refused.status.is_none());
+        let e = refused.error.unwrap();
+        assert!(
+            e.contains(&format!("uid {me} may not control this process")),
+            "{e}"
+        );
+        let listed = status_as(Access {
+            owner: me.wrapping_add(1),
+            allowed: vec![me],
+        });
+        assert!(listed.ok, "{listed:?}");
+    }
+
+    #[test]
+    fn the_socket_is_private_and_its_directory_must_be_too() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        drop(bind(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = bind(&open.join("c.sock")).unwrap_err().to_string();
+        assert!(
+            e.contains("others may write to it (mode 777)") && e.contains("refusing"),
+            "{e}"
+        );
+        assert!(!open.join("c.sock").exists());
+    }
+
+    #[test]
+    fn oversized_and_malformed_requests_get_an_error_not_a_crash() {
+        let big = vec![b'x'; MAX_REQUEST as usize + 10];
+        assert!(read_request(&big[..]).unwrap_err().contains("larger than"));
+        assert!(read_request(&b"{\"op\":\"nope\"}\n"[..])
+            .unwrap_err()
+            .contains("malformed request"));
+        assert!(read_request(&b"\xff\xfe\n"[..])
+            .unwrap_err()
+            .contains("malformed request"));
+        assert!(read_request(&b""[..]).unwrap().is_none());
+        assert!(matches!(
+            read_request(&b"{\"op\":\"status\"}\n"[..]),
+            Ok(Some(Request::Status))
+        ));
+    }
 }

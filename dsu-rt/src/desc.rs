@@ -212,6 +212,9 @@ pub struct ComponentDesc {
     pub prepare_to_die: Option<usize>,
     /// Index in `methods` of the `migrate` hook (`fn(&mut self) -> Result<(), String>`).
     pub migrate: Option<usize>,
+    /// Index in `methods` of the `health_check` hook (`fn(&self) -> Result<(), String>`),
+    /// run on a new version before its update commits.
+    pub health_check: Option<usize>,
 }
 
 impl ComponentDesc {

@@ -16,6 +16,14 @@ pub enum Error {
          another path"
     )]
     SocketInUse(PathBuf),
+    #[error(
+        "refusing to create the control socket in {dir}: {problem}; put the socket in a \
+         directory only this user can write to (for example $XDG_RUNTIME_DIR or a 0700 \
+         directory of the service's own)"
+    )]
+    UnsafeSocketDir { dir: PathBuf, problem: String },
+    #[error("cannot read the trusted keys: {0}")]
+    TrustedKeys(String),
     #[error("a dsu runtime is already running in this process")]
     AlreadyStarted,
     #[error("{0}")]

@@ -70,6 +70,10 @@ mod policy;
 mod protocol;
 #[cfg(not(dsu_off))]
 mod runtime;
+/// Signed packages: keys and signatures.
+// With `dsu_off` no package is read, so signing and checking go unused.
+#[cfg_attr(dsu_off, allow(dead_code))]
+pub mod signing;
 #[cfg(not(dsu_off))]
 mod thread;
 
@@ -130,7 +134,7 @@ pub mod build {
 pub mod __private {
     pub use crate::alloc::ForwardAlloc;
     pub use crate::component::{
-        catch, drop_state, finish, stale_call, Call, Component, Proxy, RawHandle, State,
+        catch, drop_state, stale_call, Call, Component, Proxy, RawHandle, State,
     };
     pub use crate::context::adopt;
     pub use crate::desc::{

@@ -16,6 +16,7 @@ use crate::loader::{self, PatchDescriptors};
 use crate::package::{Change, Package};
 use crate::policy::{self, Policy};
 use crate::protocol::{self, ProtocolState};
+use crate::signing::PublicKey;
 use crate::thread::lock;
 
 /// How an update ended.
@@ -91,6 +92,9 @@ pub struct ComponentStatus {
     /// Calls in flight right now, over all instances.
     pub in_flight: usize,
     pub methods: Vec<String>,
+    /// For each poisoned instance, the `&mut self` method whose panic poisoned it.
+    #[serde(default)]
+    pub poisoned: Vec<String>,
     pub code: String,
     pub state: String,
 }
@@ -113,6 +117,8 @@ pub(crate) struct Manager {
     /// Serialises updates: a second apply waits and then sees the first one's result.
     apply_lock: Mutex<()>,
     inner: Mutex<ManagerInner>,
+    /// Set when the runtime shuts down: later updates are refused.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 struct ManagerInner {
@@ -124,6 +130,8 @@ struct ManagerInner {
     staged: Vec<Staged>,
     /// The running layout of every state type, by id (seeded from the host binary).
     states: Option<HashMap<String, &'static StateLayout>>,
+    /// When not empty, only packages signed by one of these keys are applied.
+    trusted: Vec<PublicKey>,
 }
 
 struct Staged {
@@ -171,6 +179,7 @@ impl Manager {
     pub(crate) fn new() -> Self {
         Manager {
             apply_lock: Mutex::new(()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(ManagerInner {
                 program: String::new(),
                 version: "base".to_string(),
@@ -179,6 +188,7 @@ impl Manager {
                 patch_dir: None,
                 staged: Vec::new(),
                 states: None,
+                trusted: Vec::new(),
             }),
         }
     }
@@ -198,6 +208,69 @@ impl Manager {
         }
         if patch_dir.is_some() {
             m.patch_dir = patch_dir;
+        }
+    }
+
+    /// Refuses every later update.
+    pub(crate) fn begin_shutdown(&self) {
+        // SeqCst: an apply that takes the lock after this store sees it; pairs with the
+        // control server's count of requests being executed.
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for the update in progress, if any, to end.
+    pub(crate) fn wait_for_update(&self) {
+        drop(lock(&self.apply_lock));
+    }
+
+    /// The refusal of an update that arrives while the process shuts down.
+    fn refuse_if_shutting_down(&self) -> Result<(), String> {
+        // SeqCst: pairs with `shut_down`.
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(
+                "the process is shutting down; the update was not applied (apply it to \
+                        the process that replaces this one)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Adds keys to the trusted set: from then on, unsigned packages and packages signed by
+    /// other keys are refused.
+    pub(crate) fn trust(&self, keys: impl IntoIterator<Item = PublicKey>) {
+        let mut m = lock(&self.inner);
+        for k in keys {
+            if !m.trusted.contains(&k) {
+                m.trusted.push(k);
+            }
+        }
+    }
+
+    /// The signature check, first of all (nothing of the package is used before it).
+    fn check_signature(&self, pkg: &Package) -> Result<(), String> {
+        let m = lock(&self.inner);
+        if m.trusted.is_empty() {
+            return Ok(());
+        }
+        let trusted = m
+            .trusted
+            .iter()
+            .map(|k| k.id())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match pkg.signer() {
+            None => Err(format!(
+                "the package is not signed, and this process applies only packages signed by a \
+                 trusted key ({trusted}); sign it with `cargo dsu diff --sign KEY`"
+            )),
+            Some(k) if !m.trusted.contains(k) => Err(format!(
+                "the package is signed by key {}, which this process does not trust (trusted: \
+                 {trusted}); sign it with a trusted key, or add the key to the process's \
+                 trusted keys",
+                k.id()
+            )),
+            Some(_) => Ok(()),
         }
     }
 
@@ -228,6 +301,15 @@ impl Manager {
                         .methods
                         .iter()
                         .map(|m| m.name.to_string())
+                        .collect(),
+                    poisoned: slots
+                        .iter()
+                        .filter_map(|s| {
+                            // Relaxed: a snapshot for the report.
+                            let m = s.poisoned.load(Ordering::Relaxed);
+                            // SAFETY: method descriptors are never freed.
+                            unsafe { m.as_ref() }.map(|m| m.name.to_string())
+                        })
                         .collect(),
                     code: format!("{:016x}", inner.table.desc.code),
                     state: format!("{:016x}", inner.table.desc.state.fingerprint()),
@@ -275,34 +357,49 @@ impl Manager {
         rec
     }
 
+    /// A new history entry, refused until it gets further.
+    fn new_record(&self, to: String, changes: Vec<Change>) -> UpdateRecord {
+        let mut m = lock(&self.inner);
+        let id = m.next_id;
+        m.next_id += 1;
+        UpdateRecord {
+            id,
+            from: m.version.clone(),
+            to,
+            started_unix_ms: unix_ms(),
+            outcome: Outcome::Refused,
+            reason: None,
+            components: Vec::new(),
+            changes,
+            attempts: 0,
+            policy_wait_ms: 0.0,
+            prepare_ms: 0.0,
+            pause_ms: 0.0,
+            transfer_ms: 0.0,
+            total_ms: 0.0,
+            busy: Vec::new(),
+        }
+    }
+
+    /// Records the refusal of a package that could not be read (truncated, not a package,
+    /// unreadable file): nothing was opened or changed.
+    pub(crate) fn refuse_unreadable(&self, path: &std::path::Path, reason: String) -> UpdateRecord {
+        let _serial = lock(&self.apply_lock);
+        let mut rec = self.new_record(format!("? ({})", path.display()), Vec::new());
+        rec.reason = Some(reason);
+        self.record(rec)
+    }
+
     /// Applies a package (see the module documentation). Never panics on bad input: every
     /// failure is an outcome in the returned record, also kept in the history.
     pub(crate) fn apply(&self, pkg: Package, opts: &ApplyOptions) -> UpdateRecord {
         let _serial = lock(&self.apply_lock);
         let started = Instant::now();
-        let mut rec = {
-            let mut m = lock(&self.inner);
-            let id = m.next_id;
-            m.next_id += 1;
-            UpdateRecord {
-                id,
-                from: m.version.clone(),
-                to: pkg.manifest.to.clone(),
-                started_unix_ms: unix_ms(),
-                outcome: Outcome::Refused,
-                reason: None,
-                components: Vec::new(),
-                changes: pkg.manifest.changes.clone(),
-                attempts: 0,
-                policy_wait_ms: 0.0,
-                prepare_ms: 0.0,
-                pause_ms: 0.0,
-                transfer_ms: 0.0,
-                total_ms: 0.0,
-                busy: Vec::new(),
-            }
-        };
-        let patch = match self.load(pkg, rec.id) {
+        let mut rec = self.new_record(pkg.manifest.to.clone(), pkg.manifest.changes.clone());
+        let patch = match self
+            .refuse_if_shutting_down()
+            .and_then(|()| self.load(pkg, rec.id))
+        {
             Ok(p) => p,
             Err(reason) => {
                 rec.reason = Some(reason);
@@ -342,6 +439,7 @@ impl Manager {
         opts: &ApplyOptions,
     ) -> Result<UpdateRecord, String> {
         let _serial = lock(&self.apply_lock);
+        self.refuse_if_shutting_down()?;
         let staged = {
             let mut m = lock(&self.inner);
             let pos = m.staged.iter().position(|s| s.id == id).ok_or_else(|| {
@@ -426,6 +524,7 @@ impl Manager {
     /// Checks the manifest, loads the library from a path of its own, checks its root and
     /// adopts the host's context.
     fn load(&self, pkg: Package, id: u64) -> Result<LoadedPatch, String> {
+        self.check_signature(&pkg)?;
         let man = &pkg.manifest;
         let host = [
             ("rustc", man.rustc.as_str(), crate::build::RUSTC),
@@ -1239,22 +1338,33 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
             replaced_globals.push((g.id(), old));
         }
     }
-    // Data on disk (category 5): each new version's `migrate` hook, with the components still
-    // held. A failure rolls the whole update back.
-    let mut migration_failure = None;
-    for (i, slot) in &ready.slots {
-        if let Some(m) = plan.types[*i].new_table.desc.migrate {
-            if let Err(e) = component::call_migrate_locked(slot, m) {
-                migration_failure = Some(format!(
-                    "the data migration (`migrate`) of component `{}` failed: {e}; rolled back, \
-                     the old version keeps running with its state",
+    // Data on disk (category 5): each new version's `migrate` hook, then each new version's
+    // `health_check`, with the components still held. A failure rolls the whole update back.
+    let checks = |i: usize| {
+        let desc = plan.types[i].new_table.desc;
+        [
+            desc.migrate.map(|m| (m, "the data migration (`migrate`)")),
+            desc.health_check
+                .map(|h| (h, "the health check (`health_check`)")),
+        ]
+    };
+    let mut check_failure = None;
+    'checks: for pass in 0..2 {
+        for (i, slot) in &ready.slots {
+            let Some((hook, what)) = checks(*i)[pass] else {
+                continue;
+            };
+            if let Err(e) = component::call_check_locked(slot, hook) {
+                check_failure = Some(format!(
+                    "{what} of component `{}` failed: {e}; rolled back, the old version keeps \
+                     running with its state",
                     slot.ty.id
                 ));
-                break;
+                break 'checks;
             }
         }
     }
-    if let Some(reason) = migration_failure {
+    if let Some(reason) = check_failure {
         for ((t, inner), old) in plan.types.iter().zip(guards.iter_mut()).zip(&old_tables) {
             inner.table = old;
             inner.version -= 1;
@@ -1362,10 +1472,53 @@ mod tests {
     fn package(edit: impl FnOnce(&mut Manifest), library: &[u8]) -> Package {
         let mut manifest = Manifest::for_this_toolchain("prog", "1.0.0", "2.0.0");
         edit(&mut manifest);
-        Package {
-            manifest,
-            library: library.to_vec(),
-        }
+        Package::new(manifest, library.to_vec())
+    }
+
+    #[test]
+    fn with_trusted_keys_only_their_signatures_get_in_before_the_library_is_looked_at() {
+        use crate::signing::SecretKey;
+        let m = Manager::new();
+        let trusted = SecretKey::from_seed([1; 32]);
+        let other = SecretKey::from_seed([2; 32]);
+        m.trust([trusted.public()]);
+        // The library is garbage: a refusal that mentions the signature, not the library, shows
+        // the signature is checked first.
+        let unsigned = package(|_| {}, b"not a library");
+        let signed_by = |k: &SecretKey| Package::from_bytes(&unsigned.to_signed_bytes(k)).unwrap();
+        let opts = ApplyOptions::default();
+        let r = m.apply(unsigned.clone(), &opts);
+        assert!(r.reason.unwrap().contains("the package is not signed"));
+        let r = m.apply(signed_by(&other), &opts);
+        let reason = r.reason.unwrap();
+        assert!(
+            reason.contains(&format!("signed by key {}", other.public().id()))
+                && reason.contains("does not trust"),
+            "{reason}"
+        );
+        let r = m.apply(signed_by(&trusted), &opts);
+        assert_eq!(r.outcome, Outcome::Refused);
+        let reason = r.reason.unwrap();
+        assert!(
+            !reason.contains("sign") && !reason.contains("trust"),
+            "{reason}"
+        );
+        assert_eq!(m.history().len(), 3);
+    }
+
+    #[test]
+    fn after_shutdown_begins_updates_are_refused_and_recorded() {
+        let m = Manager::new();
+        m.begin_shutdown();
+        m.wait_for_update();
+        let r = m.apply(package(|_| {}, b"x"), &ApplyOptions::default());
+        assert_eq!(r.outcome, Outcome::Refused);
+        assert!(r.reason.unwrap().contains("the process is shutting down"));
+        assert!(m
+            .commit_staged(1, &ApplyOptions::default())
+            .unwrap_err()
+            .contains("shutting down"));
+        assert_eq!(m.history().len(), 1);
     }
 
     #[test]

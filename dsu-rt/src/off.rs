@@ -63,6 +63,16 @@ impl<T: Component> Handle<T> {
     pub fn version(_this: &Self) -> u32 {
         1
     }
+
+    /// Whether a `&mut self` call panicked and poisoned the lock.
+    pub fn is_poisoned(this: &Self) -> bool {
+        this.proxy.shared().is_poisoned()
+    }
+
+    /// Clears the poison (`RwLock::clear_poison`).
+    pub fn clear_poison(this: &Self) {
+        this.proxy.shared().clear_poison()
+    }
 }
 
 impl<T: Component> Clone for Handle<T> {
@@ -157,6 +167,21 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Ignored: there is no control socket.
+    pub fn control_allow_uid(self, _uid: u32) -> Self {
+        self
+    }
+
+    /// Ignored: no package can be applied.
+    pub fn trust_key(self, _key: crate::signing::PublicKey) -> Self {
+        self
+    }
+
+    /// Ignored: no package can be applied.
+    pub fn trusted_keys_file(self, _path: impl Into<PathBuf>) -> Self {
+        self
+    }
+
     /// Starts the runtime: nothing to start but the once-per-process check.
     pub fn start(self) -> Result<Runtime, crate::Error> {
         static STARTED: AtomicBool = AtomicBool::new(false);
@@ -196,7 +221,7 @@ impl Runtime {
 
 /// Not public API: what the macros' `dsu_off` expansions use.
 pub mod private {
-    use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+    use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
     pub use super::{Component, Global, Proxy};
     pub use crate::patch_root;
@@ -206,14 +231,25 @@ pub mod private {
 
     /// Read access for a `&self` method: the lock a program would otherwise take.
     #[inline(always)]
+    /// A call on a poisoned component panics, as with dsu.
     pub fn read<T>(state: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-        state.read().unwrap_or_else(PoisonError::into_inner)
+        state.read().unwrap_or_else(|_| poisoned())
     }
 
     /// Exclusive access for a `&mut self` method.
     #[inline(always)]
     pub fn write<T>(state: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-        state.write().unwrap_or_else(PoisonError::into_inner)
+        state.write().unwrap_or_else(|_| poisoned())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn poisoned() -> ! {
+        panic!(
+            "dsu: component is poisoned: an earlier call of a `&mut self` method panicked and \
+             may have left its state half-changed; the program may check the state and call \
+             `Handle::clear_poison`"
+        )
     }
 
     /// `dsu::update_point!()`: nothing to park for.

@@ -6,6 +6,8 @@
 //! manifest     JSON      (see `Manifest`)
 //! library_len  u64 LE
 //! library      bytes     the patch cdylib
+//! signature    optional  "DSUSIG\0\x01", the signer's ed25519 public key (32 bytes), the
+//!                        signature (64 bytes) of everything before it (see `signing`)
 //! ```
 
 use std::path::Path;
@@ -13,9 +15,14 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
+use crate::signing::{self, PublicKey, SecretKey};
 
 /// The magic bytes every package starts with (the last byte is the container version).
 pub const MAGIC: &[u8; 8] = b"DSUPKG\0\x01";
+/// The magic bytes of the signature block at the end of a signed package.
+pub const SIGNATURE_MAGIC: &[u8; 8] = b"DSUSIG\0\x01";
+/// Length of the signature block: magic, public key, signature.
+pub const SIGNATURE_LEN: usize = 8 + 32 + 64;
 /// Version of the manifest format.
 pub const MANIFEST_FORMAT: u32 = 1;
 /// Largest manifest accepted (a manifest is a few kilobytes).
@@ -109,6 +116,8 @@ impl Manifest {
 pub struct Package {
     pub manifest: Manifest,
     pub library: Vec<u8>,
+    /// The key whose valid signature covered the bytes this package was read from.
+    signer: Option<PublicKey>,
 }
 
 /// Why a file is not a usable package.
@@ -130,10 +139,32 @@ pub enum PackageError {
     Format { found: u32, expected: u32 },
     #[error("the package has {0} bytes after its library; it is corrupt")]
     Trailing(usize),
+    #[error(
+        "the package's signature by key {key} does not match its contents: the package was \
+         changed after it was signed (or the signature is corrupt); rebuild and sign it again"
+    )]
+    BadSignature { key: String },
+    #[error("the package's signature block holds an invalid public key")]
+    BadSignerKey,
 }
 
 impl Package {
-    /// Serialises the package.
+    /// An unsigned package.
+    pub fn new(manifest: Manifest, library: Vec<u8>) -> Package {
+        Package {
+            manifest,
+            library,
+            signer: None,
+        }
+    }
+
+    /// The key that signed the file this package was read from, if it was signed (the
+    /// signature was checked when the package was read).
+    pub fn signer(&self) -> Option<&PublicKey> {
+        self.signer.as_ref()
+    }
+
+    /// Serialises the package, unsigned.
     pub fn to_bytes(&self) -> Vec<u8> {
         let manifest = serde_json::to_vec_pretty(&self.manifest).expect("a manifest serialises");
         let mut out = Vec::with_capacity(8 + 4 + manifest.len() + 8 + self.library.len());
@@ -145,7 +176,18 @@ impl Package {
         out
     }
 
-    /// Parses a package, checking every length against the data.
+    /// Serialises the package and signs it with `key`.
+    pub fn to_signed_bytes(&self, key: &SecretKey) -> Vec<u8> {
+        let mut out = self.to_bytes();
+        let signature = key.sign(&signing::digest(&out));
+        out.extend_from_slice(SIGNATURE_MAGIC);
+        out.extend_from_slice(&key.public().to_bytes());
+        out.extend_from_slice(&signature);
+        out
+    }
+
+    /// Parses a package, checking every length against the data, and its signature if it has
+    /// one.
     pub fn from_bytes(b: &[u8]) -> Result<Package, PackageError> {
         if b.len() < MAGIC.len() {
             return Err(if MAGIC.starts_with(b) {
@@ -194,12 +236,28 @@ impl Package {
         if (rest.len() as u64) < lib_len {
             return Err(PackageError::Truncated("it ends inside the library"));
         }
-        if rest.len() as u64 > lib_len {
-            return Err(PackageError::Trailing(rest.len() - lib_len as usize));
-        }
+        let (library, trailer) = rest.split_at(lib_len as usize);
+        let signer = match trailer.len() {
+            0 => None,
+            SIGNATURE_LEN if trailer.starts_with(SIGNATURE_MAGIC) => {
+                let key: [u8; 32] = trailer[8..40].try_into().expect("32 bytes");
+                let signature: [u8; 64] = trailer[40..].try_into().expect("64 bytes");
+                let key = PublicKey::from_bytes(key).ok_or(PackageError::BadSignerKey)?;
+                let body = &b[..b.len() - SIGNATURE_LEN];
+                if !key.verify(&signing::digest(body), &signature) {
+                    return Err(PackageError::BadSignature { key: key.id() });
+                }
+                Some(key)
+            }
+            n if SIGNATURE_MAGIC.starts_with(&trailer[..n.min(8)]) && n < SIGNATURE_LEN => {
+                return Err(PackageError::Truncated("it ends inside the signature"));
+            }
+            n => return Err(PackageError::Trailing(n)),
+        };
         Ok(Package {
             manifest,
-            library: rest.to_vec(),
+            library: library.to_vec(),
+            signer,
         })
     }
 
@@ -212,9 +270,14 @@ impl Package {
         Package::from_bytes(&b)
     }
 
-    /// Writes a package file.
+    /// Writes a package file, unsigned.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         std::fs::write(path, self.to_bytes())
+    }
+
+    /// Writes a package file signed with `key`.
+    pub fn write_signed(&self, path: &Path, key: &SecretKey) -> std::io::Result<()> {
+        std::fs::write(path, self.to_signed_bytes(key))
     }
 }
 
@@ -223,10 +286,10 @@ mod tests {
     use super::*;
 
     fn sample() -> Package {
-        Package {
-            manifest: Manifest::for_this_toolchain("p", "v1", "v2"),
-            library: vec![1, 2, 3, 4],
-        }
+        Package::new(
+            Manifest::for_this_toolchain("p", "v1", "v2"),
+            vec![1, 2, 3, 4],
+        )
     }
 
     #[test]
@@ -246,6 +309,38 @@ mod tests {
                 matches!(e, PackageError::Truncated(_) | PackageError::Manifest(_)),
                 "cut at {cut}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn a_signed_package_names_its_signer_and_any_changed_byte_is_caught() {
+        let key = SecretKey::from_seed([9; 32]);
+        let b = sample().to_signed_bytes(&key);
+        let p = Package::from_bytes(&b).unwrap();
+        assert_eq!(p.signer(), Some(&key.public()));
+        assert_eq!(p.library, sample().library);
+        assert!(Package::from_bytes(&sample().to_bytes())
+            .unwrap()
+            .signer()
+            .is_none());
+        // Every byte is covered: the magic, the manifest, the library, the key, the signature.
+        for i in 0..b.len() {
+            let mut t = b.clone();
+            t[i] ^= 0x20;
+            let e = Package::from_bytes(&t);
+            assert!(
+                e.as_ref()
+                    .map_or(true, |p| p.signer() != Some(&key.public())),
+                "flipping byte {i} of {} went unnoticed",
+                b.len()
+            );
+        }
+        // A cut signature is reported as such.
+        for cut in b.len() - SIGNATURE_LEN + 1..b.len() {
+            assert!(matches!(
+                Package::from_bytes(&b[..cut]),
+                Err(PackageError::Truncated(_))
+            ));
         }
     }
 

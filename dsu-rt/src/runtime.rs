@@ -9,6 +9,7 @@ use crate::component::{register, Component, Handle};
 use crate::context::ctx;
 use crate::manager::{ApplyOptions, Status, UpdateRecord};
 use crate::package::Package;
+use crate::signing::PublicKey;
 use crate::thread::ThreadRegistration;
 
 /// Configures and starts the runtime.
@@ -18,12 +19,45 @@ pub struct RuntimeBuilder {
     program: Option<String>,
     version: Option<String>,
     patch_dir: Option<PathBuf>,
+    allowed_uids: Vec<u32>,
+    trusted: Vec<PublicKey>,
+    trusted_files: Vec<PathBuf>,
 }
+
+/// The environment variable naming a file of trusted public keys (one per line), read by
+/// [`RuntimeBuilder::start`] in addition to the keys the program sets.
+pub const TRUSTED_KEYS_ENV: &str = "DSU_TRUSTED_KEYS";
 
 impl RuntimeBuilder {
     /// Where to listen for `cargo dsu apply/status` (a Unix socket, created with mode 0600).
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.socket = Some(path.into());
+        self
+    }
+
+    /// Lets processes running as `uid` use the control socket too. By default only this
+    /// process's own (effective) uid may: every connection's peer uid is checked
+    /// (`SO_PEERCRED`), on top of the socket's mode 0600. Listing a uid does not change the
+    /// socket's mode: the other user also needs a way to reach the file.
+    pub fn control_allow_uid(mut self, uid: u32) -> Self {
+        self.allowed_uids.push(uid);
+        self
+    }
+
+    /// Applies only packages signed by `key` (or another trusted key): once any key is
+    /// trusted, an unsigned package, or one signed by another key, is refused before its
+    /// library is opened.
+    pub fn trust_key(mut self, key: PublicKey) -> Self {
+        self.trusted.push(key);
+        self
+    }
+
+    /// Trusts every public key listed in `path` (one per line, as `cargo dsu keygen` writes
+    /// them; `#` starts a comment). The file is read by [`start`](Self::start), which fails if
+    /// it cannot be read or holds no key. The variable `DSU_TRUSTED_KEYS` names such a file
+    /// too.
+    pub fn trusted_keys_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.trusted_files.push(path.into());
         self
     }
 
@@ -53,9 +87,33 @@ impl RuntimeBuilder {
         if STARTED.swap(true, Ordering::Relaxed) {
             return Err(crate::Error::AlreadyStarted);
         }
+        let mut trusted = self.trusted;
+        let mut files = self.trusted_files;
+        if let Some(p) = std::env::var_os(TRUSTED_KEYS_ENV).filter(|p| !p.is_empty()) {
+            files.push(p.into());
+        }
+        for f in &files {
+            let keys = match PublicKey::read_list(f) {
+                Ok(k) if k.is_empty() => Err(crate::Error::TrustedKeys(format!(
+                    "the trusted keys file {} lists no key; an empty list would trust nothing \
+                     and is most likely a mistake",
+                    f.display()
+                ))),
+                Ok(k) => Ok(k),
+                Err(e) => Err(crate::Error::TrustedKeys(e.to_string())),
+            };
+            match keys {
+                Ok(k) => trusted.extend(k),
+                Err(e) => {
+                    STARTED.store(false, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
         ctx()
             .manager
             .configure(self.program, self.version, self.patch_dir);
+        ctx().manager.trust(trusted);
         let stop = Arc::new(AtomicBool::new(false));
         let socket = match self.socket {
             None => None,
@@ -68,9 +126,10 @@ impl RuntimeBuilder {
                     }
                 };
                 let stop2 = stop.clone();
+                let access = crate::control::Access::new(self.allowed_uids);
                 std::thread::Builder::new()
                     .name("dsu-control-listener".into())
-                    .spawn(move || crate::control::serve(listener, stop2))?;
+                    .spawn(move || crate::control::serve(listener, stop2, access))?;
                 Some(path)
             }
         };
@@ -133,7 +192,11 @@ impl Runtime {
 }
 
 impl Drop for Runtime {
+    /// Shuts the runtime down: later updates are refused, the control socket is closed, an
+    /// update in progress ends first (committed, or aborted within its own timeout) and every
+    /// control request being executed gets its reply. Handles keep working.
     fn drop(&mut self) {
+        ctx().manager.begin_shutdown();
         if let Some(path) = &self.socket {
             // Relaxed: see `control::serve`.
             self.stop.store(true, Ordering::Relaxed);
@@ -141,5 +204,13 @@ impl Drop for Runtime {
             let _ = UnixStream::connect(path);
             let _ = std::fs::remove_file(path);
         }
+        ctx().manager.wait_for_update();
+        if !crate::control::wait_for_requests(SHUTDOWN_REPLY_WAIT) {
+            log::warn!("dsu: shutting down with control requests still running");
+        }
     }
 }
+
+/// How long a shutdown waits, after the last update ended, for other control requests
+/// (status, refusals) to be answered.
+const SHUTDOWN_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

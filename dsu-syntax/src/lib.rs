@@ -34,6 +34,10 @@ pub const PREPARE_TO_DIE: &str = "prepare_to_die";
 /// The name of the data-migration hook: `fn migrate(&mut self) -> Result<(), String>`, run by
 /// the update manager on the new version, before the update commits (category 5: data on disk).
 pub const MIGRATE: &str = "migrate";
+/// The health check a new version runs right after an update installs it, before the update
+/// commits: `fn health_check(&self) -> Result<(), String>`; an `Err` (or a panic) rolls the
+/// update back to the old code and the old state.
+pub const HEALTH_CHECK: &str = "health_check";
 
 /// One `key` or `key = "value"` argument.
 pub struct Arg {

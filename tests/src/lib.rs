@@ -23,9 +23,18 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where test programs and their patches are built (shared, so dependencies build once).
+/// Where test programs and their patches are built (shared, so dependencies build once):
+/// `target/dsu-programs`, or the directory in `DSU_TESTS_TARGET`.
+///
+/// All patches of one program are built into one library file of this directory, and a test
+/// process serialises only its own builds: two test processes building patches of the same
+/// program at once can pack each other's library. Give a second process a directory of its own
+/// with `DSU_TESTS_TARGET`.
 pub fn programs_target() -> PathBuf {
-    repo_root().join("target").join("dsu-programs")
+    match std::env::var_os("DSU_TESTS_TARGET") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => repo_root().join("target").join("dsu-programs"),
+    }
 }
 
 /// `tests/programs/NAME/VERSION`.
@@ -154,6 +163,23 @@ pub fn build_patch_on(old: &Path, new: &Path, base: Option<&Path>) -> Result<Pat
     Ok(file)
 }
 
+/// Builds OLD -> NEW (against the Cargo.lock of `base`, as [`build_patch_on`]) even when this
+/// process built it before, and writes it as `NAME.dsu` beside the other packages: for tests of
+/// the patch build itself.
+pub fn rebuild_patch(old: &Path, new: &Path, base: Option<&Path>, name: &str) -> Result<PathBuf> {
+    build_base(base.unwrap_or(old))?;
+    let _serial = build_lock().lock().unwrap_or_else(|e| e.into_inner());
+    let mut opts = cargo_dsu::patch::PatchOptions::new(old, new);
+    opts.target_dir = Some(programs_target());
+    opts.base_lock = base.map(|b| b.join("Cargo.lock"));
+    let built = cargo_dsu::patch::build(&opts)?;
+    let dir = programs_target().join("packages");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!("{name}.dsu"));
+    built.package.write(&file)?;
+    Ok(file)
+}
+
 /// A copy of the package at `path` with its manifest edited by `edit` (written beside it under
 /// `name`).
 pub fn with_manifest(
@@ -179,11 +205,17 @@ pub struct Process {
 impl Process {
     /// Starts `exe --port 0 --socket DIR/ctl.sock` and waits for its `ready PORT` line.
     pub fn start(exe: &Path) -> Result<Process> {
+        Process::start_with_env(exe, &[])
+    }
+
+    /// [`Process::start`] with extra environment variables (`DSU_TRUSTED_KEYS`, say).
+    pub fn start_with_env(exe: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Result<Process> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("ctl.sock");
         let mut child = Command::new(exe)
             .args(["--port", "0", "--socket"])
             .arg(&socket)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -368,6 +400,135 @@ impl Load {
             failures,
         }
     }
+}
+
+/// What one client of a [`counter_load`] has seen so far (tests with their own load steps use
+/// it for their invariants too).
+#[derive(Default, Clone, Debug)]
+pub struct Seen {
+    /// The result of this client's last `add 1`.
+    pub last_add: u64,
+    /// How many `add 1` calls of this client completed: every one must be in the counter.
+    pub adds: u64,
+    /// Whether a version newer than the first answered this client.
+    pub saw_new: bool,
+    /// Index, in the load's list of versions, of the newest version that answered.
+    pub newest: usize,
+}
+
+/// One [`Seen`] per client.
+pub fn per_client(n: usize) -> Arc<Vec<Mutex<Seen>>> {
+    Arc::new((0..n).map(|_| Mutex::new(Seen::default())).collect())
+}
+
+/// The `add 1` calls all clients completed.
+pub fn total_adds(seen: &[Mutex<Seen>]) -> u64 {
+    seen.iter()
+        .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).adds)
+        .sum()
+}
+
+/// Clients of `tests/programs/app` alternating `add 1` (each result must be larger than the
+/// client's previous one) and `version`, which must answer `v1` until it answers a version
+/// starting with `new_prefix`, and never `v1` again after that.
+pub fn counter_load(
+    p: &Process,
+    clients: usize,
+    new_prefix: &'static str,
+) -> Result<(Load, Arc<Vec<Mutex<Seen>>>)> {
+    counter_load_through(p, clients, &["v1", new_prefix])
+}
+
+/// As [`counter_load`], for a process that may go through several versions: `versions` lists
+/// the prefixes of the `version` replies in the order the updates install them (a reply
+/// belongs to the longest prefix it starts with). A client fails on a reply that matches none,
+/// and on a reply of a version older than one it has already seen.
+pub fn counter_load_through(
+    p: &Process,
+    clients: usize,
+    versions: &[&'static str],
+) -> Result<(Load, Arc<Vec<Mutex<Seen>>>)> {
+    let versions: Arc<Vec<&'static str>> = Arc::new(versions.to_vec());
+    let seen = per_client(clients);
+    let s = seen.clone();
+    let load = Load::start(p.port, clients, move |conn, c, i| {
+        let mut st = s[c].lock().unwrap_or_else(|e| e.into_inner());
+        if i % 2 == 0 {
+            let n: u64 = conn.cmd("add 1")?.parse()?;
+            if n <= st.last_add {
+                bail!("add went backwards: {n} after {}", st.last_add);
+            }
+            st.last_add = n;
+            st.adds += 1;
+        } else {
+            let v = conn.cmd("version")?;
+            let index = versions
+                .iter()
+                .enumerate()
+                .filter(|(_, prefix)| v.starts_with(**prefix))
+                .max_by_key(|(_, prefix)| prefix.len())
+                .map(|(i, _)| i)
+                .ok_or_else(|| {
+                    anyhow!("unexpected version reply {v:?}, expected one of {versions:?}")
+                })?;
+            if index < st.newest {
+                bail!(
+                    "version {v:?} answered after {:?} had: an older version came back",
+                    versions[st.newest]
+                );
+            }
+            st.newest = index;
+            st.saw_new = index > 0;
+        }
+        Ok(())
+    })?;
+    Ok((load, seen))
+}
+
+/// Asserts that no call of a load run failed, and that it made calls at all.
+pub fn assert_no_failures(r: &LoadReport) {
+    assert!(
+        r.failures.is_empty(),
+        "{} calls failed: {:#?}",
+        r.failures.len(),
+        r.failures
+    );
+    assert!(r.ok > 0, "the load made no calls");
+}
+
+/// Asserts that an update ended with `outcome`, that its reason (for anything but a commit) is
+/// one line containing every piece of `reason`, and that the process's history holds the same
+/// record under its id. Returns the reason.
+pub fn assert_recorded(
+    p: &Process,
+    rec: &UpdateRecord,
+    outcome: dsu::Outcome,
+    reason: &[&str],
+) -> String {
+    assert_eq!(rec.outcome, outcome, "unexpected outcome: {rec:#?}");
+    let text = rec.reason.clone().unwrap_or_default();
+    if outcome == dsu::Outcome::Committed {
+        assert!(rec.reason.is_none(), "a commit with a reason: {rec:#?}");
+    } else {
+        assert!(!text.is_empty(), "no reason given: {rec:#?}");
+        assert!(!text.contains('\n'), "the reason is not one line: {text:?}");
+    }
+    for piece in reason {
+        assert!(
+            text.contains(piece),
+            "the reason does not say {piece:?}: {text:?}"
+        );
+    }
+    let status = p.status().expect("status after an update");
+    let entry = status.history.iter().find(|h| h.id == rec.id);
+    assert_eq!(
+        entry,
+        Some(rec),
+        "the history does not hold update {} as reported: {:#?}",
+        rec.id,
+        status.history
+    );
+    text
 }
 
 /// A minimal RESP (Redis protocol) client, for driving examples/kvstore.

@@ -153,23 +153,17 @@ fn packages_that_do_not_match_the_process_are_refused_with_nothing_changed() -> 
     assert_eq!(rec.outcome, Outcome::Refused);
     assert!(rec.reason.unwrap().contains("another version of component"));
 
-    // A truncated file and a file that is not a package: an error, not a crash.
+    // A truncated file and a file that is not a package: refused (and recorded), not a crash.
     let bytes = std::fs::read(&good)?;
     let dir = tempfile::tempdir()?;
     let truncated = dir.path().join("truncated.dsu");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2])?;
-    let resp = p.control(&Request::Apply {
-        package: truncated,
-        timeout_ms: None,
-        policy: None,
-    })?;
-    assert!(!resp.ok && resp.error.unwrap().contains("truncated"));
-    let resp = p.control(&Request::Apply {
-        package: exe.clone(),
-        timeout_ms: None,
-        policy: None,
-    })?;
-    assert!(!resp.ok && resp.error.unwrap().contains("not a dsu package"));
+    let rec = p.apply(&truncated, None)?;
+    assert_eq!(rec.outcome, Outcome::Refused);
+    assert!(rec.reason.unwrap().contains("truncated"));
+    let rec = p.apply(&exe, None)?;
+    assert_eq!(rec.outcome, Outcome::Refused);
+    assert!(rec.reason.unwrap().contains("not a dsu package"));
 
     // A library that is not a patch, inside a well-formed package.
     let foreign = with_manifest(&good, "app-foreign-lib", |_| {})?;
@@ -184,7 +178,7 @@ fn packages_that_do_not_match_the_process_are_refused_with_nothing_changed() -> 
     assert_eq!(c.cmd("version")?, "v1");
     assert_eq!(c.cmd("get")?, "3");
     let status = p.status()?;
-    assert_eq!(status.history.len(), 4);
+    assert_eq!(status.history.len(), 6);
     assert!(status.history.iter().all(|r| r.outcome == Outcome::Refused));
     // And the right package still applies.
     assert_eq!(p.apply(&good, None)?.outcome, Outcome::Committed);

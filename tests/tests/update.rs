@@ -3,7 +3,7 @@
 //! that the new behaviour is visible, the state is intact and no call failed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
@@ -12,60 +12,6 @@ use dsu_tests::*;
 
 fn app(v: &str) -> std::path::PathBuf {
     program("app", v)
-}
-
-/// Per-client memory for invariant checks.
-#[derive(Default, Clone)]
-struct Seen {
-    last_add: u64,
-    saw_new: bool,
-}
-
-fn per_client(n: usize) -> Arc<Vec<Mutex<Seen>>> {
-    Arc::new((0..n).map(|_| Mutex::new(Seen::default())).collect())
-}
-
-/// Clients alternating `add 1` (results must grow) and `version` (once the new version answers,
-/// the old one never does again).
-fn counter_load(
-    p: &Process,
-    clients: usize,
-    new_prefix: &'static str,
-) -> Result<(Load, Arc<Vec<Mutex<Seen>>>)> {
-    let seen = per_client(clients);
-    let s = seen.clone();
-    let load = Load::start(p.port, clients, move |conn, c, i| {
-        let mut st = s[c].lock().unwrap();
-        if i % 2 == 0 {
-            let n: u64 = conn.cmd("add 1")?.parse()?;
-            ensure!(
-                n > st.last_add,
-                "add went backwards: {n} after {}",
-                st.last_add
-            );
-            st.last_add = n;
-        } else {
-            let v = conn.cmd("version")?;
-            if v.starts_with(new_prefix) {
-                st.saw_new = true;
-            } else {
-                ensure!(v == "v1", "unexpected version reply {v:?}");
-                ensure!(!st.saw_new, "the old version answered after the new one");
-            }
-        }
-        Ok(())
-    })?;
-    Ok((load, seen))
-}
-
-fn assert_no_failures(r: &LoadReport) {
-    assert!(
-        r.failures.is_empty(),
-        "{} calls failed: {:#?}",
-        r.failures.len(),
-        r.failures
-    );
-    assert!(r.ok > 0, "the load made no calls");
 }
 
 fn committed(rec: &dsu::UpdateRecord) {

@@ -1,0 +1,174 @@
+//! Faults after the swap: a new version whose health check fails is rolled back to the old
+//! code and the old state; a new version that panics after commit poisons only its component;
+//! an update that meets a shutdown ends cleanly. All under client load.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use dsu::Outcome;
+use dsu_tests::*;
+
+fn app(v: &str) -> std::path::PathBuf {
+    program("app", v)
+}
+
+#[test]
+fn a_failed_health_check_rolls_back_to_the_old_code_and_the_old_state() -> Result<()> {
+    let exe = build_base(&app("v1"))?;
+    let unhealthy = build_patch(&app("v1"), &app("v2-health"))?;
+    let good = build_patch(&app("v1"), &app("v2-field"))?;
+    let p = Process::start(&exe)?;
+    let mut c = p.connect()?;
+    assert_eq!(c.cmd("add 10")?, "10");
+    let (load, seen) = counter_load_through(&p, 4, &["v1", "v2-field"])?;
+    load.wait_for_calls(200);
+
+    // v2-health changes Counter's state type (a new field) and its self-test fails: the
+    // transfer ran, the new code was installed, and both are undone.
+    let rec = p.apply(&unhealthy, None)?;
+    assert_eq!(rec.outcome, Outcome::RolledBack, "{rec:#?}");
+    let reason = rec.reason.unwrap_or_default();
+    assert!(
+        reason.contains("the health check (`health_check`) of component `Counter` failed")
+            && reason.contains("counter self-test failed at n=")
+            && reason.contains("rolled back"),
+        "{reason}"
+    );
+    load.wait_for_calls(200);
+    assert_eq!(c.cmd("version")?, "v1");
+    let status = p.status()?;
+    let counter = status
+        .components
+        .iter()
+        .find(|s| s.id == "Counter")
+        .unwrap();
+    assert_eq!(counter.version, 1);
+    assert_eq!(status.history[0].outcome, Outcome::RolledBack);
+
+    // The old state is intact: no add was lost, before, during or after the attempt.
+    let rec = p.apply(&good, None)?;
+    assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
+    load.wait_for_calls(200);
+    assert_no_failures(&load.stop());
+    let n: u64 = c.cmd("get")?.parse()?;
+    assert_eq!(n, 10 + total_adds(&seen));
+    assert!(c.cmd("version")?.starts_with("v2-field ops="));
+    Ok(())
+}
+
+#[test]
+fn a_panic_after_commit_poisons_its_component_and_nothing_else() -> Result<()> {
+    let exe = build_base(&app("v1"))?;
+    let crash = build_patch(&app("v1"), &app("v2-crash"))?;
+    let mut p = Process::start(&exe)?;
+    let mut c = p.connect()?;
+    assert_eq!(c.cmd("add 3")?, "3");
+    assert_eq!(c.cmd("set a 1")?, "ok");
+    let (load, seen) = counter_load(&p, 4, "v2-crash")?;
+    load.wait_for_calls(200);
+    let rec = p.apply(&crash, None)?;
+    assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
+
+    // The new `Store::set` panics half-way through a change. As without dsu, the panic unwinds
+    // the caller's thread (the server's thread of this connection), not the process.
+    let mut victim = p.connect()?;
+    assert_eq!(victim.cmd("set b 2")?, "ok");
+    let e = victim.cmd("set boom 3").unwrap_err();
+    assert!(e.to_string().contains("connection closed"), "{e:#}");
+    assert!(p.alive());
+    // Store is poisoned, as a Mutex would be: its calls panic on their callers' threads.
+    let mut next = p.connect()?;
+    assert!(next.cmd("lookup a").is_err());
+    let status = p.status()?;
+    let store = status.components.iter().find(|s| s.id == "Store").unwrap();
+    assert_eq!(store.poisoned, vec!["set".to_string()]);
+    assert_eq!(store.in_flight, 0, "a panicking call left the gate held");
+    // Every other component goes on: the counter load saw no failure and lost nothing.
+    load.wait_for_calls(200);
+    assert_no_failures(&load.stop());
+    let n: u64 = c.cmd("get")?.parse()?;
+    assert_eq!(n, 3 + total_adds(&seen));
+    assert_eq!(c.cmd("version")?, "v2-crash");
+    let counter = status
+        .components
+        .iter()
+        .find(|s| s.id == "Counter")
+        .unwrap();
+    assert!(counter.poisoned.is_empty());
+    Ok(())
+}
+
+#[test]
+fn an_update_that_meets_a_shutdown_ends_before_the_process_does() -> Result<()> {
+    let quit = |v: &str| program("quit", v);
+    let exe = build_base(&quit("v1"))?;
+    let pkg = build_patch(&quit("v1"), &quit("v2"))?;
+    let mut p = Process::start(&exe)?;
+    let p_socket = p.socket.clone();
+    let port = p.port;
+
+    // A call keeps Worker busy, so the first update waits in prepare-to-die...
+    let held = Arc::new(AtomicBool::new(false));
+    let holder = {
+        let held = held.clone();
+        let mut conn = p.connect()?;
+        std::thread::spawn(move || {
+            let r = conn.cmd("hold 1500");
+            held.store(true, Ordering::SeqCst);
+            r
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p
+        .status()?
+        .components
+        .iter()
+        .any(|c| c.id == "Worker" && c.in_flight == 1)
+    {
+        assert!(Instant::now() < deadline, "the hold never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let apply = |socket: std::path::PathBuf, pkg: std::path::PathBuf| {
+        std::thread::spawn(move || {
+            dsu::control::request(
+                &socket,
+                &dsu::control::Request::Apply {
+                    package: pkg,
+                    timeout_ms: Some(10_000),
+                    policy: None,
+                },
+            )
+        })
+    };
+    let first = apply(p_socket.clone(), pkg.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    // ...a second one queues behind it...
+    let second = apply(p_socket.clone(), pkg.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    // ...and the program shuts its runtime down meanwhile.
+    let mut c = Conn::open(port)?;
+    assert_eq!(c.cmd("quit")?, "bye");
+    // The shutdown waited for the update in progress: it committed once the hold ended.
+    assert!(held.load(Ordering::SeqCst), "the shutdown did not wait");
+    let first = first.join().unwrap()?.report.expect("a report");
+    assert_eq!(first.outcome, Outcome::Committed, "{first:#?}");
+    // The queued one got an answer, not a closed connection: refused, nothing applied.
+    let second = second.join().unwrap()?.report.expect("a report");
+    assert_eq!(second.outcome, Outcome::Refused, "{second:#?}");
+    assert!(
+        second.reason.unwrap_or_default().contains("shutting down"),
+        "{:?}",
+        second.id
+    );
+    assert_eq!(holder.join().unwrap()?, "held");
+    // The control socket is gone; the process exits on its own.
+    assert!(!p_socket.exists());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.alive() {
+        assert!(Instant::now() < deadline, "the process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
