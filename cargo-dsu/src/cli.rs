@@ -533,9 +533,17 @@ fn status(shell: &Shell, socket: &Path, format: Format) -> Result<i32> {
             s.push_str("\ncomponents:\n");
             for c in &st.components {
                 s.push_str(&format!(
-                    "  {:<24} version {:<3} instances {:<4} in flight {}\n",
+                    "  {:<24} version {:<3} instances {:<4} in flight {}",
                     c.id, c.version, c.instances, c.in_flight
                 ));
+                if !c.poisoned.is_empty() {
+                    s.push_str(&format!(
+                        "  POISONED ({} instance(s); a `{}` call panicked)",
+                        c.poisoned.len(),
+                        c.poisoned[0]
+                    ));
+                }
+                s.push('\n');
             }
             if !st.staged.is_empty() {
                 s.push_str(&format!("\nstaged updates: {:?}\n", st.staged));

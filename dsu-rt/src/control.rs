@@ -181,19 +181,38 @@ fn check_directory(path: &Path) -> Result<(), crate::Error> {
 /// Runs the server until `stop` is set (checked between connections).
 pub(crate) fn serve(listener: UnixListener, stop: Arc<AtomicBool>, access: Access) {
     let access = Arc::new(access);
+    // Control connections open now.
+    let open = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         // Relaxed: a shutdown flag; the runtime's drop connects once to wake this loop.
         if stop.load(Ordering::Relaxed) {
             break;
         }
         let Ok(conn) = conn else { continue };
-        let access = access.clone();
-        let _ = std::thread::Builder::new()
+        // Relaxed: a bound on threads, not a synchronisation.
+        if open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::Relaxed);
+            let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = (&conn).write_all(&encode_response(&Response::error(format!(
+                "busy: {MAX_CONNECTIONS} control connections are open; try again"
+            ))));
+            continue;
+        }
+        let (access, open2) = (access.clone(), open.clone());
+        let spawned = std::thread::Builder::new()
             .name("dsu-control".into())
-            .spawn(move || handle(conn, &access));
+            .spawn(move || {
+                handle(conn, &access);
+                open2.fetch_sub(1, Ordering::Relaxed);
+            });
+        if spawned.is_err() {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
+/// Most control connections served at once (each has a thread); more are told to retry.
+pub const MAX_CONNECTIONS: usize = 32;
 /// Requests being executed (not those still being read): a shutdown waits for them so that
 /// each gets its reply.
 static EXECUTING: AtomicUsize = AtomicUsize::new(0);
@@ -406,6 +425,34 @@ mod tests {
             allowed: vec![me],
         });
         assert!(listed.ok, "{listed:?}");
+    }
+
+    #[test]
+    fn stalled_clients_cannot_take_every_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let listener = bind(&path).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        std::thread::spawn(move || serve(listener, stop, Access::new(Vec::new())));
+        let stalled: Vec<UnixStream> = (0..MAX_CONNECTIONS)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        // Wait until the server has accepted them all, then one more is turned away at once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let busy = loop {
+            let r = request(&path, &Request::Status).unwrap();
+            if !r.ok || std::time::Instant::now() > deadline {
+                break r;
+            }
+        };
+        assert!(busy.error.unwrap_or_default().contains("busy"));
+        // The stalled clients give up; the server serves again.
+        drop(stalled);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !request(&path, &Request::Status).unwrap().ok {
+            assert!(std::time::Instant::now() < deadline, "never served again");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
