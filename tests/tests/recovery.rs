@@ -172,3 +172,76 @@ fn an_update_that_meets_a_shutdown_ends_before_the_process_does() -> Result<()> 
     }
     Ok(())
 }
+
+#[test]
+fn forty_updates_and_rollbacks_under_load_fail_no_request() -> Result<()> {
+    const CYCLES: usize = 10;
+    let exe = build_base(&app("v1"))?;
+    let forward = build_patch(&app("v1"), &app("v2-code"))?;
+    let back = build_patch_on(&app("v2-code"), &app("v1"), Some(&app("v1")))?;
+    let panics = build_patch(&app("v1"), &app("v2-panic"))?;
+    let unhealthy = build_patch(&app("v1"), &app("v2-health"))?;
+    let mut p = Process::start(&exe)?;
+    let seen = per_client(4);
+    let s = seen.clone();
+    // Each client: `add 1` must grow, `version` must be one of the two versions.
+    let load = Load::start(p.port, 4, move |conn, c, i| {
+        let mut st = s[c].lock().unwrap_or_else(|e| e.into_inner());
+        if i % 2 == 0 {
+            let n: u64 = conn.cmd("add 1")?.parse()?;
+            anyhow::ensure!(
+                n > st.last_add,
+                "add went backwards: {n} after {}",
+                st.last_add
+            );
+            st.last_add = n;
+            st.adds += 1;
+        } else {
+            let v = conn.cmd("version")?;
+            anyhow::ensure!(v == "v1" || v.starts_with("v2 total="), "version {v:?}");
+        }
+        Ok(())
+    })?;
+    load.wait_for_calls(100);
+    let started = Instant::now();
+    let mut outcomes = Vec::new();
+    for _ in 0..CYCLES {
+        for (pkg, expect) in [
+            (&panics, Outcome::RolledBack),
+            (&unhealthy, Outcome::RolledBack),
+            (&forward, Outcome::Committed),
+            (&back, Outcome::Committed),
+        ] {
+            let rec = p.apply(pkg, None)?;
+            assert_eq!(rec.outcome, expect, "{rec:#?}");
+            outcomes.push(rec.outcome);
+            load.wait_for_calls(20);
+        }
+    }
+    let elapsed = started.elapsed();
+    let report = load.stop();
+    assert_no_failures(&report);
+    assert!(p.alive());
+    let mut c = p.connect()?;
+    assert_eq!(c.cmd("get")?, total_adds(&seen).to_string());
+    assert_eq!(c.cmd("version")?, "v1");
+    assert_eq!(p.status()?.history.len(), 4 * CYCLES);
+    // The figures RELIABILITY.md quotes.
+    eprintln!(
+        "{} updates ({} committed, {} rolled back) in {:.1} s under 4 clients: {} requests, {} \
+         failed",
+        outcomes.len(),
+        outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Committed)
+            .count(),
+        outcomes
+            .iter()
+            .filter(|o| **o == Outcome::RolledBack)
+            .count(),
+        elapsed.as_secs_f64(),
+        report.ok,
+        report.failures.len()
+    );
+    Ok(())
+}
