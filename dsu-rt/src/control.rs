@@ -9,7 +9,7 @@
 //! ```
 //! One line each way. Requests are bounded in size; a malformed request gets an error reply.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -261,6 +261,11 @@ pub fn read_request(conn: impl Read) -> Result<Option<Request>, String> {
             Err(format!("request larger than {MAX_REQUEST} bytes"))
         }
         Ok(_) => decode_request(&line).map(Some),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(format!(
+            "no complete request within {} s; send one JSON object on one line, ending in a \
+             newline",
+            READ_TIMEOUT.as_secs()
+        )),
         Err(e) => Err(format!("cannot read the request: {e}")),
     }
 }

@@ -105,13 +105,23 @@ pub enum LoadError {
     },
 }
 
+/// abi_stable's errors span several indented lines; a refusal reason is one.
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Opens the library at `path` (a path no other library was loaded from), checks its root and
 /// adopts the host's context. The library is never unloaded.
 pub(crate) fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let header = lib_header_from_path(path).map_err(|e| LoadError::Root(e.to_string()))?;
+    let header = lib_header_from_path(path).map_err(|e| LoadError::Root(one_line(&e)))?;
     let root = header
         .init_root_module::<PatchRootRef>()
-        .map_err(|e| LoadError::Root(e.to_string()))?;
+        .map_err(|e| LoadError::Root(one_line(&e)))?;
     let checks: [(&'static str, String, String); 5] = [
         (
             "with patch format",

@@ -769,7 +769,9 @@ impl Manager {
         Ok(Plan {
             types,
             protocols: protocol_names.iter().map(|n| protocol::state(n)).collect(),
-            park_threads: man.constraints.park_threads,
+            // A global's type changes (category 3): registered threads park whatever the
+            // manifest says, since the library's own descriptors show it.
+            park_threads: man.constraints.park_threads || !globals.is_empty(),
             timeout: Duration::from_millis(opts.timeout_ms.unwrap_or(man.timeout_ms).max(1)),
             policy: Policy::default(),
             new_states: d.states.iter().filter(|s| !s.is_old).copied().collect(),

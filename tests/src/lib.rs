@@ -26,10 +26,9 @@ pub fn repo_root() -> PathBuf {
 /// Where test programs and their patches are built (shared, so dependencies build once):
 /// `target/dsu-programs`, or the directory in `DSU_TESTS_TARGET`.
 ///
-/// All patches of one program are built into one library file of this directory, and a test
-/// process serialises only its own builds: two test processes building patches of the same
-/// program at once can pack each other's library. Give a second process a directory of its own
-/// with `DSU_TESTS_TARGET`.
+/// A test process serialises only its own builds: two test processes building the same patch
+/// at once regenerate one patch crate under each other. Give a second process (a second
+/// `cargo test` while one runs) a directory of its own with `DSU_TESTS_TARGET`.
 pub fn programs_target() -> PathBuf {
     match std::env::var_os("DSU_TESTS_TARGET") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
@@ -160,23 +159,6 @@ pub fn build_patch_on(old: &Path, new: &Path, base: Option<&Path>) -> Result<Pat
     ));
     built.package.write(&file)?;
     cache.insert(key, file.clone());
-    Ok(file)
-}
-
-/// Builds OLD -> NEW (against the Cargo.lock of `base`, as [`build_patch_on`]) even when this
-/// process built it before, and writes it as `NAME.dsu` beside the other packages: for tests of
-/// the patch build itself.
-pub fn rebuild_patch(old: &Path, new: &Path, base: Option<&Path>, name: &str) -> Result<PathBuf> {
-    build_base(base.unwrap_or(old))?;
-    let _serial = build_lock().lock().unwrap_or_else(|e| e.into_inner());
-    let mut opts = cargo_dsu::patch::PatchOptions::new(old, new);
-    opts.target_dir = Some(programs_target());
-    opts.base_lock = base.map(|b| b.join("Cargo.lock"));
-    let built = cargo_dsu::patch::build(&opts)?;
-    let dir = programs_target().join("packages");
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join(format!("{name}.dsu"));
-    built.package.write(&file)?;
     Ok(file)
 }
 
