@@ -410,25 +410,36 @@ fn apply(
     timeout_ms: Option<u64>,
     format: Format,
 ) -> Result<i32> {
-    // Read it here first: a broken file gets a clear error without bothering the process.
-    let pkg = Package::read(package)?;
-    let abs = package
-        .canonicalize()
+    if !package.is_file() {
+        bail!(
+            "no package at {}; build one with `cargo dsu diff OLD NEW -o FILE`",
+            package.display()
+        );
+    }
+    let abs = std::path::absolute(package)
         .with_context(|| format!("cannot resolve {}", package.display()))?;
-    shell.status(
-        "Applying",
-        format!(
-            "{} {} -> {} to {} ({})",
-            pkg.manifest.program,
-            pkg.manifest.from,
-            pkg.manifest.to,
-            socket.display(),
-            match pkg.signer() {
-                Some(k) => format!("signed by key {}", k.id()),
-                None => "unsigned".to_string(),
-            }
+    // Read it here too, to say what is being applied. A package that cannot be read is still
+    // sent: the process refuses it and records the refusal in its history.
+    match Package::read(package) {
+        Ok(pkg) => shell.status(
+            "Applying",
+            format!(
+                "{} {} -> {} to {} ({})",
+                pkg.manifest.program,
+                pkg.manifest.from,
+                pkg.manifest.to,
+                socket.display(),
+                match pkg.signer() {
+                    Some(k) => format!("signed by key {}", k.id()),
+                    None => "unsigned".to_string(),
+                }
+            ),
         ),
-    );
+        Err(e) => shell.note(
+            "Applying",
+            format!("{} to {}: {e}", abs.display(), socket.display()),
+        ),
+    }
     let resp = request(
         socket,
         &Request::Apply {

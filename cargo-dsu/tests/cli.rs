@@ -404,7 +404,7 @@ fn bad_input_gets_a_clear_error_and_exit_1() {
 
 #[test]
 fn help_is_there_for_every_command() {
-    for cmd in ["diff", "check", "apply", "status", "watch"] {
+    for cmd in ["diff", "check", "apply", "status", "watch", "keygen"] {
         let o = cargo_dsu(&[cmd, "--help"]);
         assert_eq!(o.status.code(), Some(0));
         insta::assert_snapshot!(format!("help_{cmd}"), String::from_utf8_lossy(&o.stdout));

@@ -122,6 +122,15 @@ fn a_process_that_trusts_a_key_applies_only_packages_signed_by_it() -> Result<()
         stderr.contains("Refused: the package is not signed"),
         "{stderr}"
     );
+    // A package that cannot be read is refused by the process too, and recorded.
+    let (code, _, stderr) = dsu_cli(&[
+        "apply".as_ref(),
+        tampered.as_os_str(),
+        "--socket".as_ref(),
+        p.socket.as_os_str(),
+    ])?;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("does not match its contents"), "{stderr}");
     load.wait_for_calls(100);
     assert_eq!(c.cmd("version")?, "v1");
 
@@ -138,6 +147,7 @@ fn a_process_that_trusts_a_key_applies_only_packages_signed_by_it() -> Result<()
     assert_eq!(
         history,
         [
+            Outcome::Refused,
             Outcome::Refused,
             Outcome::Refused,
             Outcome::Refused,
