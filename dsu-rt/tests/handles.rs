@@ -123,7 +123,10 @@ fn a_reentrant_call_panics_instead_of_deadlocking() {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.call_myself()));
     let msg = r.unwrap_err().downcast::<String>().unwrap();
     assert!(msg.contains("re-entrant call `get`"), "{msg}");
-    // And the component is still usable.
+    // The panic unwound out of `call_myself`, a `&mut self` method, so the component is
+    // poisoned (as a Mutex held across the panic would be); cleared, it is usable again.
+    assert!(dsu::Handle::is_poisoned(&m));
+    dsu::Handle::clear_poison(&m);
     assert_eq!(m.bump(), 1);
     // Break the handle cycle so the component can be dropped.
     m.set_me(dsu::register(Meter::default()));
