@@ -225,7 +225,7 @@ impl Manager {
 
     /// The refusal of an update that arrives while the process shuts down.
     fn refuse_if_shutting_down(&self) -> Result<(), String> {
-        // SeqCst: pairs with `shut_down`.
+        // SeqCst: pairs with `begin_shutdown`.
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(
                 "the process is shutting down; the update was not applied (apply it to \
