@@ -544,7 +544,11 @@ fn generate(c: &Component, code: u64) -> TokenStream {
                     // SAFETY: the state belongs to the running table's version, and the gate is
                     // held as the method's receiver requires.
                     let __dsu_r = unsafe { __dsu_f(__dsu_call.state() #(, #arg_names)*) };
-                    let __dsu_v = __dsu_call.finish(__dsu_method, __dsu_r);
+                    if let ::core::result::Result::Err(__dsu_p) = &__dsu_r {
+                        __dsu_call.panicked(__dsu_method, &**__dsu_p);
+                    }
+                    ::core::mem::drop(__dsu_call);
+                    let __dsu_v = ::dsu::__private::finish(__dsu_r);
                     #after
                     __dsu_v
                 }

@@ -435,35 +435,22 @@ impl<'a> Call<'a> {
         )
     }
 
-    /// Ends the call and returns its value, or resumes the panic the callee caught. A panic in
-    /// a `&mut self` method poisons the component (not one in a `&self` method, nor a call
-    /// that never ran because its version removed the method).
-    #[inline(always)]
-    pub fn finish<R>(self, method: &'static MethodDesc, r: CallResult<R>) -> R {
-        match r {
-            Ok(v) => {
-                drop(self);
-                v
-            }
-            Err(p) => self.unwind(method, p),
-        }
-    }
-
+    /// The callee panicked (its panic was caught and is resumed by [`finish`] on the caller's
+    /// side): a panic in a `&mut self` method poisons the component (not one in a `&self`
+    /// method, nor a call that never ran because its version removed the method).
     #[cold]
     #[inline(never)]
-    fn unwind(self, method: &'static MethodDesc, p: Box<dyn std::any::Any + Send>) -> ! {
-        let stale = p
+    pub fn panicked(&self, method: &'static MethodDesc, payload: &(dyn std::any::Any + Send)) {
+        let stale = payload
             .downcast_ref::<String>()
             .is_some_and(|m| m.starts_with(STALE_CALL));
         if self.access == Access::Exclusive && !stale {
-            // Relaxed: published to later callers by the gate's release below.
+            // Relaxed: published to later callers by the gate's release when the call drops.
             self.slot.poisoned.store(
                 method as *const MethodDesc as *mut MethodDesc,
                 Ordering::Relaxed,
             );
         }
-        drop(self);
-        std::panic::resume_unwind(p)
     }
 
     /// The running table's entry for `method`.
@@ -504,10 +491,20 @@ impl Drop for Call<'_> {
 }
 
 /// Runs a method body on the callee's side of the boundary, catching a panic so it can be
-/// handed to the caller's copy of std (see [`Call::finish`]).
+/// handed to the caller's copy of std (see [`finish`]).
 #[inline]
 pub fn catch<R>(f: impl FnOnce() -> R) -> CallResult<R> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+}
+
+/// Returns a table entry's value on the caller's side, resuming a panic caught on the callee's
+/// (after [`Call::panicked`] has seen it and the call has ended).
+#[inline]
+pub fn finish<R>(r: CallResult<R>) -> R {
+    match r {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
 }
 
 /// The body of every generated trap: a stale caller reached a method its version removed or

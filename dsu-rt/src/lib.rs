@@ -134,7 +134,7 @@ pub mod build {
 pub mod __private {
     pub use crate::alloc::ForwardAlloc;
     pub use crate::component::{
-        catch, drop_state, stale_call, Call, Component, Proxy, RawHandle, State,
+        catch, drop_state, finish, stale_call, Call, Component, Proxy, RawHandle, State,
     };
     pub use crate::context::adopt;
     pub use crate::desc::{
