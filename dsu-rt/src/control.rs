@@ -128,8 +128,10 @@ fn peer_uid(conn: &UnixStream) -> Option<u32> {
 }
 
 /// Creates the socket. Its directory must belong to this process's user and not be writable by
-/// others (so nobody else can replace the socket); the socket itself is made mode 0600.
-pub(crate) fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
+/// others (so nobody else can replace the socket). The socket is made mode 0600, or 0666 when
+/// other uids are allowed (connecting needs write permission on the file; the peer check then
+/// decides who is served).
+pub(crate) fn bind(path: &Path, access: &Access) -> Result<UnixListener, crate::Error> {
     let socket_err = |source| crate::Error::Socket {
         path: path.to_path_buf(),
         source,
@@ -143,7 +145,12 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
         std::fs::remove_file(path).map_err(socket_err)?;
     }
     let listener = UnixListener::bind(path).map_err(socket_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(socket_err)?;
+    let mode = if access.allowed.is_empty() {
+        0o600
+    } else {
+        0o666
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(socket_err)?;
     Ok(listener)
 }
 
@@ -400,7 +407,7 @@ mod tests {
     fn status_as(access: Access) -> Response {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sock");
-        let listener = bind(&path).unwrap();
+        let listener = bind(&path, &access).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         std::thread::spawn(move || serve(listener, stop, access));
         request(&path, &Request::Status).unwrap()
@@ -436,9 +443,10 @@ mod tests {
     fn stalled_clients_cannot_take_every_thread() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sock");
-        let listener = bind(&path).unwrap();
+        let access = Access::new(Vec::new());
+        let listener = bind(&path, &access).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        std::thread::spawn(move || serve(listener, stop, Access::new(Vec::new())));
+        std::thread::spawn(move || serve(listener, stop, access));
         let stalled: Vec<UnixStream> = (0..MAX_CONNECTIONS)
             .map(|_| UnixStream::connect(&path).unwrap())
             .collect();
@@ -465,13 +473,21 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.sock");
-        drop(bind(&path).unwrap());
+        let private = Access::new(Vec::new());
+        drop(bind(&path, &private).unwrap());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // Other uids allowed: they must be able to connect; the peer check decides the rest.
+        let shared = dir.path().join("shared.sock");
+        drop(bind(&shared, &Access::new(vec![12345])).unwrap());
+        let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666);
         let open = dir.path().join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = bind(&open.join("c.sock")).unwrap_err().to_string();
+        let e = bind(&open.join("c.sock"), &private)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("others may write to it (mode 777)") && e.contains("refusing"),
             "{e}"

@@ -37,8 +37,9 @@ impl RuntimeBuilder {
 
     /// Lets processes running as `uid` use the control socket too. By default only this
     /// process's own (effective) uid may: every connection's peer uid is checked
-    /// (`SO_PEERCRED`), on top of the socket's mode 0600. Listing a uid does not change the
-    /// socket's mode: the other user also needs a way to reach the file.
+    /// (`SO_PEERCRED`), and the socket is mode 0600. With uids listed, the socket is made mode
+    /// 0666 so that their processes can connect, and the peer check alone decides who is
+    /// served (its directory must still be searchable by them).
     pub fn control_allow_uid(mut self, uid: u32) -> Self {
         self.allowed_uids.push(uid);
         self
@@ -118,7 +119,8 @@ impl RuntimeBuilder {
         let socket = match self.socket {
             None => None,
             Some(path) => {
-                let listener = match crate::control::bind(&path) {
+                let access = crate::control::Access::new(self.allowed_uids);
+                let listener = match crate::control::bind(&path, &access) {
                     Ok(l) => l,
                     Err(e) => {
                         STARTED.store(false, Ordering::Relaxed);
@@ -126,7 +128,6 @@ impl RuntimeBuilder {
                     }
                 };
                 let stop2 = stop.clone();
-                let access = crate::control::Access::new(self.allowed_uids);
                 std::thread::Builder::new()
                     .name("dsu-control-listener".into())
                     .spawn(move || crate::control::serve(listener, stop2, access))?;
