@@ -74,6 +74,9 @@ mod runtime;
 // With `dsu_off` no package is read, so signing and checking go unused.
 #[cfg_attr(dsu_off, allow(dead_code))]
 pub mod signing;
+/// Named descriptors: inherited listeners (systemd socket activation) and passing descriptors
+/// between processes.
+pub mod sockets;
 #[cfg(not(dsu_off))]
 mod thread;
 
@@ -98,6 +101,7 @@ pub use package::{Constraints, Manifest, Package};
 pub use policy::{Policy, TimeOfDay};
 #[cfg(not(dsu_off))]
 pub use runtime::{Runtime, RuntimeBuilder};
+pub use sockets::listener;
 #[cfg(not(dsu_off))]
 pub use thread::{register_thread, ThreadRegistration};
 

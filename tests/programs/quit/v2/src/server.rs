@@ -28,7 +28,9 @@ impl Args {
 
 /// Serves one thread per connection; prints `ready` and the port once listening.
 pub fn serve(port: u16, handler: impl Fn(&str) -> String + Send + Sync + 'static) {
-    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the TCP port");
+    // Under systemd socket activation the listener named `app` is inherited, not bound.
+    let listener =
+        dsu::listener("app", || TcpListener::bind(("127.0.0.1", port))).expect("the TCP listener");
     println!(
         "ready {}",
         listener.local_addr().expect("local address").port()

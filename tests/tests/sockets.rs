@@ -1,0 +1,91 @@
+//! Socket activation: a program started by systemd's `systemd-socket-activate` takes over the
+//! listener it is handed (`dsu::listener`), and can be updated live as usual.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use dsu::Outcome;
+use dsu_tests::*;
+
+/// `systemd-socket-activate`, or a loud failure saying how to get it.
+fn socket_activate() -> &'static str {
+    let tool = "systemd-socket-activate";
+    let found = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} is missing: install Debian's `systemd` package (.ci/run does)"
+    );
+    tool
+}
+
+#[test]
+fn a_socket_activated_program_serves_on_the_listener_it_was_handed() -> Result<()> {
+    let tool = socket_activate();
+    let exe = build_base(&program("quit", "v1"))?;
+    let pkg = build_patch(&program("quit", "v1"), &program("quit", "v2"))?;
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("ctl.sock");
+    // A free port for systemd-socket-activate to listen on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut activator = Command::new(tool)
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--fdname=app")
+        .arg("--")
+        .arg(&exe)
+        .args(["--port", "0", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start systemd-socket-activate")?;
+    let guard = KillOnDrop(&mut activator);
+
+    // The program starts on the first connection; that connection is served by it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        match Conn::open(port) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => bail!("systemd-socket-activate never listened on {port}: {e}"),
+        }
+    };
+    assert_eq!(c.cmd("version")?, "v1");
+    // It took over the listener it was handed (asked for port 0, it serves on systemd's port).
+    let stdout = guard.0.stdout.take().expect("piped");
+    let mut ready = String::new();
+    BufReader::new(stdout).read_line(&mut ready)?;
+    assert_eq!(ready.trim(), format!("ready {port}"));
+
+    // And it is updated live like any other.
+    let resp = dsu::control::request(
+        &socket,
+        &dsu::control::Request::Apply {
+            package: pkg,
+            timeout_ms: None,
+            policy: None,
+        },
+    )?;
+    let rec = resp.report.context("an apply report")?;
+    assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
+    assert_eq!(c.cmd("version")?, "v2");
+    assert_eq!(Conn::open(port)?.cmd("version")?, "v2");
+    Ok(())
+}
+
+struct KillOnDrop<'a>(&'a mut std::process::Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
