@@ -403,6 +403,19 @@ pub fn per_client(n: usize) -> Arc<Vec<Mutex<Seen>>> {
     Arc::new((0..n).map(|_| Mutex::new(Seen::default())).collect())
 }
 
+/// Waits until the new version has answered every client (a client that saw it never sees the
+/// old one again: its load step fails on that).
+pub fn wait_until_all_saw_new(seen: &[Mutex<Seen>]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !seen.iter().all(|c| c.lock().unwrap().saw_new) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a client was never answered by the new version"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The `add 1` calls all clients completed.
 pub fn total_adds(seen: &[Mutex<Seen>]) -> u64 {
     seen.iter()

@@ -124,19 +124,6 @@ fn assert_state(
     Ok(())
 }
 
-/// Waits until the new version has answered every client (a client that saw it never sees the
-/// old one again: its load step fails on that).
-fn wait_until_all_saw_new(seen: &[Mutex<Seen>]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !seen.iter().all(|c| c.lock().unwrap().saw_new) {
-        assert!(
-            Instant::now() < deadline,
-            "a client was never answered by the new version"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A shared library that is certainly not a dsu patch.
 fn system_library() -> PathBuf {
     for p in [

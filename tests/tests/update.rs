@@ -164,11 +164,10 @@ fn two_components_updated_together_while_a_call_chain_runs_through_both() -> Res
         vec!["Front".to_string(), "Store".to_string()]
     );
     load.wait_for_calls(300);
+    // Every client must reach the new version (on a loaded 2-core machine one may not have
+    // been scheduled within the first calls after the update).
+    wait_until_all_saw_new(&seen);
     assert_no_failures(&load.stop());
-    assert!(
-        seen.iter().all(|s| s.lock().unwrap().saw_new),
-        "a client never saw the new version"
-    );
     assert_eq!(c.cmd("lookup before")?, "kept");
     assert!(c.cmd("put after x")?.starts_with("stored-v2 after #"));
     assert_eq!(c.cmd("lookup after")?, "X");
