@@ -253,22 +253,24 @@ impl Manager {
         if m.trusted.is_empty() {
             return Ok(());
         }
-        let trusted = m
-            .trusted
-            .iter()
-            .map(|k| k.id())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let trusted = || {
+            m.trusted
+                .iter()
+                .map(|k| k.id())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         match pkg.signer() {
             None => Err(format!(
                 "the package is not signed, and this process applies only packages signed by a \
-                 trusted key ({trusted}); sign it with `cargo dsu diff --sign KEY`"
+                 trusted key ({}); sign it with `cargo dsu diff --sign KEY`",
+                trusted()
             )),
             Some(k) if !m.trusted.contains(k) => Err(format!(
                 "the package is signed by key {}, which this process does not trust (trusted: \
-                 {trusted}); sign it with a trusted key, or add the key to the process's \
-                 trusted keys",
-                k.id()
+                 {}); sign it with a trusted key, or add the key to the process's trusted keys",
+                k.id(),
+                trusted()
             )),
             Some(_) => Ok(()),
         }

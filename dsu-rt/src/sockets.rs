@@ -335,27 +335,22 @@ pub fn listener(
 }
 
 fn is_listening_tcp(fd: RawFd) -> bool {
-    let opt = |level, name| -> Option<libc::c_int> {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `v` and `len` are valid for writes of the sizes given.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                level,
-                name,
-                &mut v as *mut libc::c_int as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        (rc == 0).then_some(v)
-    };
-    opt(libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1)
-        && opt(libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
-        && matches!(
-            opt(libc::SOL_SOCKET, libc::SO_DOMAIN),
-            Some(libc::AF_INET | libc::AF_INET6)
-        )
+    let opt = |name| sockopt::<libc::c_int>(fd, libc::SOL_SOCKET, name);
+    opt(libc::SO_ACCEPTCONN) == Some(1)
+        && opt(libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+        && matches!(opt(libc::SO_DOMAIN), Some(libc::AF_INET | libc::AF_INET6))
+}
+
+/// A socket option of type `T` (an integer, or a plain C struct such as `ucred`), or `None` if
+/// it cannot be read or is not of that size.
+pub(crate) fn sockopt<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> Option<T> {
+    let mut v = std::mem::MaybeUninit::<T>::zeroed();
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for writes of `size_of::<T>()` bytes.
+    let rc = unsafe { libc::getsockopt(fd, level, name, v.as_mut_ptr().cast(), &mut len) };
+    // SAFETY: the kernel wrote the whole value (its length is checked); the callers' `T`s are
+    // integers and C structs, valid for any bytes.
+    (rc == 0 && len as usize == std::mem::size_of::<T>()).then(|| unsafe { v.assume_init() })
 }
 
 #[cfg(test)]
