@@ -96,7 +96,7 @@ pub use off::{
     ThreadRegistration,
 };
 #[cfg(not(dsu_off))]
-pub use package::{Constraints, Manifest, Package};
+pub use package::{Constraints, Engine, Manifest, Package};
 #[cfg(not(dsu_off))]
 pub use policy::{Policy, TimeOfDay};
 #[cfg(not(dsu_off))]

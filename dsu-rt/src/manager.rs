@@ -70,6 +70,13 @@ pub struct UpdateRecord {
     pub transfer_ms: f64,
     pub total_ms: f64,
     pub busy: Vec<BusyCall>,
+    /// The engine that applied (or tried to apply) the update.
+    #[serde(default)]
+    pub engine: crate::package::Engine,
+    /// A committed hand-off: the process that now serves (this record is the old process's
+    /// last word).
+    #[serde(default)]
+    pub new_pid: Option<u32>,
 }
 
 /// What `apply` returns: the update's history record.
@@ -380,6 +387,8 @@ impl Manager {
             transfer_ms: 0.0,
             total_ms: 0.0,
             busy: Vec::new(),
+            engine: crate::package::Engine::InPlace,
+            new_pid: None,
         }
     }
 

@@ -53,6 +53,39 @@ pub struct Manifest {
     pub policy: Policy,
     /// How long prepare-to-die may take before the update is aborted.
     pub timeout_ms: u64,
+    /// Which engine applies the update. For [`Engine::Handoff`] the package's payload (the
+    /// `library` field) is the new version's executable, not a patch library.
+    #[serde(default)]
+    pub engine: Engine,
+    /// Why `cargo dsu diff` chose the engine (one line each), kept in the update history.
+    #[serde(default)]
+    pub engine_reasons: Vec<String>,
+    /// Hand-off only: how long the new process has, from its start, to take the state and
+    /// report ready before it is killed and the old process resumes. 0 means the default.
+    #[serde(default)]
+    pub ready_timeout_ms: u64,
+}
+
+/// The two ways an update is applied (DESIGN.md sections 5 and 8).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// New code is loaded into the running process, which keeps running.
+    #[default]
+    InPlace,
+    /// The new executable is started, takes the listening sockets, connections and state of
+    /// the running process, and replaces it once it reports ready.
+    Handoff,
+}
+
+impl Engine {
+    /// The name used on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::InPlace => "in-place",
+            Engine::Handoff => "handoff",
+        }
+    }
 }
 
 /// A base component the patch was built against.
@@ -107,6 +140,9 @@ impl Manifest {
             constraints: Constraints::default(),
             policy: Policy::default(),
             timeout_ms: 5_000,
+            engine: Engine::InPlace,
+            engine_reasons: Vec::new(),
+            ready_timeout_ms: 0,
         }
     }
 }
