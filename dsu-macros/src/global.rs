@@ -15,7 +15,8 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    Args::parse(args, "global", keys::NONE)?;
+    let args = Args::parse(args, "global", keys::GLOBAL)?;
+    let rebuild = args.has(keys::STATE_REBUILD);
     let s: ItemStatic = syn::parse2(item).map_err(|e| {
         syn::Error::new(
             e.span(),
@@ -41,6 +42,14 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
     } = &s;
     let name = ident.to_string();
     let ty_hash = token_hash(&ty.to_token_stream());
+    let (save, load) = if rebuild {
+        (quote!(::core::option::Option::None), quote!(::core::option::Option::None))
+    } else {
+        (
+            quote!(::core::option::Option::Some(::dsu::__private::save_state::<#ty>)),
+            quote!(::core::option::Option::Some(::dsu::__private::load_state::<#ty>)),
+        )
+    };
     // Both expansions are emitted and `cfg(dsu_off)` (see dsu-rt's `off.rs`) picks one: with
     // it, a plain static, so `init` must then be a constant expression. The cfgs sit inside the
     // initialiser, where `unexpected_cfgs` is allowed: the cfg belongs to the runtime, so a
@@ -60,7 +69,14 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
                         ::core::mem::size_of::<#ty>() as u64,
                         ::core::mem::align_of::<#ty>() as u64,
                     ]),
+                    schema: #ty_hash,
+                    touch: __dsu_touch,
+                    save: #save,
+                    load: #load,
                 };
+                fn __dsu_touch() {
+                    let _ = &*#ident;
+                }
                 #[::dsu::__private::linkme::distributed_slice(::dsu::__private::GLOBALS)]
                 #[linkme(crate = ::dsu::__private::linkme)]
                 static __DSU_GLOBAL_REG: &'static ::dsu::__private::GlobalDesc = &__DSU_GLOBAL;

@@ -27,6 +27,26 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
         .map_err(|e| syn::Error::new(e.span(), "`#[dsu::state]` goes on a struct or an enum"))?;
     let mut cx = Ctxt::default();
     take_field_attrs(&mut input, &mut cx);
+    let rebuild = args.has(keys::STATE_REBUILD);
+    let own_serde = args.has(keys::STATE_OWN_SERDE);
+    if rebuild && own_serde {
+        cx.error(
+            &input.ident,
+            "`rebuild` and `own_serde` contradict each other: a `rebuild` state is not carried by \
+             a hand-off, so it needs no serde traits; keep one",
+        );
+    }
+    let definition = token_hash(&input.to_token_stream());
+    // A hand-off streams the state with serde (DESIGN.md section 8): derive the traits through
+    // the runtime's re-export, so that a program needs no serde dependency of its own.
+    if !rebuild && !own_serde {
+        input.attrs.push(syn::parse_quote!(
+            #[derive(::dsu::__private::serde::Serialize, ::dsu::__private::serde::Deserialize)]
+        ));
+        input
+            .attrs
+            .push(syn::parse_quote!(#[serde(crate = "::dsu::__private::serde")]));
+    }
     let item = input.to_token_stream();
     if !input.generics.params.is_empty() {
         cx.error(
@@ -77,7 +97,14 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
     let ident = &input.ident;
     let name = ident.to_string();
     let is_old = args.has(keys::STATE_OLD);
-    let definition = token_hash(&input.to_token_stream());
+    let (save, load) = if rebuild {
+        (quote!(::core::option::Option::None), quote!(::core::option::Option::None))
+    } else {
+        (
+            quote!(::core::option::Option::Some(::dsu::__private::save_state::<#ident>)),
+            quote!(::core::option::Option::Some(::dsu::__private::load_state::<#ident>)),
+        )
+    };
     let field_layouts = fields.iter().map(|f| {
         let fname = &f.name;
         let ty = &f.ty;
@@ -124,6 +151,8 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
                     align: ::core::mem::align_of::<#ident>(),
                     fields: &[#(#field_layouts),*],
                     definition: #definition,
+                    save: #save,
+                    load: #load,
                 };
             }
 

@@ -182,6 +182,36 @@ pub struct Handle<T: Component> {
     _t: PhantomData<fn() -> T>,
 }
 
+/// A handle in a state streamed by a hand-off: the component's id and the instance's place in
+/// registration order. The new process resolves it to the instance registered there, so the
+/// component it points at must be registered before the state that holds the handle.
+impl<T: Component> serde::Serialize for Handle<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let slot = &self.proxy.raw().slot;
+        let instance = lock(&slot.ty.inner)
+            .live_slots()
+            .iter()
+            .position(|x| Arc::ptr_eq(x, slot))
+            .ok_or_else(|| serde::ser::Error::custom("a handle to an instance no longer registered"))?;
+        serde::Serialize::serialize(&(slot.ty.id.as_str(), instance), s)
+    }
+}
+
+impl<'de, T: Component> serde::Deserialize<'de> for Handle<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (id, instance): (String, usize) = serde::Deserialize::deserialize(d)?;
+        let ty = lock(&ctx().components).get(&id).cloned();
+        let slot = ty.and_then(|ty| lock(&ty.inner).live_slots().get(instance).cloned());
+        let slot = slot.ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "a handle to component `{id}` (instance {instance}), which is not registered \
+                 (yet): register it before the component whose state holds the handle"
+            ))
+        })?;
+        Ok(Handle::from_raw(RawHandle { slot }))
+    }
+}
+
 impl<T: Component> Handle<T> {
     pub(crate) fn from_raw(raw: RawHandle) -> Self {
         Handle {
@@ -253,7 +283,15 @@ impl<T: Component> std::fmt::Debug for Handle<T> {
 ///
 /// Works from the host and from patched code alike (both reach the host's registry).
 pub fn register<T: Component>(state: T) -> Handle<T> {
-    let ptr = Box::into_raw(Box::new(state)) as *mut ();
+    // In a process started by a hand-off, the state streamed by the old process replaces the
+    // value `main` built (which it built the same way the first time).
+    let ptr = match crate::handoff::take_component(&T::DESC.id(), T::DESC.state) {
+        Some(streamed) => {
+            drop(state);
+            streamed
+        }
+        None => Box::into_raw(Box::new(state)) as *mut (),
+    };
     // SAFETY: `ptr` is a boxed `T`, and `T::DESC` describes `T`.
     let raw = unsafe { register_raw(T::DESC, ptr) };
     Handle::from_raw(raw)

@@ -175,12 +175,22 @@ pub(crate) fn serve(listener: UnixListener, stop: Arc<AtomicBool>, access: Acces
     let access = Arc::new(access);
     // Control connections open now.
     let open = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
+    use std::os::fd::AsRawFd;
+    LISTENER_FD.store(listener.as_raw_fd(), Ordering::Relaxed);
+    loop {
+        // Through the sockets' hand-off gate: during a hand-off nothing is accepted (the new
+        // process may take the waiting clients), and a process started by a hand-off accepts
+        // only once it is committed.
+        if crate::sockets::gate().enter(listener.as_raw_fd()).is_err() {
+            continue;
+        }
+        let conn = listener.accept();
+        crate::sockets::gate().leave();
         // Relaxed: a shutdown flag; the runtime's drop connects once to wake this loop.
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let Ok(conn) = conn else { continue };
+        let Ok((conn, _)) = conn else { continue };
         // Relaxed: a bound on threads, not a synchronisation.
         if open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
             open.fetch_sub(1, Ordering::Relaxed);
@@ -201,6 +211,16 @@ pub(crate) fn serve(listener: UnixListener, stop: Arc<AtomicBool>, access: Acces
             open.fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// The control listener's descriptor (-1 when none), passed on by a hand-off.
+static LISTENER_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// The control listener's descriptor, if the runtime has one.
+pub(crate) fn listener_fd() -> Option<std::os::fd::RawFd> {
+    // Relaxed: set once, before any update can run.
+    let fd = LISTENER_FD.load(Ordering::Relaxed);
+    (fd >= 0).then_some(fd)
 }
 
 /// Most control connections served at once (each has a thread); more are told to retry.
@@ -297,6 +317,8 @@ fn handle(conn: UnixStream, access: &Access) {
     };
     let _ = conn.set_write_timeout(Some(READ_TIMEOUT));
     let _ = (&conn).write_all(&encode_response(&response));
+    // A committed hand-off: the initiator has its answer, the new process serves.
+    crate::handoff::exit_if_superseded();
 }
 
 fn execute(req: Request) -> Response {

@@ -142,7 +142,17 @@ pub struct StateLayout {
     pub fields: &'static [FieldLayout],
     /// Hash of the whole definition's tokens.
     pub definition: u64,
+    /// Writes a value of this type (`*const Self`) in the hand-off stream's format; `None` for
+    /// a `#[dsu::state(rebuild)]` type, which a hand-off does not carry.
+    pub save: Option<SaveFn>,
+    /// Reads a value written by `save` into a new box (`*mut Self`).
+    pub load: Option<LoadFn>,
 }
+
+/// Serializes a value behind a type-erased pointer (see [`StateLayout::save`]).
+pub type SaveFn = unsafe fn(*const ()) -> Result<Vec<u8>, String>;
+/// Deserializes a boxed value (see [`StateLayout::load`]).
+pub type LoadFn = fn(&[u8]) -> Result<*mut (), String>;
 
 impl StateLayout {
     /// The identity of the type across versions: its module path inside its crate and its name.
@@ -175,6 +185,19 @@ impl StateLayout {
         for f in self.fields {
             h = fingerprint::bytes(h, f.name.as_bytes());
             h = fingerprint::mix_all(h, &[f.offset as u64, f.size as u64, f.ty]);
+        }
+        h
+    }
+
+    /// The fingerprint of the serialized form: name, kind, and every field's name and type
+    /// tokens, without sizes or offsets, which another toolchain may lay out differently. A
+    /// hand-off compares it to decide whether the new version reads the old form directly.
+    pub fn schema(&self) -> u64 {
+        let mut h = fingerprint::str(self.name);
+        h = fingerprint::mix_all(h, &[self.kind as u64, self.fields.len() as u64]);
+        for f in self.fields {
+            h = fingerprint::bytes(h, f.name.as_bytes());
+            h = fingerprint::mix_all(h, &[f.ty]);
         }
         h
     }
@@ -266,6 +289,15 @@ pub struct GlobalDesc {
     pub module_path: &'static str,
     /// Type tokens hash, size and align.
     pub fingerprint: u64,
+    /// Type tokens hash alone: the serialized form's fingerprint (see [`StateLayout::schema`]).
+    pub schema: u64,
+    /// Dereferences the global, so that its value is resolved (taken from a hand-off or
+    /// initialised).
+    pub touch: fn(),
+    /// Serializes the value for a hand-off; `None` for `#[dsu::global(rebuild)]`.
+    pub save: Option<SaveFn>,
+    /// Deserializes a boxed value written by `save`.
+    pub load: Option<LoadFn>,
 }
 
 impl GlobalDesc {
@@ -323,6 +355,8 @@ mod tests {
             align: 1,
             fields: &FIELDS,
             definition: 0,
+            save: None,
+            load: None,
         };
         assert_eq!(l.id(), "store::Entry");
         let l2 = StateLayout {

@@ -18,6 +18,8 @@ pub struct Global<T: Send + Sync + 'static> {
 pub(crate) struct GlobalEntry {
     pub(crate) fingerprint: u64,
     pub(crate) ptr: *mut (),
+    /// The descriptor of the version whose type the value has (its `save` serializes it).
+    pub(crate) desc: &'static GlobalDesc,
 }
 
 // SAFETY: the pointee is a `T: Send + Sync` that lives for the rest of the process.
@@ -49,12 +51,17 @@ impl<T: Send + Sync + 'static> Global<T> {
                 ptr as *mut T
             }
             None => {
-                // Initialise outside the lock: an initialiser may use other globals.
-                let fresh = Box::into_raw(Box::new((self.init)()));
+                // Initialise outside the lock: an initialiser may use other globals. A process
+                // started by a hand-off takes the value its predecessor had.
+                let fresh = match crate::handoff::take_global(self.desc) {
+                    Some(p) => p as *mut T,
+                    None => Box::into_raw(Box::new((self.init)())),
+                };
                 let mut map = lock(&ctx().globals);
                 let entry = map.entry(id).or_insert(GlobalEntry {
                     fingerprint: self.desc.fingerprint,
                     ptr: fresh as *mut (),
+                    desc: self.desc,
                 });
                 if entry.ptr != fresh as *mut () {
                     // Another thread won the race.

@@ -57,6 +57,8 @@ mod gate;
 #[cfg(not(dsu_off))]
 mod global;
 #[cfg(not(dsu_off))]
+mod handoff;
+#[cfg(not(dsu_off))]
 mod loader;
 #[cfg(not(dsu_off))]
 mod manager;
@@ -101,7 +103,7 @@ pub use package::{Constraints, Engine, Manifest, Package};
 pub use policy::{Policy, TimeOfDay};
 #[cfg(not(dsu_off))]
 pub use runtime::{Runtime, RuntimeBuilder};
-pub use sockets::listener;
+pub use sockets::{listener, Connection, Listener};
 #[cfg(not(dsu_off))]
 pub use thread::{register_thread, ThreadRegistration};
 
@@ -152,8 +154,10 @@ pub mod __private {
     pub use crate::patch_root;
     pub use crate::protocol::ProtocolRef;
     pub use crate::thread::update_point;
+    pub use crate::handoff::{load_state, save_state};
     pub use abi_stable;
     pub use linkme;
+    pub use serde;
 
     pub use crate::loader::transfer::{
         generated_transfer, moved, user_transfer, user_transfer_fallible, Moved,

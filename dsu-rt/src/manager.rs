@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::{self, ComponentType, Slot, Table, TypeInner, COUNTING};
 use crate::context::ctx;
-use crate::desc::{ComponentDesc, GlobalTransferDesc, ProtocolRole, StateLayout, TransferDesc};
+use crate::desc::{
+    ComponentDesc, GlobalDesc, GlobalTransferDesc, ProtocolRole, StateLayout, TransferDesc,
+};
 use crate::loader::{self, PatchDescriptors};
-use crate::package::{Change, Package};
+use crate::package::{Change, Engine, Package};
 use crate::policy::{self, Policy};
 use crate::protocol::{self, ProtocolState};
 use crate::signing::PublicKey;
@@ -161,8 +163,8 @@ struct Plan {
     timeout: Duration,
     policy: Policy,
     new_states: Vec<&'static StateLayout>,
-    /// Globals whose type changes, with their transfers.
-    globals: Vec<&'static GlobalTransferDesc>,
+    /// Globals whose type changes, with their transfers and the patch's descriptors.
+    globals: Vec<(&'static GlobalTransferDesc, &'static GlobalDesc)>,
 }
 
 struct TypeUpdate {
@@ -407,6 +409,9 @@ impl Manager {
         let _serial = lock(&self.apply_lock);
         let started = Instant::now();
         let mut rec = self.new_record(pkg.manifest.to.clone(), pkg.manifest.changes.clone());
+        if pkg.manifest.engine == Engine::Handoff {
+            return self.handoff(pkg, rec, opts, started);
+        }
         let patch = match self
             .refuse_if_shutting_down()
             .and_then(|()| self.load(pkg, rec.id))
@@ -532,6 +537,317 @@ impl Manager {
         self.record(rec)
     }
 
+    /// Applies a hand-off package (DESIGN.md section 8, `handoff.rs`): every connection
+    /// between two requests, every component held, the state streamed to the new executable;
+    /// the update commits when it reports ready, and this process then exits (after its caller
+    /// has answered the initiator). Any failure kills the new process and releases everything:
+    /// this process serves on, unchanged.
+    fn handoff(
+        &self,
+        pkg: Package,
+        mut rec: UpdateRecord,
+        opts: &ApplyOptions,
+        started: Instant,
+    ) -> UpdateRecord {
+        rec.engine = Engine::Handoff;
+        let done = |mut rec: UpdateRecord, reason: Option<String>| {
+            if reason.is_some() {
+                rec.reason = reason;
+            }
+            rec.total_ms = ms(started.elapsed());
+            self.record(rec)
+        };
+        let exe = match self
+            .refuse_if_shutting_down()
+            .and_then(|()| self.check_signature(&pkg))
+            .and_then(|()| self.check_handoff(&pkg, opts))
+            .and_then(|()| self.write_payload(&pkg, rec.id, "handoff", 0o700))
+        {
+            Ok(exe) => exe,
+            Err(reason) => return done(rec, Some(reason)),
+        };
+        let man = &pkg.manifest;
+        let timeout = Duration::from_millis(opts.timeout_ms.unwrap_or(man.timeout_ms).max(1));
+        let ready_timeout = match man.ready_timeout_ms {
+            0 => crate::handoff::DEFAULT_READY_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        };
+        // 1. Sockets: nothing more accepted or read; every connection finishes its request.
+        let pending_at = Instant::now();
+        let gate = crate::sockets::gate();
+        gate.close();
+        if let Err(busy) = gate.wait_idle(pending_at + timeout) {
+            gate.open();
+            rec.outcome = Outcome::Aborted;
+            rec.prepare_ms = ms(pending_at.elapsed());
+            rec.pause_ms = rec.prepare_ms;
+            let reason = format!(
+                "{busy} connection(s) were still serving a request after {} ms; nothing changed",
+                timeout.as_millis()
+            );
+            return done(rec, Some(reason));
+        }
+        // 2. Components: every one held at its gate, protocols idle, threads parked.
+        let plan = self.whole_process_plan(timeout);
+        rec.components = plan.types.iter().map(|t| t.ty.id.clone()).collect();
+        let ready = match prepare(&plan) {
+            Ok(r) => r,
+            Err(abort) => {
+                gate.open();
+                rec.outcome = Outcome::Aborted;
+                rec.prepare_ms = ms(pending_at.elapsed());
+                rec.pause_ms = rec.prepare_ms;
+                rec.busy = abort.busy;
+                return done(rec, Some(abort.reason));
+            }
+        };
+        rec.prepare_ms = ms(pending_at.elapsed());
+        let release = |ready: &Ready| {
+            for (_, s) in &ready.slots {
+                s.gate.unlock_after_update();
+            }
+            release_after(&plan);
+            gate.open();
+        };
+        // 3. Stream, start, wait for ready.
+        let t0 = Instant::now();
+        let stream = self.stream(&ready);
+        rec.transfer_ms = ms(t0.elapsed());
+        let result = stream.and_then(|(bytes, snap)| {
+            crate::handoff::start_successor(&exe, &bytes, snap, crate::control::listener_fd(), ready_timeout)
+        });
+        let mut successor = match result {
+            Ok(s) => s,
+            Err(reason) => {
+                release(&ready);
+                rec.outcome = Outcome::RolledBack;
+                rec.pause_ms = ms(pending_at.elapsed());
+                return done(
+                    rec,
+                    Some(format!("{reason}; the old process keeps serving, unchanged")),
+                );
+            }
+        };
+        // 4. Commit: the new process opens its sockets; this one never opens its own again.
+        rec.outcome = Outcome::Committed;
+        rec.new_pid = Some(successor.pid());
+        rec.pause_ms = ms(pending_at.elapsed());
+        rec.total_ms = ms(started.elapsed());
+        if let Err(reason) = successor.commit(&rec) {
+            successor.kill();
+            release(&ready);
+            rec.outcome = Outcome::RolledBack;
+            rec.new_pid = None;
+            return done(
+                rec,
+                Some(format!("{reason}; it was killed and the old process keeps serving")),
+            );
+        }
+        let rec = done(rec, None);
+        lock(&self.inner).version = rec.to.clone();
+        crate::handoff::superseded();
+        rec
+    }
+
+    /// Checks a hand-off package against this process.
+    fn check_handoff(&self, pkg: &Package, opts: &ApplyOptions) -> Result<(), String> {
+        let man = &pkg.manifest;
+        if man.target != crate::build::TARGET {
+            return Err(format!(
+                "the new version was built for `{}`, this machine runs `{}`",
+                man.target,
+                crate::build::TARGET
+            ));
+        }
+        if !pkg.library.starts_with(b"\x7fELF") {
+            return Err(
+                "the hand-off package does not carry an executable (no ELF header); rebuild it \
+                 with `cargo dsu diff --engine handoff`"
+                    .to_string(),
+            );
+        }
+        let program = lock(&self.inner).program.clone();
+        if !program.is_empty() && !man.program.is_empty() && program != man.program {
+            return Err(format!(
+                "the package is for program `{}`, this process is `{program}`",
+                man.program
+            ));
+        }
+        let policy = opts.policy.clone().unwrap_or_else(|| man.policy.clone());
+        if policy != Policy::default() {
+            return Err(format!(
+                "a hand-off runs as soon as possible; the policy `{policy:?}` is for in-place \
+                 updates (apply without a policy)"
+            ));
+        }
+        for b in &man.base {
+            if let Some(ty) = find_type(&b.id) {
+                let code = lock(&ty.inner).table.desc.code;
+                if code != b.code {
+                    return Err(format!(
+                        "the package was built against another version of component `{}` than \
+                         the one running; build it from the running version's source",
+                        b.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a package's payload to a file of its own in the patch directory.
+    fn write_payload(
+        &self,
+        pkg: &Package,
+        id: u64,
+        kind: &str,
+        mode: u32,
+    ) -> Result<PathBuf, String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.patch_dir()?;
+        let path = dir.join(format!("{kind}-{id}-{}", sanitize(&pkg.manifest.to)));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::io::Write::write_all(&mut f, &pkg.library)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    /// The directory patches (and hand-off executables) are written to, created if needed.
+    fn patch_dir(&self) -> Result<PathBuf, String> {
+        let dir = lock(&self.inner).patch_dir.clone();
+        let dir = dir.unwrap_or_else(|| {
+            let tmp = std::env::temp_dir();
+            sweep_stale_patch_dirs(&tmp);
+            tmp.join(format!("dsu-{}", std::process::id()))
+        });
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create the patch directory {}: {e}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// A plan that holds every component, protocol and registered thread of the process.
+    fn whole_process_plan(&self, timeout: Duration) -> Plan {
+        let mut all: Vec<Arc<ComponentType>> = lock(&ctx().components).values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut protocol_names = std::collections::BTreeSet::new();
+        let types = all
+            .into_iter()
+            .map(|ty| {
+                let table = lock(&ty.inner).table;
+                for m in table.desc.methods {
+                    if let ProtocolRole::Begin(n) | ProtocolRole::End(n) = m.protocol {
+                        protocol_names.insert(n.to_string());
+                    }
+                }
+                TypeUpdate {
+                    ty,
+                    new_table: table,
+                    transfer: None,
+                }
+            })
+            .collect();
+        Plan {
+            types,
+            protocols: protocol_names.iter().map(|n| protocol::state(n)).collect(),
+            park_threads: true,
+            timeout,
+            policy: Policy::default(),
+            new_states: Vec::new(),
+            globals: Vec::new(),
+        }
+    }
+
+    /// Serializes what a hand-off passes, with every component held.
+    fn stream(&self, ready: &Ready) -> Result<(Vec<u8>, crate::sockets::Snapshot), String> {
+        use crate::handoff::SavedState;
+        let mut components = Vec::new();
+        let mut instance: HashMap<String, usize> = HashMap::new();
+        for (_, slot) in &ready.slots {
+            let n = instance.entry(slot.ty.id.clone()).or_insert(0);
+            let layout = slot.current_table().desc.state;
+            // Relaxed: the manager holds the gate.
+            let state = slot.state.load(Ordering::Relaxed);
+            let bytes = match layout.save {
+                None => None,
+                Some(save) => Some(save_guarded(&format!("component `{}`", slot.ty.id), || {
+                    // SAFETY: `state` is a live state of the type `layout` describes, and the
+                    // gate is held: nothing changes it while it is read.
+                    unsafe { save(state) }
+                })?),
+            };
+            components.push(SavedState {
+                id: slot.ty.id.clone(),
+                instance: *n,
+                state: layout.id(),
+                schema: layout.schema(),
+                bytes,
+            });
+            *n += 1;
+        }
+        let mut globals = Vec::new();
+        for (id, e) in lock(&ctx().globals).iter() {
+            let bytes = match e.desc.save {
+                None => None,
+                Some(save) => Some(save_guarded(&format!("global `{id}`"), || {
+                    // SAFETY: the entry holds a live value of `e.desc`'s type, and every
+                    // component (its only users outside `main`) is held.
+                    unsafe { save(e.ptr) }
+                })?),
+            };
+            globals.push(SavedState {
+                id: id.clone(),
+                instance: 0,
+                state: id.clone(),
+                schema: e.desc.schema,
+                bytes,
+            });
+        }
+        let snap = crate::sockets::snapshot()
+            .map_err(|e| format!("cannot duplicate the sockets to pass: {e}"))?;
+        let (program, version, history, next_id) = {
+            let m = lock(&self.inner);
+            (m.program.clone(), m.version.clone(), m.history.clone(), m.next_id)
+        };
+        let stream = crate::handoff::Stream {
+            format: crate::handoff::FORMAT,
+            program,
+            version,
+            pid: std::process::id(),
+            components,
+            globals,
+            connections: snap.connections.clone(),
+            history,
+            next_id,
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&stream, &mut bytes)
+            .map_err(|e| format!("cannot encode the state stream: {e}"))?;
+        Ok((bytes, snap))
+    }
+
+    /// A process started by a hand-off takes its predecessor's history (and the commit's
+    /// record, once it comes).
+    pub(crate) fn adopt_history(&self, history: Vec<UpdateRecord>, next_id: u64) {
+        let mut m = lock(&self.inner);
+        let mut h = history;
+        h.append(&mut m.history);
+        m.history = h;
+        m.next_id = m.next_id.max(next_id);
+    }
+
+    /// Appends the record of the hand-off that started this process.
+    pub(crate) fn record_handoff(&self, rec: UpdateRecord) {
+        let mut m = lock(&self.inner);
+        m.next_id = m.next_id.max(rec.id + 1);
+        m.history.push(rec);
+    }
+
     /// Checks the manifest, loads the library from a path of its own, checks its root and
     /// adopts the host's context.
     fn load(&self, pkg: Package, id: u64) -> Result<LoadedPatch, String> {
@@ -565,17 +881,7 @@ impl Manager {
                 man.program
             ));
         }
-        let dir = {
-            let m = lock(&self.inner);
-            m.patch_dir.clone()
-        };
-        let dir = dir.unwrap_or_else(|| {
-            let tmp = std::env::temp_dir();
-            sweep_stale_patch_dirs(&tmp);
-            tmp.join(format!("dsu-{}", std::process::id()))
-        });
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create the patch directory {}: {e}", dir.display()))?;
+        let dir = self.patch_dir()?;
         // dlopen hands back the library it already has for a path it has seen, so every patch
         // gets a path of its own.
         let path = dir.join(format!("patch-{id}-{}.so", sanitize(&man.to)));
@@ -667,7 +973,7 @@ impl Manager {
                             && t.old_fingerprint == *fp
                     });
                     match t {
-                        Some(t) => globals.push(*t),
+                        Some(t) => globals.push((*t, *g)),
                         None => {
                             return Err(format!(
                                 "global `{}` changed type and the patch carries no transfer from \
@@ -788,6 +1094,18 @@ impl Manager {
             new_states: d.states.iter().filter(|s| !s.is_old).copied().collect(),
             globals,
         })
+    }
+}
+
+/// Runs a serializer, turning a panic into an error.
+fn save_guarded(what: &str, f: impl FnOnce() -> Result<Vec<u8>, String>) -> Result<Vec<u8>, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(format!("cannot serialize the state of {what}: {e}")),
+        Err(p) => Err(format!(
+            "serializing the state of {what} panicked: {}",
+            crate::desc::payload_message(&*p)
+        )),
     }
 }
 
@@ -1265,15 +1583,16 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
         }
     }
     // Globals whose type changes: converted like states, installed with them.
-    let mut new_globals: Vec<(&'static GlobalTransferDesc, *mut ())> = Vec::new();
+    let mut new_globals: Vec<(&'static GlobalTransferDesc, &'static GlobalDesc, *mut ())> =
+        Vec::new();
     if failure.is_none() {
-        for g in &plan.globals {
+        for (g, desc) in &plan.globals {
             let running = lock(&ctx().globals).get(&g.id()).map(|e| e.ptr);
             let Some(old) = running else { continue };
             // SAFETY: the entry holds a live value of the running type, whose fingerprint is
             // the transfer's `old_fingerprint` (checked in `plan`); every user is passive.
             match unsafe { (g.transfer)(old) } {
-                Ok(new) => new_globals.push((g, new)),
+                Ok(new) => new_globals.push((g, desc, new)),
                 Err(f) => {
                     failure = Some(format!(
                         "the transfer of global `{}` {f}; rolled back, the old version keeps \
@@ -1288,10 +1607,10 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
     rec.transfer_ms = ms(t0.elapsed());
     // Drops what the transfers produced, lets the callers go on the old version, records why.
     let roll_back = |transferred: &[(usize, Arc<Slot>, *mut (), *mut ())],
-                     new_globals: Vec<(&'static GlobalTransferDesc, *mut ())>,
+                     new_globals: Vec<(&'static GlobalTransferDesc, &'static GlobalDesc, *mut ())>,
                      rec: &mut UpdateRecord,
                      reason: String| {
-        for (g, new) in new_globals {
+        for (g, _, new) in new_globals {
             // SAFETY: produced by this transfer, and not (or no longer) published.
             unsafe { (g.drop_new)(new) };
         }
@@ -1339,13 +1658,14 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
     let mut replaced_globals = Vec::new();
     {
         let mut registry = lock(&ctx().globals);
-        for (g, new) in &new_globals {
+        for (g, desc, new) in &new_globals {
             // The old value stays allocated: code of an older version may have cached a pointer.
             let old = registry.insert(
                 g.id(),
                 crate::global::GlobalEntry {
                     fingerprint: g.new_fingerprint,
                     ptr: *new,
+                    desc,
                 },
             );
             replaced_globals.push((g.id(), old));

@@ -49,6 +49,20 @@ pub struct Handle<T: Component> {
     _t: PhantomData<fn() -> T>,
 }
 
+/// A `dsu_off` build cannot hand off: its handles are not serializable (the impls exist so
+/// that the state types' derived serde code compiles the same with and without dsu).
+impl<T: Component> serde::Serialize for Handle<T> {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("a dsu_off build cannot hand off its state"))
+    }
+}
+
+impl<'de, T: Component> serde::Deserialize<'de> for Handle<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("a dsu_off build cannot hand off its state"))
+    }
+}
+
 impl<T: Component> Handle<T> {
     /// The component's identity, as with dsu (the module path inside its crate and the name,
     /// or the explicit id).
@@ -225,6 +239,7 @@ pub mod private {
 
     pub use super::{Component, Global, Proxy};
     pub use crate::patch_root;
+    pub use serde;
 
     /// What a component's proxy holds.
     pub type Shared<T> = std::sync::Arc<RwLock<T>>;

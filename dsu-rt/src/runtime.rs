@@ -115,12 +115,25 @@ impl RuntimeBuilder {
             .manager
             .configure(self.program, self.version, self.patch_dir);
         ctx().manager.trust(trusted);
+        // A process started by a hand-off takes its predecessor's sockets, state and history.
+        let mut inherited_control = None;
+        if let Some((control, stream)) = crate::handoff::receive() {
+            ctx()
+                .manager
+                .adopt_history(stream.history, stream.next_id);
+            inherited_control = control;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let socket = match self.socket {
             None => None,
             Some(path) => {
                 let access = crate::control::Access::new(self.allowed_uids);
-                let listener = match crate::control::bind(&path, &access) {
+                let bound = match inherited_control {
+                    // The predecessor's socket, at the same path: initiators never see it go.
+                    Some(fd) => Ok(std::os::unix::net::UnixListener::from(fd)),
+                    None => crate::control::bind(&path, &access),
+                };
+                let listener = match bound {
                     Ok(l) => l,
                     Err(e) => {
                         STARTED.store(false, Ordering::Relaxed);
@@ -152,6 +165,28 @@ impl Runtime {
     /// Registers a component instance and returns its handle (same as [`crate::register`]).
     pub fn register<T: Component>(&self, state: T) -> Handle<T> {
         register(state)
+    }
+
+    /// Tells the runtime that the program is set up and serving. In a process started by a
+    /// hand-off this is the moment the update commits: the runtime checks that every streamed
+    /// state, listener and handed-over connection was taken, reports ready to the old process
+    /// and waits for its go-ahead; only then are the sockets served (until then
+    /// [`crate::sockets::Listener::accept`] and [`crate::sockets::Connection::wait_readable`]
+    /// wait). If something was not taken, or the old process does not commit, this process
+    /// exits and the old one serves on. In any other process it returns at once.
+    ///
+    /// Call it once `main` has registered its components, taken its listeners and started
+    /// serving the handed-over connections.
+    pub fn ready(&self) {
+        if let Some(rec) = crate::handoff::report_ready() {
+            ctx().manager.record_handoff(rec);
+        }
+    }
+
+    /// Whether this process was started by a hand-off (its state came from the process it
+    /// replaces): `main` skips what only a fresh start does, such as replaying a journal.
+    pub fn handed_over(&self) -> bool {
+        crate::handoff::is_successor()
     }
 
     /// Registers the current thread: updates that require parked threads wait for it to reach

@@ -21,10 +21,10 @@
 //! ```
 
 use std::io::{self, Read};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Most descriptors sent in one frame (the kernel accepts at most 253 per message).
 pub const MAX_FDS_PER_FRAME: usize = 200;
@@ -306,32 +306,498 @@ fn inherit(name: &str, fd: OwnedFd) {
     });
 }
 
-/// The TCP listener named `name`: the one this process inherited under that name (from systemd
-/// socket activation), or else a fresh one from `bind`. An inherited descriptor of that name
-/// that is not a listening TCP socket is an error, not silently replaced.
+/// The TCP listener named `name`: the one this process inherited under that name (from a
+/// process hand-off or systemd socket activation), or else a fresh one from `bind`. An
+/// inherited descriptor of that name that is not a listening TCP socket is an error, not
+/// silently replaced.
+///
+/// Accept through [`Listener::accept`] and serve through [`Connection`]: that is what lets a
+/// hand-off pass the listener and every open connection to the new process between two
+/// requests.
 pub fn listener(
     name: &str,
     bind: impl FnOnce() -> io::Result<TcpListener>,
-) -> io::Result<TcpListener> {
+) -> io::Result<Listener> {
     let taken = {
         let mut all = lock(inherited());
         all.iter()
             .position(|f| f.name == name)
             .map(|i| all.remove(i))
     };
-    let Some(named) = taken else {
-        return bind();
+    let inner = match taken {
+        None => bind()?,
+        Some(named) => {
+            if !is_listening_tcp(named.fd.as_raw_fd()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the inherited descriptor named `{name}` is not a listening TCP socket; \
+                         check the socket unit's FileDescriptorName= and ListenStream= settings"
+                    ),
+                ));
+            }
+            TcpListener::from(named.fd)
+        }
     };
-    if !is_listening_tcp(named.fd.as_raw_fd()) {
+    if name.contains('\n') || name.contains('#') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "the inherited descriptor named `{name}` is not a listening TCP socket; check \
-                 the socket unit's FileDescriptorName= and ListenStream= settings"
-            ),
+            format!("listener name {name:?}: a name cannot contain a newline or `#`"),
         ));
     }
-    Ok(TcpListener::from(named.fd))
+    // Several threads may accept: readiness is only a hint, so accept must not block.
+    inner.set_nonblocking(true)?;
+    lock(listeners()).push(ListenerEntry {
+        name: name.to_string(),
+        fd: inner.as_raw_fd(),
+    });
+    Ok(Listener {
+        name: name.to_string(),
+        inner,
+    })
+}
+
+/// A named TCP listener whose descriptor a hand-off passes to the new process (see
+/// [`listener`]).
+#[derive(Debug)]
+pub struct Listener {
+    name: String,
+    inner: TcpListener,
+}
+
+impl Listener {
+    /// The name the listener was asked for by.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// The underlying listener (non-blocking). Connections accepted through it directly are
+    /// unknown to the runtime: a hand-off would not pass them on.
+    pub fn as_tcp(&self) -> &TcpListener {
+        &self.inner
+    }
+
+    /// Waits for the next connection. While a hand-off is under way it accepts nothing (new
+    /// clients wait in the listen queue, which the new process inherits); if the hand-off
+    /// fails it goes on here, and if it succeeds this process exits while waiting.
+    pub fn accept(&self) -> io::Result<(Connection, std::net::SocketAddr)> {
+        loop {
+            gate().enter(self.inner.as_raw_fd())?;
+            let accepted = self.inner.accept();
+            let out = match accepted {
+                Ok((stream, addr)) => {
+                    stream.set_nonblocking(false).map(|()| {
+                        let c = Connection::register(stream, &self.name, None, Vec::new());
+                        (c, addr)
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            gate().leave();
+            match out {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The connections the previous process had accepted from this listener and handed over
+    /// with it, each with the bytes it had read but not consumed
+    /// ([`Connection::take_unconsumed`]). Empty unless this process was started by a hand-off;
+    /// a second call returns nothing. Serve them as freshly accepted ones: a process started
+    /// by a hand-off reports ready only once every handed-over connection was taken.
+    pub fn handed_over(&self) -> Vec<Connection> {
+        let mut all = lock(handed_connections());
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < all.len() {
+            if all[i].listener == self.name {
+                let h = all.remove(i);
+                out.push(Connection::register(
+                    TcpStream::from(h.fd),
+                    &self.name,
+                    Some(h.name),
+                    h.unconsumed,
+                ));
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+}
+
+/// A client connection accepted through a [`Listener`]: a `TcpStream` the runtime knows, so
+/// that a hand-off can pass it to the new process while it waits between two requests.
+///
+/// Serve it in a loop that calls [`wait_readable`](Self::wait_readable) before each read:
+///
+/// ```no_run
+/// # fn serve(mut conn: dsu::sockets::Connection) -> std::io::Result<()> {
+/// use std::io::{Read, Write};
+/// let mut pending = conn.take_unconsumed();
+/// let mut buf = [0u8; 4096];
+/// loop {
+///     conn.wait_readable(&pending)?; // a hand-off may take the connection here
+///     let n = conn.read(&mut buf)?;
+///     if n == 0 { return Ok(()) }
+///     pending.extend_from_slice(&buf[..n]);
+///     // ... consume whole requests from `pending`, write their replies ...
+/// #   pending.clear();
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    shared: Arc<ConnShared>,
+    /// Counted busy in the gate: between `wait_readable` returning and the next call.
+    busy: bool,
+    /// Whether `shared.unconsumed` may hold bytes (saves a lock when it cannot).
+    noted: bool,
+    inherited: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct ConnShared {
+    id: u64,
+    name: String,
+    listener: String,
+    fd: RawFd,
+    unconsumed: Mutex<Vec<u8>>,
+}
+
+impl Connection {
+    fn register(
+        stream: TcpStream,
+        listener: &str,
+        name: Option<String>,
+        inherited: Vec<u8>,
+    ) -> Connection {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        // Relaxed: a unique number, nothing published with it.
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shared = Arc::new(ConnShared {
+            id,
+            name: name.unwrap_or_else(|| format!("{listener}#{id}")),
+            listener: listener.to_string(),
+            fd: stream.as_raw_fd(),
+            unconsumed: Mutex::new(Vec::new()),
+        });
+        lock(connections()).push(shared.clone());
+        Connection {
+            stream,
+            shared,
+            busy: false,
+            noted: false,
+            inherited,
+        }
+    }
+
+    /// The connection's name (`listener#n`), kept across hand-offs.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The stream, for reading and writing (`Read` and `Write` are also implemented on the
+    /// connection itself).
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The bytes the previous process had read from this connection but not consumed when it
+    /// handed the connection over (empty for a connection this process accepted). Put them in
+    /// front of what is read next.
+    pub fn take_unconsumed(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.inherited)
+    }
+
+    /// Waits until the client has sent something (or closed the connection). `unconsumed` is
+    /// what this process has read and not yet processed (a partial request): if a hand-off
+    /// takes the connection while it waits here, those bytes go to the new process with it.
+    /// While a hand-off is under way it waits; if the hand-off succeeds this process exits
+    /// while waiting, and the new process serves the client.
+    pub fn wait_readable(&mut self, unconsumed: &[u8]) -> io::Result<()> {
+        if self.noted || !unconsumed.is_empty() {
+            let mut u = lock(&self.shared.unconsumed);
+            u.clear();
+            u.extend_from_slice(unconsumed);
+            self.noted = !unconsumed.is_empty();
+        }
+        if self.busy {
+            self.busy = false;
+            gate().leave();
+        }
+        gate().enter(self.stream.as_raw_fd())?;
+        self.busy = true;
+        Ok(())
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.stream).read(buf)
+    }
+}
+
+impl io::Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&self.stream).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (&self.stream).flush()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Unregister first: a hand-off collecting connections holds this lock, so it either
+        // sees this connection with its descriptor still open or not at all.
+        lock(connections()).retain(|c| c.id != self.shared.id);
+        if self.busy {
+            gate().leave();
+        }
+    }
+}
+
+struct ListenerEntry {
+    name: String,
+    fd: RawFd,
+}
+
+fn listeners() -> &'static Mutex<Vec<ListenerEntry>> {
+    static L: OnceLock<Mutex<Vec<ListenerEntry>>> = OnceLock::new();
+    L.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+fn connections() -> &'static Mutex<Vec<Arc<ConnShared>>> {
+    static C: OnceLock<Mutex<Vec<Arc<ConnShared>>>> = OnceLock::new();
+    C.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// A connection a hand-off brought, until its listener's `handed_over` takes it.
+pub(crate) struct HandedConnection {
+    pub(crate) listener: String,
+    pub(crate) name: String,
+    pub(crate) fd: OwnedFd,
+    pub(crate) unconsumed: Vec<u8>,
+}
+
+pub(crate) fn handed_connections() -> &'static Mutex<Vec<HandedConnection>> {
+    static H: OnceLock<Mutex<Vec<HandedConnection>>> = OnceLock::new();
+    H.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Puts a descriptor a hand-off brought among the inherited ones (a listener, found by name).
+#[cfg_attr(dsu_off, allow(dead_code))]
+pub(crate) fn inherit_named(name: String, fd: OwnedFd) {
+    lock(inherited()).push(NamedFd { name, fd });
+}
+
+/// Names of inherited listeners nobody has taken.
+#[cfg_attr(dsu_off, allow(dead_code))]
+pub(crate) fn untaken_listeners() -> Vec<String> {
+    lock(inherited()).iter().map(|f| f.name.clone()).collect()
+}
+
+/// What a hand-off passes: duplicates of every live listener and connection descriptor (with
+/// their names), and each connection's unconsumed bytes. Call with the gate closed and idle.
+#[cfg_attr(dsu_off, allow(dead_code))]
+pub(crate) fn snapshot() -> io::Result<Snapshot> {
+    let mut snap = Snapshot::default();
+    for l in lock(listeners()).iter() {
+        snap.listeners.push((l.name.clone(), dup(l.fd)?));
+    }
+    for c in lock(connections()).iter() {
+        snap.connections.push(SavedConnection {
+            listener: c.listener.clone(),
+            name: c.name.clone(),
+            unconsumed: lock(&c.unconsumed).clone(),
+        });
+        snap.connection_fds.push(dup(c.fd)?);
+    }
+    Ok(snap)
+}
+
+/// See [`snapshot`].
+#[derive(Default)]
+#[cfg_attr(dsu_off, allow(dead_code))]
+pub(crate) struct Snapshot {
+    pub(crate) listeners: Vec<(String, OwnedFd)>,
+    pub(crate) connections: Vec<SavedConnection>,
+    pub(crate) connection_fds: Vec<OwnedFd>,
+}
+
+/// A connection as a hand-off streams it (its descriptor travels beside).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SavedConnection {
+    pub(crate) listener: String,
+    pub(crate) name: String,
+    pub(crate) unconsumed: Vec<u8>,
+}
+
+fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates an open descriptor; the result is owned here.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `n` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// The hand-off gate of the process's sockets. While it is closed, nothing is accepted or read:
+/// listeners and connections wait in [`Gate::enter`]. Closing it waits for every connection to
+/// finish the request it is serving (to become idle), so that the hand-off can pass them all
+/// between two requests.
+pub(crate) struct Gate {
+    closed: std::sync::atomic::AtomicBool,
+    /// Threads past `enter` (serving a request, or accepting).
+    busy: std::sync::atomic::AtomicUsize,
+    m: Mutex<()>,
+    cv: std::sync::Condvar,
+    /// An eventfd, readable while the gate is closed: wakes the threads polling their sockets.
+    wake: OwnedFd,
+}
+
+pub(crate) fn gate() -> &'static Gate {
+    static G: OnceLock<Gate> = OnceLock::new();
+    G.get_or_init(|| {
+        // SAFETY: eventfd creates a descriptor, owned here.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(
+            fd >= 0,
+            "dsu: cannot create an eventfd: {}",
+            io::Error::last_os_error()
+        );
+        Gate {
+            closed: std::sync::atomic::AtomicBool::new(false),
+            busy: std::sync::atomic::AtomicUsize::new(0),
+            m: Mutex::new(()),
+            cv: std::sync::Condvar::new(),
+            // SAFETY: as above.
+            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+        }
+    })
+}
+
+impl Gate {
+    /// Waits until `fd` is readable (or hung up) with the gate open, and counts the caller
+    /// busy; [`leave`](Self::leave) ends that.
+    pub(crate) fn enter(&self, fd: RawFd) -> io::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            if self.closed.load(SeqCst) {
+                self.wait_open();
+                continue;
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if fds[0].revents & libc::POLLNVAL != 0 {
+                return Err(io::Error::from_raw_os_error(libc::EBADF));
+            }
+            if fds[0].revents == 0 {
+                continue;
+            }
+            // SeqCst on both sides: either the closer sees this thread busy, or this thread
+            // sees the gate closed.
+            self.busy.fetch_add(1, SeqCst);
+            if self.closed.load(SeqCst) {
+                self.leave();
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Ends what [`enter`](Self::enter) began.
+    pub(crate) fn leave(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.busy.fetch_sub(1, SeqCst);
+        if self.closed.load(SeqCst) {
+            let _g = lock(&self.m);
+            self.cv.notify_all();
+        }
+    }
+
+    fn wait_open(&self) {
+        let mut g = lock(&self.m);
+        while self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            g = self.cv.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// Closes the gate: nothing more is accepted or read until [`open`](Self::open).
+    #[cfg_attr(dsu_off, allow(dead_code))]
+    pub(crate) fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes to the eventfd. (It cannot overflow: it is read back to 0 on
+        // every open.)
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+
+    /// Waits until no thread is busy (every connection between two requests), until
+    /// `deadline`; `Err(busy)` on timeout.
+    #[cfg_attr(dsu_off, allow(dead_code))]
+    pub(crate) fn wait_idle(&self, deadline: std::time::Instant) -> Result<(), usize> {
+        let mut g = lock(&self.m);
+        loop {
+            let busy = self.busy.load(std::sync::atomic::Ordering::SeqCst);
+            if busy == 0 {
+                return Ok(());
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(busy);
+            }
+            g = self
+                .cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Opens the gate again: the waiting threads go on.
+    #[cfg_attr(dsu_off, allow(dead_code))]
+    pub(crate) fn open(&self) {
+        {
+            let _g = lock(&self.m);
+            let mut buf = [0u8; 8];
+            // SAFETY: reads the eventfd's counter back to 0 (non-blocking).
+            unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+            self.closed
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.cv.notify_all();
+    }
 }
 
 fn is_listening_tcp(fd: RawFd) -> bool {

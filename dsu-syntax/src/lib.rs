@@ -17,14 +17,23 @@ pub mod keys {
 
     /// `#[dsu::state(old)]`: set by cargo-dsu on the base's definitions a patch carries.
     pub const STATE_OLD: &str = "old";
-    pub const STATE: &[&str] = &[STATE_OLD];
+    /// `#[dsu::state(rebuild)]`: not carried by a process hand-off; the new process's `main`
+    /// builds it afresh (a file handle, a cache). No serde traits are derived.
+    pub const STATE_REBUILD: &str = "rebuild";
+    /// `#[dsu::state(own_serde)]`: the type implements serde's traits itself; `#[dsu::state]`
+    /// does not derive them, and a hand-off streams it through them.
+    pub const STATE_OWN_SERDE: &str = "own_serde";
+    pub const STATE: &[&str] = &[STATE_OLD, STATE_REBUILD, STATE_OWN_SERDE];
 
     /// `#[dsu::protocol(begin = "name")]` / `#[dsu::protocol(end = "name")]`.
     pub const PROTOCOL_BEGIN: &str = "begin";
     pub const PROTOCOL_END: &str = "end";
     pub const PROTOCOL: &[&str] = &[PROTOCOL_BEGIN, PROTOCOL_END];
 
-    /// `#[dsu::global]` and `#[dsu::transfer]` take no arguments.
+    /// `#[dsu::global(rebuild)]`: not carried by a hand-off (its type need not be serde).
+    pub const GLOBAL: &[&str] = &[STATE_REBUILD];
+
+    /// `#[dsu::transfer]` takes no arguments.
     pub const NONE: &[&str] = &[];
 }
 

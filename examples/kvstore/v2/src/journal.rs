@@ -7,7 +7,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 
-#[dsu::state]
+/// Rebuilt by `main` after a hand-off (it holds an open file), not streamed.
+#[dsu::state(rebuild)]
 pub struct Journal {
     path: PathBuf,
     file: Option<File>,

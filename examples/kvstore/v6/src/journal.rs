@@ -9,7 +9,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 
-#[dsu::state]
+/// Rebuilt by `main` after a hand-off (it holds an open file), not streamed.
+#[dsu::state(rebuild)]
 pub struct Journal {
     path: PathBuf,
     file: Option<File>,

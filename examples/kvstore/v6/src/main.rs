@@ -79,33 +79,51 @@ fn main() {
     let keyspace = rt.register(Keyspace::default());
     let journal = rt.register(Journal::open(args.data.join("kvstore.aof")));
     let engine = rt.register(Engine::new(keyspace, journal.clone()));
-    let replayed = journal.replay();
-    engine.load(replayed);
-    let listener = TcpListener::bind(("127.0.0.1", args.port)).expect("bind the port");
-    println!("ready");
-    for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
-        let engine = engine.clone();
-        engine.connected();
-        std::thread::spawn(move || {
-            let _ = conn.set_nodelay(true);
-            let mut pending: Vec<u8> = Vec::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                pending.extend_from_slice(&buf[..n]);
-                let (consumed, reply, close) = engine.process(pending.clone());
-                pending.drain(..consumed);
-                if !reply.is_empty() && conn.write_all(&reply).is_err() {
-                    return;
-                }
-                if close {
-                    return;
-                }
-            }
-        });
+    // A process started by a hand-off already has its predecessor's keys (the state came
+    // with it); replaying the journal on top would apply every write twice.
+    if !rt.handed_over() {
+        let replayed = journal.replay();
+        engine.load(replayed);
     }
+    let listener = dsu::listener("redis", || TcpListener::bind(("127.0.0.1", args.port)))
+        .expect("bind the port");
+    // After a hand-off: the clients the previous process was serving.
+    for conn in listener.handed_over() {
+        serve(engine.clone(), conn);
+    }
+    rt.ready();
+    println!("ready");
+    loop {
+        let Ok((conn, _)) = listener.accept() else { continue };
+        engine.connected();
+        serve(engine.clone(), conn);
+    }
+}
+
+/// Serves one client on a thread of its own. Between two requests the connection waits in
+/// `wait_readable`, where a hand-off can pass it, with any partial request, to a new process.
+fn serve(engine: dsu::Handle<Engine>, mut conn: dsu::Connection) {
+    std::thread::spawn(move || {
+        let _ = conn.stream().set_nodelay(true);
+        let mut pending: Vec<u8> = conn.take_unconsumed();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if conn.wait_readable(&pending).is_err() {
+                return;
+            }
+            let n = match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            let (consumed, reply, close) = engine.process(pending.clone());
+            pending.drain(..consumed);
+            if !reply.is_empty() && conn.write_all(&reply).is_err() {
+                return;
+            }
+            if close {
+                return;
+            }
+        }
+    });
 }

@@ -36,8 +36,11 @@ pub fn serve(port: u16, handler: impl Fn(&str) -> String + Send + Sync + 'static
         listener.local_addr().expect("local address").port()
     );
     let handler = Arc::new(handler);
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
+    loop {
+        // This program reads lines through a `BufReader`, so it does not serve through
+        // `dsu::Connection::wait_readable` and cannot be handed off; it takes the stream.
+        let Ok((conn, _)) = listener.accept() else { continue };
+        let Ok(conn) = conn.stream().try_clone() else { continue };
         let handler = handler.clone();
         std::thread::spawn(move || {
             let mut out = conn.try_clone().expect("clone the connection");

@@ -1,0 +1,642 @@
+//! The process hand-off engine (DESIGN.md section 8): for updates that cannot be applied inside
+//! the running process, the new executable is started, receives the listening sockets, the
+//! open connections and the state, and replaces the old process once it reports ready.
+//!
+//! The old process (the manager, `Manager::handoff`) closes the sockets' gate (every
+//! connection finishes the request it is serving), holds every component at its gate as an
+//! in-place update does, serializes the state, starts the new executable with one end of a
+//! Unix socket pair in `DSU_HANDOFF_FD`, and sends over it:
+//!
+//! ```text
+//! descriptors  sockets::send_fds frames: "L name" listeners, "C name" connections,
+//!              "K" the control socket
+//! stream_len   u64 LE
+//! stream       CBOR      `Stream`: format, program, version, history, every component
+//!                        instance's and global's state (itself CBOR, through the type's
+//!                        serde traits), each connection's unconsumed bytes
+//! ```
+//!
+//! The new process takes all of it in `RuntimeBuilder::start`. `register` replaces the value
+//! `main` passes with the streamed state: read directly when the serialized form is the new
+//! type's (same schema), or read as the old type and converted by the generated transfer the
+//! hand-off build carries, the same code an in-place update runs. `Runtime::ready` then checks
+//! that every streamed state, listener and connection was taken, writes `ready`, and waits for
+//! `commit` (with the old process's record of the update); only then do its sockets open. The
+//! old process exits after answering the initiator. If the new process reports a failure,
+//! exits, or is not ready in time, the old one kills it, releases its components and sockets,
+//! and serves on as if nothing happened.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::desc::{payload_message, GlobalDesc, StateLayout};
+use crate::manager::UpdateRecord;
+use crate::sockets::{self, SavedConnection};
+use crate::thread::lock;
+
+/// The variable that tells a process it was started by a hand-off (the descriptor number of
+/// its end of the channel).
+pub const FD_ENV: &str = "DSU_HANDOFF_FD";
+/// Version of the stream format.
+pub(crate) const FORMAT: u32 = 1;
+/// How long a new process has to report ready when the package does not say.
+pub(crate) const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Descriptor name of the control socket.
+const CONTROL: &str = "K";
+
+/// Everything the old process passes besides descriptors.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Stream {
+    pub(crate) format: u32,
+    pub(crate) program: String,
+    pub(crate) version: String,
+    pub(crate) pid: u32,
+    pub(crate) components: Vec<SavedState>,
+    pub(crate) globals: Vec<SavedState>,
+    pub(crate) connections: Vec<SavedConnection>,
+    pub(crate) history: Vec<UpdateRecord>,
+    pub(crate) next_id: u64,
+}
+
+/// One component instance's or global's state.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct SavedState {
+    /// The component's (or global's) id.
+    pub(crate) id: String,
+    /// Which instance of the component, in registration order.
+    pub(crate) instance: usize,
+    /// The state type's id and schema fingerprint in the old process.
+    pub(crate) state: String,
+    pub(crate) schema: u64,
+    /// The serialized state; `None` for a `rebuild` state, which the new `main` builds.
+    #[serde(with = "bytes_opt")]
+    pub(crate) bytes: Option<Vec<u8>>,
+}
+
+/// Byte strings as CBOR byte strings (not arrays of integers).
+mod bytes_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&Bytes(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<ByteBuf>::deserialize(d)?.map(|b| b.0))
+    }
+
+    struct Bytes<'a>(&'a [u8]);
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    struct ByteBuf(Vec<u8>);
+    impl<'de> Deserialize<'de> for ByteBuf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a byte string")
+                }
+                fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v))
+                }
+            }
+            d.deserialize_byte_buf(V)
+        }
+    }
+}
+
+/// Serializes the value behind `p` (a `*const T`) for a hand-off.
+///
+/// # Safety
+/// `p` must point at a live `T`.
+pub unsafe fn save_state<T: Serialize>(p: *const ()) -> Result<Vec<u8>, String> {
+    // SAFETY: caller's contract.
+    let v = unsafe { &*(p as *const T) };
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Deserializes a boxed `T` written by [`save_state`]; returns the box's pointer.
+pub fn load_state<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<*mut (), String> {
+    let v: T = ciborium::from_reader(b).map_err(|e| e.to_string())?;
+    Ok(Box::into_raw(Box::new(v)) as *mut ())
+}
+
+/// Runs `f`, turning a panic into an error.
+fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(p) => Err(format!("{what} panicked: {}", payload_message(&*p))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The old process's side.
+
+/// The new process, started and fed, before it is told to commit.
+pub(crate) struct Successor {
+    child: Child,
+    chan: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+/// Starts `exe` with this process's arguments and environment, passes it `fds` and `stream`,
+/// and waits (until `ready_timeout` after the start) for it to report ready. On any failure
+/// the new process is killed and reaped, and the reason returned.
+pub(crate) fn start_successor(
+    exe: &Path,
+    stream: &[u8],
+    snap: sockets::Snapshot,
+    control: Option<RawFd>,
+    ready_timeout: Duration,
+) -> Result<Successor, String> {
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| format!("cannot create the hand-off channel: {e}"))?;
+    // The child's end must survive exec: a fresh duplicate without close-on-exec, closed here
+    // as soon as the child has it.
+    // SAFETY: F_DUPFD duplicates an open descriptor; the result is owned below.
+    let raw = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_DUPFD, 3) };
+    if raw < 0 {
+        return Err(format!(
+            "cannot pass the hand-off channel: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+    let inheritable = unsafe { OwnedFd::from_raw_fd(raw) };
+    drop(theirs);
+    let started = Instant::now();
+    let child = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(FD_ENV, raw.to_string())
+        .spawn();
+    drop(inheritable);
+    let child = child.map_err(|e| format!("cannot start the new version {}: {e}", exe.display()))?;
+    let mut s = Successor {
+        child,
+        reader: BufReader::new(
+            ours.try_clone()
+                .map_err(|e| format!("cannot use the hand-off channel: {e}"))?,
+        ),
+        chan: ours,
+    };
+    match s.feed(stream, snap, control, started + ready_timeout, ready_timeout) {
+        Ok(()) => Ok(s),
+        Err(e) => {
+            s.kill();
+            Err(e)
+        }
+    }
+}
+
+impl Successor {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn feed(
+        &mut self,
+        stream: &[u8],
+        snap: sockets::Snapshot,
+        control: Option<RawFd>,
+        deadline: Instant,
+        ready_timeout: Duration,
+    ) -> Result<(), String> {
+        let control = control.map(|fd| {
+            // SAFETY: the control listener stays open for the rest of this process.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+        });
+        let mut names: Vec<String> = Vec::new();
+        let mut fds = Vec::new();
+        for (name, fd) in &snap.listeners {
+            names.push(format!("L {name}"));
+            fds.push(fd.as_fd());
+        }
+        for (c, fd) in snap.connections.iter().zip(&snap.connection_fds) {
+            names.push(format!("C {}", c.name));
+            fds.push(fd.as_fd());
+        }
+        if let Some(fd) = control {
+            names.push(CONTROL.to_string());
+            fds.push(fd);
+        }
+        let pairs: Vec<(&str, std::os::fd::BorrowedFd<'_>)> =
+            names.iter().map(String::as_str).zip(fds).collect();
+        // A write to a child that died fails (EPIPE) instead of blocking forever; a child that
+        // lives but does not read is bounded by the ready timeout.
+        let _ = self
+            .chan
+            .set_write_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
+        if let Err(e) = sockets::send_fds(&self.chan, &pairs) {
+            return Err(self.lost(&format!("passing the sockets failed: {e}")));
+        }
+        let mut w = &self.chan;
+        if let Err(e) = w
+            .write_all(&(stream.len() as u64).to_le_bytes())
+            .and_then(|()| w.write_all(stream))
+        {
+            return Err(self.lost(&format!("streaming the state failed: {e}")));
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "the new process (pid {}) did not report ready within {} ms; it was killed",
+                    self.child.id(),
+                    ready_timeout.as_millis()
+                ));
+            }
+            let _ = self.reader.get_ref().set_read_timeout(Some(left));
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return Err(self.lost("it closed the hand-off channel")),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(self.lost(&format!("reading its answer failed: {e}"))),
+            }
+            let line = line.trim_end();
+            if line == "ready" {
+                return Ok(());
+            }
+            if let Some(reason) = line.strip_prefix("failed: ") {
+                return Err(format!("the new process failed: {reason}"));
+            }
+            return Err(format!(
+                "the new process said {line:?} instead of reporting ready"
+            ));
+        }
+    }
+
+    /// Why the channel broke: the child's exit status if it has exited.
+    fn lost(&mut self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return format!(
+                    "the new process (pid {}) exited ({status}) before it reported ready ({what})",
+                    self.child.id()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        format!(
+            "the hand-off channel to the new process (pid {}) broke: {what}",
+            self.child.id()
+        )
+    }
+
+    /// Tells the new process to go on serving; `record` is the update's record, appended to
+    /// its history. An error means it did not get the message: it must be killed.
+    pub(crate) fn commit(&mut self, record: &UpdateRecord) -> Result<(), String> {
+        let json = serde_json::to_string(record).map_err(|e| e.to_string())?;
+        let mut w = &self.chan;
+        w.write_all(format!("commit {json}\n").as_bytes())
+            .and_then(|()| w.flush())
+            .map_err(|e| format!("the new process did not take the commit: {e}"))?;
+        // It acknowledges once its sockets are open, so that this process exits only then.
+        let _ = self
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(5)));
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 && line.trim_end() == "serving" => Ok(()),
+            _ => Err("the new process did not confirm the commit".to_string()),
+        }
+    }
+
+    /// Kills and reaps the new process.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static SUPERSEDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this process as replaced by a committed hand-off: it exits once the initiator has
+/// its answer (`exit_if_superseded`), or after a short grace when the update was applied
+/// in-process and nobody waits for an answer. Its sockets and components stay held until then.
+pub(crate) fn superseded() {
+    SUPERSEDED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = std::thread::Builder::new()
+        .name("dsu-superseded".into())
+        .spawn(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            std::process::exit(0);
+        });
+}
+
+/// Exits if a hand-off has replaced this process (see [`superseded`]).
+pub(crate) fn exit_if_superseded() {
+    if SUPERSEDED.load(std::sync::atomic::Ordering::SeqCst) {
+        std::process::exit(0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The new process's side.
+
+/// What a process started by a hand-off received, until its program has taken it.
+struct Incoming {
+    chan: Mutex<Option<UnixStream>>,
+    /// Streamed component states not yet claimed, by (id, instance).
+    components: Mutex<HashMap<(String, usize), SavedState>>,
+    /// Instances registered so far, per component id.
+    instances: Mutex<HashMap<String, usize>>,
+    globals: Mutex<HashMap<String, SavedState>>,
+}
+
+fn incoming() -> &'static OnceLock<Incoming> {
+    static IN: OnceLock<Incoming> = OnceLock::new();
+    &IN
+}
+
+/// Whether this process was started by a hand-off and has not yet been told to commit.
+pub(crate) fn is_successor() -> bool {
+    incoming().get().is_some()
+}
+
+/// Reports a failure to the old process (which kills this one and serves on) and exits.
+pub(crate) fn fail(reason: &str) -> ! {
+    log::error!("dsu: hand-off failed: {reason}");
+    eprintln!("dsu: hand-off failed: {reason}");
+    if let Some(inc) = incoming().get() {
+        if let Some(chan) = lock(&inc.chan).as_mut() {
+            let one_line = reason.replace('\n', " ");
+            let _ = chan.write_all(format!("failed: {one_line}\n").as_bytes());
+        }
+    }
+    std::process::exit(70)
+}
+
+/// Called by `RuntimeBuilder::start`: if this process was started by a hand-off, takes the
+/// descriptors and the stream. Returns the control socket's descriptor (if one came) and the
+/// stream's history to adopt. A malformed hand-off is reported to the old process, and this
+/// process exits.
+pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
+    let raw = std::env::var(FD_ENV).ok()?;
+    std::env::remove_var(FD_ENV);
+    let fd: RawFd = match raw.parse() {
+        Ok(fd) if fd >= 0 => fd,
+        _ => {
+            eprintln!("dsu: ignoring {FD_ENV}={raw:?}: not a descriptor number");
+            return None;
+        }
+    };
+    // Everything waits until the old process says commit.
+    sockets::gate().close();
+    // SAFETY: the old process passed this descriptor for this purpose; it is taken once.
+    let chan = unsafe { UnixStream::from_raw_fd(fd) };
+    // SAFETY: F_SETFD on the descriptor just taken: children must not inherit it.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    let inc = Incoming {
+        chan: Mutex::new(chan.try_clone().ok()),
+        components: Mutex::new(HashMap::new()),
+        instances: Mutex::new(HashMap::new()),
+        globals: Mutex::new(HashMap::new()),
+    };
+    let _ = incoming().set(inc);
+    let got = (|| -> Result<_, String> {
+        let fds = sockets::recv_fds(&chan).map_err(|e| format!("receiving the sockets: {e}"))?;
+        let mut len = [0u8; 8];
+        (&chan)
+            .read_exact(&mut len)
+            .map_err(|e| format!("receiving the state: {e}"))?;
+        let len = u64::from_le_bytes(len) as usize;
+        let mut bytes = vec![0u8; len];
+        (&chan)
+            .read_exact(&mut bytes)
+            .map_err(|e| format!("receiving the state ({len} bytes): {e}"))?;
+        let stream: Stream = ciborium::from_reader(bytes.as_slice())
+            .map_err(|e| format!("the state stream is unreadable: {e}"))?;
+        Ok((fds, stream))
+    })();
+    let (fds, stream) = match got {
+        Ok(g) => g,
+        Err(e) => fail(&e),
+    };
+    if stream.format != FORMAT {
+        fail(&format!(
+            "the old process streams format {}, this version reads format {FORMAT}",
+            stream.format
+        ));
+    }
+    let mut unconsumed: HashMap<String, SavedConnection> = stream
+        .connections
+        .iter()
+        .map(|c| (c.name.clone(), c.clone()))
+        .collect();
+    let mut control = None;
+    for f in fds {
+        if let Some(name) = f.name.strip_prefix("L ") {
+            sockets::inherit_named(name.to_string(), f.fd);
+        } else if let Some(name) = f.name.strip_prefix("C ") {
+            let Some(c) = unconsumed.remove(name) else {
+                fail(&format!("connection `{name}` came without its description"));
+            };
+            lock(sockets::handed_connections()).push(sockets::HandedConnection {
+                listener: c.listener,
+                name: c.name,
+                fd: f.fd,
+                unconsumed: c.unconsumed,
+            });
+        } else if f.name == CONTROL {
+            control = Some(f.fd);
+        } else {
+            fail(&format!("an unexpected descriptor named {:?}", f.name));
+        }
+    }
+    let inc = incoming().get().expect("set above");
+    *lock(&inc.components) = stream
+        .components
+        .iter()
+        .filter(|s| s.bytes.is_some())
+        .map(|s| ((s.id.clone(), s.instance), s.clone()))
+        .collect();
+    *lock(&inc.globals) = stream
+        .globals
+        .iter()
+        .filter(|s| s.bytes.is_some())
+        .map(|s| (s.id.clone(), s.clone()))
+        .collect();
+    Some((control, stream))
+}
+
+/// Reads a streamed state of the type `new` describes: directly when the serialized form is
+/// `new`'s own, or as the old type and through the transfer this binary carries (the one
+/// `cargo dsu diff` generated, or a `#[dsu::transfer]`).
+fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut () {
+    let bytes = saved.bytes.as_deref().expect("only streamed states are kept");
+    if new.schema() == saved.schema {
+        let Some(load) = new.load else {
+            fail(&format!(
+                "{what}: the old process streamed its state, but this version's `{}` is \
+                 `#[dsu::state(rebuild)]`",
+                new.id()
+            ));
+        };
+        return guarded(&format!("reading the state of {what}"), || load(bytes))
+            .unwrap_or_else(|e| fail(&e));
+    }
+    let transfer = crate::__private::TRANSFERS.iter().find(|t| {
+        t.new.fingerprint() == new.fingerprint()
+            && t.old.schema() == saved.schema
+            && t.old.load.is_some()
+    });
+    let Some(t) = transfer else {
+        fail(&format!(
+            "{what}: the running process's state type `{}` is not this version's `{}` and this \
+             executable carries no transfer from it; build the new version with `cargo dsu diff \
+             --engine handoff OLD NEW`, which generates the transfer",
+            saved.state,
+            new.id()
+        ));
+    };
+    let load = t.old.load.expect("checked");
+    let old = guarded(&format!("reading the old state of {what}"), || load(bytes))
+        .unwrap_or_else(|e| fail(&e));
+    // SAFETY: `old` is a box of the transfer's old type, just read.
+    match unsafe { (t.transfer)(old) } {
+        Ok(new) => {
+            // SAFETY: the transfer succeeded; the old box is released exactly once.
+            unsafe { (t.release_old)(old) };
+            new
+        }
+        Err(f) => fail(&format!("the state transfer of {what} {f}")),
+    }
+}
+
+/// Called by `register`: the streamed state of the next instance of component `id`, whose
+/// state type `layout` describes, as a box of that type; `None` when nothing was streamed for
+/// it (not a hand-off, a `rebuild` state, or a new instance).
+pub(crate) fn take_component(id: &str, layout: &'static StateLayout) -> Option<*mut ()> {
+    let inc = incoming().get()?;
+    let instance = {
+        let mut n = lock(&inc.instances);
+        let c = n.entry(id.to_string()).or_insert(0);
+        *c += 1;
+        *c - 1
+    };
+    let saved = lock(&inc.components).remove(&(id.to_string(), instance))?;
+    Some(read_state(
+        &format!("component `{id}` (instance {instance})"),
+        &saved,
+        layout,
+    ))
+}
+
+/// Called when a global is first resolved: its streamed value, as a box of its type.
+pub(crate) fn take_global(desc: &'static GlobalDesc) -> Option<*mut ()> {
+    let inc = incoming().get()?;
+    let id = desc.id();
+    let saved = lock(&inc.globals).remove(&id)?;
+    let bytes = saved.bytes.as_deref().expect("only streamed values are kept");
+    if desc.schema != saved.schema {
+        fail(&format!(
+            "global `{id}` changed type; a hand-off cannot transfer a global's type change yet \
+             (an in-place update can: `cargo dsu diff --engine in-place`)"
+        ));
+    }
+    let Some(load) = desc.load else {
+        fail(&format!(
+            "global `{id}`: the old process streamed its value, but it is \
+             `#[dsu::global(rebuild)]` in this version"
+        ));
+    };
+    Some(
+        guarded(&format!("reading global `{id}`"), || load(bytes))
+            .unwrap_or_else(|e| fail(&e)),
+    )
+}
+
+/// `Runtime::ready` in a process started by a hand-off: checks that everything streamed was
+/// taken, reports ready, and waits for the old process's commit. Returns the commit's record.
+pub(crate) fn report_ready() -> Option<UpdateRecord> {
+    let inc = incoming().get()?;
+    // A second call, after the commit, has nothing to do.
+    lock(&inc.chan).as_ref()?;
+    // Globals nobody has touched yet take their streamed values now.
+    let pending: Vec<String> = lock(&inc.globals).keys().cloned().collect();
+    for g in crate::__private::GLOBALS.iter() {
+        if pending.contains(&g.id()) {
+            (g.touch)();
+        }
+    }
+    let mut missing = Vec::new();
+    for (id, instance) in lock(&inc.components).keys() {
+        missing.push(format!(
+            "the state of component `{id}` (instance {instance}) was not taken: this version \
+             registers fewer instances"
+        ));
+    }
+    for g in lock(&inc.globals).keys() {
+        missing.push(format!("global `{g}` is not in this version"));
+    }
+    for l in sockets::untaken_listeners() {
+        missing.push(format!(
+            "listener `{l}` was handed over but not taken (`dsu::listener(\"{l}\", ...)`)"
+        ));
+    }
+    let conns = lock(sockets::handed_connections()).len();
+    if conns > 0 {
+        missing.push(format!(
+            "{conns} handed-over connection(s) were not taken (`Listener::handed_over`)"
+        ));
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        fail(&missing.join("; "));
+    }
+    let mut chan = lock(&inc.chan).take()?;
+    if chan.write_all(b"ready\n").is_err() {
+        eprintln!("dsu: the old process is gone before the commit; exiting");
+        std::process::exit(70);
+    }
+    let mut reader = BufReader::new(&chan);
+    let mut line = String::new();
+    let record = match reader.read_line(&mut line) {
+        Ok(n) if n > 0 => line
+            .trim_end()
+            .strip_prefix("commit ")
+            .and_then(|j| serde_json::from_str::<UpdateRecord>(j).ok()),
+        _ => None,
+    };
+    let Some(record) = record else {
+        // The old process timed out and killed us, or died: it serves (or nobody does), and
+        // this process must not.
+        eprintln!("dsu: the old process did not commit the hand-off; exiting");
+        std::process::exit(70);
+    };
+    sockets::gate().open();
+    let _ = chan.write_all(b"serving\n");
+    Some(record)
+}
