@@ -138,8 +138,18 @@ pub unsafe fn save_state<T: Serialize>(p: *const ()) -> Result<Vec<u8>, String> 
 
 /// Deserializes a boxed `T` written by [`save_state`]; returns the box's pointer.
 pub fn load_state<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<*mut (), String> {
-    let v: T = ciborium::from_reader(b).map_err(|e| e.to_string())?;
+    let v: T = ciborium::from_reader(b).map_err(de_error)?;
     Ok(Box::into_raw(Box::new(v)) as *mut ())
+}
+
+/// A readable reason from the decoder's error.
+fn de_error(e: ciborium::de::Error<std::io::Error>) -> String {
+    match e {
+        ciborium::de::Error::Semantic(_, msg) => msg,
+        ciborium::de::Error::Syntax(at) => format!("malformed data at byte {at}"),
+        ciborium::de::Error::Io(e) => e.to_string(),
+        ciborium::de::Error::RecursionLimitExceeded => "nested too deeply".to_string(),
+    }
 }
 
 /// Runs `f`, turning a panic into an error.
@@ -437,7 +447,7 @@ pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
             .read_exact(&mut bytes)
             .map_err(|e| format!("receiving the state ({len} bytes): {e}"))?;
         let stream: Stream = ciborium::from_reader(bytes.as_slice())
-            .map_err(|e| format!("the state stream is unreadable: {e}"))?;
+            .map_err(|e| format!("the state stream is unreadable: {}", de_error(e)))?;
         Ok((fds, stream))
     })();
     let (fds, stream) = match got {
@@ -496,23 +506,29 @@ pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
 /// `cargo dsu diff` generated, or a `#[dsu::transfer]`).
 fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut () {
     let bytes = saved.bytes.as_deref().expect("only streamed states are kept");
-    if new.schema() == saved.schema {
-        let Some(load) = new.load else {
-            fail(&format!(
-                "{what}: the old process streamed its state, but this version's `{}` is \
-                 `#[dsu::state(rebuild)]`",
-                new.id()
-            ));
-        };
-        return guarded(&format!("reading the state of {what}"), || load(bytes))
-            .unwrap_or_else(|e| fail(&e));
-    }
+    // A transfer from the streamed form comes first: `cargo dsu diff` generates one whenever
+    // the type changed, also deep inside (a field's type's definition), which the schema
+    // fingerprint of the outer type alone does not show.
     let transfer = crate::__private::TRANSFERS.iter().find(|t| {
         t.new.fingerprint() == new.fingerprint()
             && t.old.schema() == saved.schema
             && t.old.load.is_some()
     });
-    let Some(t) = transfer else {
+    if let Some(t) = transfer {
+        let load = t.old.load.expect("checked");
+        let old = guarded(&format!("reading the old state of {what}"), || load(bytes))
+            .unwrap_or_else(|e| fail(&e));
+        // SAFETY: `old` is a box of the transfer's old type, just read.
+        return match unsafe { (t.transfer)(old) } {
+            Ok(new) => {
+                // SAFETY: the transfer succeeded; the old box is released exactly once.
+                unsafe { (t.release_old)(old) };
+                new
+            }
+            Err(f) => fail(&format!("the state transfer of {what} {f}")),
+        };
+    }
+    if new.schema() != saved.schema {
         fail(&format!(
             "{what}: the running process's state type `{}` is not this version's `{}` and this \
              executable carries no transfer from it; build the new version with `cargo dsu diff \
@@ -520,19 +536,15 @@ fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut
             saved.state,
             new.id()
         ));
-    };
-    let load = t.old.load.expect("checked");
-    let old = guarded(&format!("reading the old state of {what}"), || load(bytes))
-        .unwrap_or_else(|e| fail(&e));
-    // SAFETY: `old` is a box of the transfer's old type, just read.
-    match unsafe { (t.transfer)(old) } {
-        Ok(new) => {
-            // SAFETY: the transfer succeeded; the old box is released exactly once.
-            unsafe { (t.release_old)(old) };
-            new
-        }
-        Err(f) => fail(&format!("the state transfer of {what} {f}")),
     }
+    let Some(load) = new.load else {
+        fail(&format!(
+            "{what}: the old process streamed its state, but this version's `{}` is \
+             `#[dsu::state(rebuild)]`",
+            new.id()
+        ));
+    };
+    guarded(&format!("reading the state of {what}"), || load(bytes)).unwrap_or_else(|e| fail(&e))
 }
 
 /// Called by `register`: the streamed state of the next instance of component `id`, whose
@@ -638,5 +650,106 @@ pub(crate) fn report_ready() -> Option<UpdateRecord> {
     };
     sockets::gate().open();
     let _ = chan.write_all(b"serving\n");
+    notify_systemd(true);
     Some(record)
+}
+
+/// Tells systemd (when it supervises this process with `Type=notify`: `NOTIFY_SOCKET` is set)
+/// that the service is ready, and after a hand-off that this process is now its main process
+/// (`MAINPID`; the unit needs `NotifyAccess=all`, since the message comes from a process
+/// systemd did not start itself).
+pub(crate) fn notify_systemd(handed_over: bool) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let msg = if handed_over {
+        format!("MAINPID={}\nREADY=1\n", std::process::id())
+    } else {
+        "READY=1\n".to_string()
+    };
+    if let Err(e) = sd_notify(&socket.to_string_lossy(), &msg) {
+        log::warn!("dsu: cannot notify systemd through {socket:?}: {e}");
+    }
+}
+
+fn sd_notify(socket: &str, msg: &str) -> std::io::Result<()> {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let addr = match socket.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name.as_bytes())?
+        }
+        None => SocketAddr::from_pathname(socket)?,
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.send_to_addr(msg.as_bytes(), &addr)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_hears_ready_and_the_new_main_pid_on_a_path_or_an_abstract_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sd_notify(path.to_str().unwrap(), "MAINPID=42\nREADY=1\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"MAINPID=42\nREADY=1\n");
+
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("dsu-notify-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let abstract_listener = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        sd_notify(&format!("@{name}"), "READY=1\n").unwrap();
+        let n = abstract_listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\n");
+    }
+
+    #[test]
+    fn states_round_trip_and_decoding_errors_read_well() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Old {
+            map: HashMap<Vec<u8>, u64>,
+        }
+        #[derive(Deserialize, Debug)]
+        struct New {
+            #[allow(dead_code)]
+            map: HashMap<Vec<u8>, u64>,
+            #[allow(dead_code)]
+            extra: u64,
+        }
+        let old = Old {
+            map: [(b"k".to_vec(), 7)].into_iter().collect(),
+        };
+        // SAFETY: `old` is a live `Old`.
+        let bytes = unsafe { save_state::<Old>(&old as *const Old as *const ()) }.unwrap();
+        let back = load_state::<Old>(&bytes).unwrap();
+        // SAFETY: `load_state::<Old>` returns a box of `Old`.
+        let back = unsafe { Box::from_raw(back as *mut Old) };
+        assert_eq!(*back, old);
+        let e = load_state::<New>(&bytes).unwrap_err();
+        assert_eq!(e, "missing field `extra`");
+        let e = load_state::<Old>(&bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(!e.is_empty() && !e.contains("Semantic("), "{e}");
+    }
+
+    #[test]
+    fn the_stream_keeps_byte_strings_compact() {
+        let s = SavedState {
+            id: "c".into(),
+            instance: 0,
+            state: "c".into(),
+            schema: 1,
+            bytes: Some(vec![200u8; 1000]),
+        };
+        let mut out = Vec::new();
+        ciborium::into_writer(&s, &mut out).unwrap();
+        assert!(out.len() < 1100, "{} bytes", out.len());
+        let back: SavedState = ciborium::from_reader(out.as_slice()).unwrap();
+        assert_eq!(back.bytes, s.bytes);
+    }
 }

@@ -223,6 +223,14 @@ impl Runtime {
     }
 
     /// Does nothing (see [`register_thread`]).
+    /// Nothing to report: a `dsu_off` build is never started by a hand-off.
+    pub fn ready(&self) {}
+
+    /// Always `false` in a `dsu_off` build.
+    pub fn handed_over(&self) -> bool {
+        false
+    }
+
     pub fn register_thread(&self) -> ThreadRegistration {
         register_thread()
     }

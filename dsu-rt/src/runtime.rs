@@ -177,9 +177,14 @@ impl Runtime {
     ///
     /// Call it once `main` has registered its components, taken its listeners and started
     /// serving the handed-over connections.
+    ///
+    /// Under systemd (`Type=notify`) it also sends `READY=1`, and after a hand-off the new
+    /// main pid (`MAINPID`, which needs `NotifyAccess=all` in the unit).
     pub fn ready(&self) {
-        if let Some(rec) = crate::handoff::report_ready() {
-            ctx().manager.record_handoff(rec);
+        match crate::handoff::report_ready() {
+            Some(rec) => ctx().manager.record_handoff(rec),
+            None if !crate::handoff::is_successor() => crate::handoff::notify_systemd(false),
+            None => {}
         }
     }
 

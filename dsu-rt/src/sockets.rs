@@ -826,6 +826,51 @@ mod tests {
     use std::os::fd::AsFd;
 
     #[test]
+    fn a_closed_gate_waits_for_the_request_in_progress_and_holds_the_next() {
+        use std::time::{Duration, Instant};
+        let l = listener("sockets-test-gate", || TcpListener::bind("127.0.0.1:0")).unwrap();
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut conn, _) = l.accept().unwrap();
+        assert!(conn.name().starts_with("sockets-test-gate#"));
+        client.write_all(b"a").unwrap();
+        conn.wait_readable(&[]).unwrap(); // serving a request now
+        let g = gate();
+        g.close();
+        assert_eq!(g.wait_idle(Instant::now() + Duration::from_millis(50)), Err(1));
+        // The request ends; the connection waits for the next one with half of it read.
+        let server = std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            conn.read_exact(&mut b).unwrap();
+            conn.wait_readable(b"partial").unwrap();
+            let mut b = [0u8; 1];
+            conn.read_exact(&mut b).unwrap();
+            b[0]
+        });
+        assert_eq!(g.wait_idle(Instant::now() + Duration::from_secs(10)), Ok(()));
+        let snap = snapshot().unwrap();
+        let mine: Vec<_> = snap
+            .connections
+            .iter()
+            .filter(|c| c.listener == "sockets-test-gate")
+            .collect();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].unconsumed, b"partial");
+        assert!(snap.listeners.iter().any(|(n, _)| n == "sockets-test-gate"));
+        // Readable, but the gate is closed: the connection must not be read.
+        client.write_all(b"b").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!server.is_finished());
+        g.open();
+        assert_eq!(server.join().unwrap(), b'b');
+        // Dropped connections leave the registry.
+        assert!(snapshot()
+            .unwrap()
+            .connections
+            .iter()
+            .all(|c| c.listener != "sockets-test-gate"));
+    }
+
+    #[test]
     fn descriptors_arrive_with_their_names_and_still_work() {
         let (a, b) = UnixStream::pair().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -129,8 +129,20 @@ pub fn build_base_with(dir: &Path, profile: &BuildProfile) -> Result<PathBuf> {
         }
     }
     let exe = exe.ok_or_else(|| anyhow!("no executable built for {}", dir.display()))?;
-    cache.insert(key, exe.clone());
-    Ok(exe)
+    // Every version of a program builds to the same file (`debug/NAME`): give each a copy of
+    // its own, so that building another version (here, in another test process, or a
+    // hand-off build) cannot replace the binary a test is about to start.
+    let own = profile
+        .target_dir
+        .join("bases")
+        .join(dir.to_string_lossy().replace(['/', '\\', ':'], "_"));
+    std::fs::create_dir_all(&own)?;
+    let copy = own.join(exe.file_name().expect("an executable has a name"));
+    let tmp = own.join(format!(".{}.tmp", std::process::id()));
+    std::fs::copy(&exe, &tmp).with_context(|| format!("copy {}", exe.display()))?;
+    std::fs::rename(&tmp, &copy)?;
+    cache.insert(key, copy.clone());
+    Ok(copy)
 }
 
 /// Builds the live update package OLD -> NEW and returns the package file.

@@ -92,7 +92,9 @@ fn main() {
         serve(engine.clone(), conn);
     }
     rt.ready();
-    println!("ready");
+    // Not `println!`: after a hand-off, whoever read the first process's output may be gone,
+    // and a closed pipe must not take the server down.
+    let _ = writeln!(std::io::stdout(), "ready");
     loop {
         let Ok((conn, _)) = listener.accept() else { continue };
         engine.connected();
