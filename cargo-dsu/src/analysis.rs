@@ -1,11 +1,14 @@
 //! The analysis behind `cargo dsu diff` and `check`: what changed between two versions, the
 //! category of each change in the update taxonomy (DESIGN.md section 2), the constraints the
-//! running system must meet before the update, and what cannot be applied in place.
+//! running system must meet before the update, what cannot be applied in place, and which
+//! engine applies the update (DESIGN.md section 8): in place where possible, else a process
+//! hand-off where that can apply every refused change.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use dsu::Engine;
 use dsu_syntax::{canonical, is_dsu_attr};
 use proc_macro2::TokenStream;
 use quote::ToTokens;
@@ -45,6 +48,9 @@ pub struct Version {
     pub dir: PathBuf,
     #[serde(skip)]
     pub root: PathBuf,
+    /// The binary target a hand-off builds and starts (None: the package has no binary).
+    #[serde(skip)]
+    pub bin: Option<String>,
     #[serde(skip)]
     pub lock: Option<PathBuf>,
     #[serde(skip)]
@@ -77,6 +83,7 @@ pub enum Kind {
     OutsideChanged,
     StaticReachable,
     DependencyChanged,
+    AllocatorChanged,
     DataMigration,
 }
 
@@ -104,6 +111,36 @@ pub struct Refusal {
     pub reason: String,
     /// What would make it possible.
     pub fix: String,
+    /// Whether a process hand-off can apply it. A hand-off replaces the whole program (`main`
+    /// and all other code, the dependencies, the toolchain, the allocator), so only what it
+    /// still shares with the in-place engine stops it: the state must be transferred, and the
+    /// new version must be a program it can start.
+    pub handoff_ok: bool,
+}
+
+impl Refusal {
+    /// `file:line` (or the file alone when the refusal has no line).
+    pub fn at(&self) -> String {
+        if self.line > 0 {
+            format!("{}:{}", self.file, self.line)
+        } else {
+            self.file.clone()
+        }
+    }
+}
+
+/// The reason for the in-place engine when nothing stands in its way.
+pub const IN_PLACE_REASON: &str = "every change is inside components: applied in place";
+
+/// Which engine applies the update, and why (see [`Analysis::choose_engine`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct EnginePlan {
+    /// The engine asked for with `--engine` (None: chosen automatically).
+    pub requested: Option<Engine>,
+    /// The engine that applies the update; None when it cannot be applied.
+    pub engine: Option<Engine>,
+    /// One line each: why this engine (or why none).
+    pub reasons: Vec<String>,
 }
 
 /// The constraints derived from the changes.
@@ -121,14 +158,104 @@ pub struct Analysis {
     pub old: Version,
     pub new: Version,
     pub changes: Vec<Change>,
+    /// What the in-place engine cannot apply.
     pub refusals: Vec<Refusal>,
     pub constraints: Constraints,
+    /// The engine (chosen automatically unless [`Analysis::choose_engine`] is told otherwise).
+    pub plan: EnginePlan,
 }
 
 impl Analysis {
-    /// Whether the update is refused.
+    /// Whether the update cannot be applied in place.
     pub fn refused(&self) -> bool {
         !self.refusals.is_empty()
+    }
+
+    /// Whether the planned engine can apply the update.
+    pub fn applicable(&self) -> bool {
+        self.plan.engine.is_some()
+    }
+
+    /// The refusals a hand-off cannot apply either.
+    pub fn blocking(&self) -> impl Iterator<Item = &Refusal> {
+        self.refusals.iter().filter(|r| !r.handoff_ok)
+    }
+
+    /// Whether a process hand-off can apply the update.
+    pub fn handoff_possible(&self) -> bool {
+        self.blocking().next().is_none() && self.new.bin.is_some()
+    }
+
+    /// Chooses the engine: `forced` (from `--engine`), else in place when nothing is refused,
+    /// else a hand-off when it can apply every refused change. The choice and its reasons go
+    /// into [`Analysis::plan`].
+    pub fn choose_engine(&mut self, forced: Option<Engine>) {
+        let handoff_lines: Vec<String> = self
+            .refusals
+            .iter()
+            .map(|r| format!("{} ({}): {}", r.item, r.at(), r.reason))
+            .collect();
+        let blocking = self.blocking().count();
+        // Why a hand-off cannot apply it (None: it can).
+        let handoff_blocked = if blocking > 0 {
+            Some(format!(
+                "{blocking} problem(s) that a hand-off cannot apply either (the state must be \
+                 transferred by both engines)"
+            ))
+        } else if self.new.bin.is_none() {
+            Some(format!(
+                "a hand-off starts the new version's executable, but package `{}` has no \
+                 binary target",
+                self.new.name
+            ))
+        } else {
+            None
+        };
+        let (engine, reasons) = match (forced, self.refused(), handoff_blocked) {
+            (Some(Engine::InPlace), false, _) => (
+                Some(Engine::InPlace),
+                vec![
+                    "forced with --engine in-place".to_string(),
+                    IN_PLACE_REASON.to_string(),
+                ],
+            ),
+            (None, false, _) => (Some(Engine::InPlace), vec![IN_PLACE_REASON.to_string()]),
+            (Some(Engine::InPlace), true, None) => (
+                None,
+                vec![
+                    "forced with --engine in-place, which cannot apply the problem(s) above"
+                        .to_string(),
+                    "a hand-off can apply every one of them: run without `--engine in-place` \
+                     (or with `--engine handoff`)"
+                        .to_string(),
+                ],
+            ),
+            (None, true, None) => (Some(Engine::Handoff), handoff_lines),
+            (Some(Engine::Handoff), _, None) => {
+                let mut reasons = vec!["forced with --engine handoff".to_string()];
+                reasons.extend(handoff_lines);
+                (Some(Engine::Handoff), reasons)
+            }
+            (forced, _, Some(why)) => {
+                let mut reasons = Vec::new();
+                if let Some(e) = forced {
+                    reasons.push(format!("forced with --engine {}", e.as_str()));
+                }
+                if self.refused() && forced != Some(Engine::Handoff) {
+                    reasons.push(format!(
+                        "{} problem(s) that the in-place engine cannot apply",
+                        self.refusals.len()
+                    ));
+                }
+                reasons.push(why);
+                (None, reasons)
+            }
+        };
+        self.plan = EnginePlan {
+            requested: forced,
+            engine,
+            reasons,
+        };
     }
 
     /// The highest category among the changes.
@@ -231,6 +358,17 @@ struct Facts {
     statics: BTreeMap<String, StaticFacts>,
     outside: BTreeMap<String, OutsideFacts>,
     transfers: BTreeSet<String>,
+    /// The `#[global_allocator]` static, if any.
+    allocator: Option<AllocatorFacts>,
+}
+
+/// The program's `#[global_allocator]`: a patch allocates with the running process's.
+struct AllocatorFacts {
+    name: String,
+    ty: String,
+    code: String,
+    file: String,
+    line: u32,
 }
 
 fn line_of(t: &impl Spanned) -> u32 {
@@ -335,6 +473,7 @@ fn facts(src: &CrateSource) -> Facts {
         statics: BTreeMap::new(),
         outside: BTreeMap::new(),
         transfers: model.transfers.keys().cloned().collect(),
+        allocator: None,
     };
     for (key, s) in &model.states {
         f.states.insert(
@@ -424,6 +563,18 @@ fn facts(src: &CrateSource) -> Facts {
                     (_, t) if t.contains("LazyLock") => "LazyLock static",
                     _ => "static",
                 };
+                if s.attrs
+                    .iter()
+                    .any(|a| a.path().is_ident("global_allocator"))
+                {
+                    f.allocator = Some(AllocatorFacts {
+                        name: s.ident.to_string(),
+                        ty: pretty(&s.ty.to_token_stream()),
+                        code: canonical(&item.to_token_stream()),
+                        file: file_rel.clone(),
+                        line: line_of(&s.ident),
+                    });
+                }
                 // Checked as statics (reachable from changed code?), not as code.
                 f.statics.insert(
                     s.ident.to_string(),
@@ -579,6 +730,8 @@ fn strip_field_attrs(item: &Item) -> Item {
 pub fn pretty(tokens: &TokenStream) -> String {
     let mut s = canonical(tokens);
     for (from, to) in [
+        // `canonical` writes every punctuation mark alone: `std : : mem`.
+        (": :", "::"),
         (" < ", "<"),
         ("< ", "<"),
         (" <", "<"),
@@ -640,6 +793,7 @@ pub fn load_version(path: &Path) -> Result<Version> {
         name: pkg.name.to_string(),
         version: pkg.version.to_string(),
         root: target.src_path.as_std_path().to_path_buf(),
+        bin: target.is_bin().then(|| target.name.clone()),
         dir,
         lock: lock.is_file().then_some(lock),
         deps,
@@ -649,7 +803,7 @@ pub fn load_version(path: &Path) -> Result<Version> {
 
 /// The `rust-toolchain.toml` (or `rust-toolchain`) that governs builds in `dir`, found the way
 /// rustup finds it: in `dir` or the nearest ancestor.
-fn toolchain_pin(dir: &Path) -> Option<(PathBuf, String)> {
+pub(crate) fn toolchain_pin(dir: &Path) -> Option<(PathBuf, String)> {
     let mut d = Some(dir);
     while let Some(here) = d {
         for name in ["rust-toolchain.toml", "rust-toolchain"] {
@@ -712,6 +866,11 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
         constraints: Constraints {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             ..Default::default()
+        },
+        plan: EnginePlan {
+            requested: None,
+            engine: None,
+            reasons: Vec::new(),
         },
     };
     let mut affected: BTreeSet<String> = BTreeSet::new();
@@ -779,6 +938,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                                     outside_callers.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
                                 ),
                                 fix: format!("keep `{m}` with its old signature and add a new method beside it, or move the callers into a component"),
+                                handoff_ok: true,
                             });
                         }
                         if component_callers.is_empty() {
@@ -893,6 +1053,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                             "`{item}` was removed, and code outside components still calls it"
                         ),
                         fix: "keep the method until no code outside components calls it".into(),
+                        handoff_ok: true,
                     });
                 }
                 a.changes.push(change(
@@ -932,6 +1093,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                     o.id
                 ),
                 fix: "keep the component (it may stop being used) until a restart".into(),
+                handoff_ok: true,
             });
         }
     }
@@ -1020,6 +1182,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                         n.name
                     ),
                     fix: format!("name a field of the old `{}`", n.name),
+                    handoff_ok: false,
                 }),
                 (None, None) => {
                     a.changes.push(change(
@@ -1111,6 +1274,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                     line: n.line,
                     reason: format!("the state transfer cannot be generated: {e:#}"),
                     fix: format!("write `#[dsu::transfer] fn upgrade(old: &old::{0}) -> {0}` in the module of `{0}`", n.name),
+                    handoff_ok: false,
                 });
             }
         }
@@ -1182,14 +1346,18 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                             outside_users.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
                         ),
                         fix: "reach the global only from components (call a component method from that code), or keep its type".into(),
+                        handoff_ok: true,
                     });
-                } else if !plain_state {
+                }
+                // Independent of the above: a hand-off must transfer the value too.
+                if !plain_state {
                     a.refusals.push(Refusal {
                         item: format!("global {key}"),
                         file: n.file.clone(),
                         line: n.line,
                         reason: format!("global `{key}` changes type to `{}`, which is not a changed `#[dsu::state]` type: no transfer can be generated", n.ty),
                         fix: "make the global's type a `#[dsu::state]` struct (the transfer is then generated field by field), or keep its type".into(),
+                        handoff_ok: false,
                     });
                 }
                 for u in users {
@@ -1296,18 +1464,19 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
             n.line,
             6,
             "code outside components changed".into(),
-            "cannot be applied in place".into(),
+            NOT_IN_PLACE.into(),
         ));
         a.refusals.push(Refusal {
             item: key.to_string(),
             file: n.file.clone(),
             line: n.line,
             reason: if last(key) == "main" {
-                "`main` changed: the running process keeps executing the old `main`, which no update can replace".into()
+                "`main` changed: the running process keeps executing the old `main`, which no in-place update can replace".into()
             } else {
                 format!("`{key}` is code outside components and changed; the in-place engine only replaces components (and helpers only they call)")
             },
             fix: "move the changed logic into a component method, or restart the process on the new version".into(),
+            handoff_ok: true,
         });
     }
     for (key, o) in &fo.outside {
@@ -1317,7 +1486,9 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                 file: o.file.clone(),
                 line: o.line,
                 reason: "`main` was removed".into(),
-                fix: "keep `main`".into(),
+                fix: "keep `main` (a hand-off starts the new executable, which needs it too)"
+                    .into(),
+                handoff_ok: false,
             });
         }
     }
@@ -1350,14 +1521,15 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
                 s.line,
                 3,
                 format!("{} `{name}` is used by updated code", s.kind),
-                "cannot be applied in place".into(),
+                NOT_IN_PLACE.into(),
             ));
             a.refusals.push(Refusal {
                 item: name.clone(),
                 file: s.file.clone(),
                 line: s.line,
-                reason: format!("{} `{name}` is reachable from changed code, but is not `#[dsu::global]`: the patch would see a fresh copy of it, and the running value would be silently lost", s.kind),
+                reason: format!("{} `{name}` is reachable from changed code, but is not `#[dsu::global]`: the new code would get a fresh copy of it (a patch has its own statics, and so has the new process of a hand-off), and the running value would be lost", s.kind),
                 fix: format!("make it `#[dsu::global] static {name}: ...` (the runtime then owns the one instance), or keep the value in a component's state"),
+                handoff_ok: true,
             });
         }
     }
@@ -1415,6 +1587,45 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
         }
     }
 
+    // The global allocator: a patch's allocations go to the running process's allocator (the
+    // patch root declares a forwarding one), so a new one would never be used in place.
+    let shown = |al: &Option<AllocatorFacts>| match al {
+        Some(al) => format!("`{}: {}`", al.name, al.ty),
+        None => "the system allocator".to_string(),
+    };
+    if fo.allocator.as_ref().map(|al| &al.code) != fn_.allocator.as_ref().map(|al| &al.code) {
+        let (file, line) = fn_
+            .allocator
+            .as_ref()
+            .or(fo.allocator.as_ref())
+            .map(|al| (al.file.clone(), al.line))
+            .unwrap_or_default();
+        let desc = format!(
+            "`#[global_allocator]` changed: {} -> {}",
+            shown(&fo.allocator),
+            shown(&fn_.allocator)
+        );
+        a.changes.push(change(
+            Kind::AllocatorChanged,
+            "#[global_allocator]",
+            &file,
+            line,
+            6,
+            desc.clone(),
+            NOT_IN_PLACE.into(),
+        ));
+        a.refusals.push(Refusal {
+            item: "#[global_allocator]".into(),
+            file,
+            line,
+            reason: format!(
+                "{desc}: a patch allocates with the running process's allocator, so the new one would never be used in place"
+            ),
+            fix: "keep the base's allocator for this update".into(),
+            handoff_ok: true,
+        });
+    }
+
     // Toolchain: a pin that changed means the patch would be built by another rustc.
     let (ot, nt) = (toolchain_pin(&old.dir), toolchain_pin(&new.dir));
     if ot.as_ref().map(|(_, t)| t) != nt.as_ref().map(|(_, t)| t) {
@@ -1453,8 +1664,12 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
     a.changes.sort_by(|x, y| {
         (x.file.as_str(), x.line, &x.item).cmp(&(y.file.as_str(), y.line, &y.item))
     });
+    a.choose_engine(None);
     Ok(a)
 }
+
+/// The constraint of a change only a process hand-off can apply.
+const NOT_IN_PLACE: &str = "a process hand-off (cannot be applied in place)";
 
 const SAME_DEPENDENCIES: &str =
     "a patch must be built with exactly the dependency versions of the running build";
@@ -1476,7 +1691,7 @@ fn refuse_environment(
         0,
         6,
         desc.clone(),
-        "cannot be applied in place".into(),
+        NOT_IN_PLACE.into(),
     ));
     a.refusals.push(Refusal {
         item: refusal_item,
@@ -1484,6 +1699,7 @@ fn refuse_environment(
         line: 0,
         reason: format!("{desc}: {why}"),
         fix: fix.into(),
+        handoff_ok: true,
     });
 }
 

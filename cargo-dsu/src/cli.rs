@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dsu::control::{request, Request};
 use dsu::signing::SecretKey;
-use dsu::{Outcome, Package};
+use dsu::{Engine, Outcome, Package};
 
 use crate::analysis::{self, Analysis, Source};
 use crate::exit;
@@ -28,10 +28,11 @@ struct Dsu {
     #[command(subcommand)]
     command: Command,
     /// Coloring: auto, always, never (default: CARGO_TERM_COLOR, else auto).
-    #[arg(long, global = true, value_name = "WHEN")]
+    // The global options come last in every command's help (display_order).
+    #[arg(long, global = true, value_name = "WHEN", display_order = 500)]
     color: Option<ColorChoice>,
     /// No status messages on stderr.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, display_order = 501)]
     quiet: bool,
 }
 
@@ -41,51 +42,84 @@ enum Format {
     Json,
 }
 
+/// `--engine`: how the update is applied (DESIGN.md sections 5 and 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EngineArg {
+    /// Load new code into the running process (refused when a change is outside components).
+    InPlace,
+    /// Start the new executable, hand it the sockets and the state; the old process exits.
+    Handoff,
+}
+
+impl From<EngineArg> for Engine {
+    fn from(e: EngineArg) -> Engine {
+        match e {
+            EngineArg::InPlace => Engine::InPlace,
+            EngineArg::Handoff => Engine::Handoff,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Emit {
     /// The analysis (default).
     Report,
     /// The generated state transfer code.
     Transfer,
-    /// The whole generated patch crate's source.
+    /// The whole generated patch crate's source (the hand-off crate's, for a hand-off).
     PatchSrc,
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// The running version: a package directory, its Cargo.toml, or `git:REV` (a revision
+    /// of NEW's git repository).
+    old: String,
+    /// The new version: a package directory or its Cargo.toml.
+    new: PathBuf,
+    /// Where to write the package (default: target/dsu/NAME-OLD-to-NEW.dsu in OLD's
+    /// target directory).
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Build the patch with the release profile (the base must be a release build).
+    #[arg(long)]
+    release: bool,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+    /// What to print on stdout.
+    #[arg(long, value_enum, default_value_t = Emit::Report)]
+    emit: Emit,
+    /// The engine that applies the update (default: in place where possible, else a process
+    /// hand-off where that can apply every change).
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    engine: Option<EngineArg>,
+    /// Prepare-to-die timeout written into the package.
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+    /// Hand-off: how long the new process has to take over and report ready before it is
+    /// killed and the old one resumes (default: the runtime's).
+    #[arg(long, value_name = "MS")]
+    ready_timeout_ms: Option<u64>,
+    /// Build directory (default: OLD's target directory).
+    #[arg(long, value_name = "DIR")]
+    target_dir: Option<PathBuf>,
+    /// Sign the package with this secret key (written by `cargo dsu keygen`). A process
+    /// that trusts keys applies only packages signed by one of them.
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Analyse two versions and build the live update package OLD -> NEW.
     ///
-    /// Exit status: 0 package written; 2 the update cannot be applied in place (the report
-    /// says why); 1 an error.
-    Diff {
-        /// The running version: a package directory, its Cargo.toml, or `git:REV` (a revision
-        /// of NEW's git repository).
-        old: String,
-        /// The new version: a package directory or its Cargo.toml.
-        new: PathBuf,
-        /// Where to write the package (default: target/dsu/NAME-OLD-to-NEW.dsu in OLD's
-        /// target directory).
-        #[arg(short, long, value_name = "FILE")]
-        output: Option<PathBuf>,
-        /// Build the patch with the release profile (the base must be a release build).
-        #[arg(long)]
-        release: bool,
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
-        /// What to print on stdout.
-        #[arg(long, value_enum, default_value_t = Emit::Report)]
-        emit: Emit,
-        /// Prepare-to-die timeout written into the package.
-        #[arg(long, value_name = "MS")]
-        timeout_ms: Option<u64>,
-        /// Build directory (default: OLD's target directory).
-        #[arg(long, value_name = "DIR")]
-        target_dir: Option<PathBuf>,
-        /// Sign the package with this secret key (written by `cargo dsu keygen`). A process
-        /// that trusts keys applies only packages signed by one of them.
-        #[arg(long, value_name = "KEY")]
-        sign: Option<PathBuf>,
-    },
+    /// The update is applied in place when every change is inside components; otherwise the
+    /// package is a process hand-off (the new executable takes over from the running
+    /// process), when a hand-off can apply every change. `--engine` forces one.
+    ///
+    /// Exit status: 0 package written; 2 the update cannot be applied by the chosen engine
+    /// (the report says why); 1 an error.
+    Diff(DiffArgs),
     /// Create an ed25519 key pair for signing packages.
     ///
     /// Writes the secret key to FILE (mode 0600) and the public key to FILE.pub. Give the
@@ -100,14 +134,18 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// The same analysis as `diff`, without building.
+    /// The same analysis and engine choice as `diff`, without building.
     ///
-    /// Exit status: 0 the update can be applied in place; 2 it cannot; 1 an error.
+    /// Exit status: 0 the update can be applied (in place or by hand-off: the report says
+    /// which); 2 it cannot; 1 an error.
     Check {
         old: String,
         new: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
+        /// The engine to check for (default: chosen as `diff` chooses it).
+        #[arg(long, value_enum, value_name = "ENGINE")]
+        engine: Option<EngineArg>,
     },
     /// Apply a live update package to the running process behind SOCKET.
     ///
@@ -186,28 +224,22 @@ pub fn run(mut args: Vec<std::ffi::OsString>) -> i32 {
 
 fn execute(cmd: Command, shell: &Shell) -> Result<i32> {
     match cmd {
-        Command::Check { old, new, format } => {
-            let a = analyse(&old, &new, shell, None)?;
-            print_report(shell, &a, format);
-            Ok(if a.refused() {
-                exit::REFUSED
-            } else {
-                exit::SUCCESS
-            })
-        }
-        Command::Diff {
+        Command::Check {
             old,
             new,
-            output,
-            release,
             format,
-            emit,
-            timeout_ms,
-            target_dir,
-            sign,
-        } => diff(
-            shell, &old, &new, output, release, format, emit, timeout_ms, target_dir, sign,
-        ),
+            engine,
+        } => {
+            let mut a = analyse(&old, &new, shell, None)?;
+            a.choose_engine(engine.map(Engine::from));
+            print_report(shell, &a, format);
+            Ok(if a.applicable() {
+                exit::SUCCESS
+            } else {
+                exit::REFUSED
+            })
+        }
+        Command::Diff(args) => diff(shell, args),
         Command::Keygen { output, force } => keygen(shell, &output, force),
         Command::Apply {
             package,
@@ -252,43 +284,55 @@ fn print_report(shell: &Shell, a: &Analysis, format: Format) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn diff(
-    shell: &Shell,
-    old: &str,
-    new: &Path,
-    output: Option<PathBuf>,
-    release: bool,
-    format: Format,
-    emit: Emit,
-    timeout_ms: Option<u64>,
-    target_dir: Option<PathBuf>,
-    sign: Option<PathBuf>,
-) -> Result<i32> {
+fn diff(shell: &Shell, args: DiffArgs) -> Result<i32> {
+    let DiffArgs {
+        old,
+        new,
+        output,
+        release,
+        format,
+        emit,
+        engine,
+        timeout_ms,
+        ready_timeout_ms,
+        target_dir,
+        sign,
+    } = args;
     // Read the key first: a wrong path should not cost a build.
     let key = sign
         .map(|path| SecretKey::read(&path))
         .transpose()
         .context("cannot sign the package")?;
-    let a = analyse(old, new, shell, target_dir.as_deref())?;
+    let mut a = analyse(&old, &new, shell, target_dir.as_deref())?;
+    a.choose_engine(engine.map(Engine::from));
     if emit == Emit::Report {
         print_report(shell, &a, format);
     }
-    if a.refused() {
+    let Some(chosen) = a.plan.engine else {
         if emit != Emit::Report {
             shell.out(&report::human(&a));
         }
-        shell.note(
-            "Refused",
-            format!("{} problem(s): no package written", a.refusals.len()),
-        );
+        let problems = if a.handoff_possible() {
+            format!(
+                "{} problem(s) in place, and `--engine in-place` was given: no package written",
+                a.refusals.len()
+            )
+        } else {
+            format!("{} problem(s): no package written", a.refusals.len().max(1))
+        };
+        shell.note("Refused", problems);
         return Ok(exit::REFUSED);
+    };
+    if ready_timeout_ms.is_some() && chosen == Engine::InPlace {
+        shell
+            .warn("--ready-timeout-ms is ignored: the update is applied in place, not by hand-off");
     }
     let mut opts = PatchOptions::new(&a.old.dir, &a.new.dir);
     opts.release = release;
     opts.target_dir = target_dir;
     opts.timeout_ms = timeout_ms.unwrap_or(a.constraints.timeout_ms);
     opts.base_lock = a.old.lock.clone();
+    opts.engine = chosen;
     let g = patch::generate(&opts)?;
     match emit {
         Emit::Transfer => shell.out(if g.transfer_src.is_empty() {
@@ -308,7 +352,11 @@ fn diff(
     shell.status(
         "Compiling",
         format!(
-            "patch {} ({})",
+            "{} {} ({})",
+            match chosen {
+                Engine::InPlace => "patch",
+                Engine::Handoff => "hand-off executable",
+            },
             g.dir.display(),
             if release { "release" } else { "dev" }
         ),
@@ -326,6 +374,10 @@ fn diff(
         protocols_idle: a.constraints.protocols_idle.clone(),
         park_threads: a.constraints.park_threads,
     };
+    m.engine_reasons = a.plan.reasons.clone();
+    if chosen == Engine::Handoff {
+        m.ready_timeout_ms = ready_timeout_ms.unwrap_or(0);
+    }
     let out = output.unwrap_or(default_out);
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -338,9 +390,13 @@ fn diff(
     shell.status(
         "Packaging",
         format!(
-            "{} ({} KiB){}",
+            "{} ({} KiB, {}){}",
             out.display(),
             built.package.library.len() / 1024,
+            match chosen {
+                Engine::InPlace => "in place",
+                Engine::Handoff => "hand-off",
+            },
             match &key {
                 Some(k) => format!(", signed by key {}", k.public().id()),
                 None => String::new(),
@@ -424,7 +480,7 @@ fn apply(
         Ok(pkg) => shell.status(
             "Applying",
             format!(
-                "{} {} -> {} to {} ({})",
+                "{} {} -> {} to {} ({}; {})",
                 pkg.manifest.program,
                 pkg.manifest.from,
                 pkg.manifest.to,
@@ -432,6 +488,10 @@ fn apply(
                 match pkg.signer() {
                     Some(k) => format!("signed by key {}", k.id()),
                     None => "unsigned".to_string(),
+                },
+                match pkg.manifest.engine {
+                    Engine::InPlace => "in place",
+                    Engine::Handoff => "by hand-off",
                 }
             ),
         ),
@@ -463,6 +523,18 @@ fn apply(
         Format::Human => shell.out(&describe_record(&rec)),
     }
     Ok(match rec.outcome {
+        Outcome::Committed if rec.engine == Engine::Handoff => {
+            shell.status(
+                "Committed",
+                format!(
+                    "{} -> {} by hand-off: {} (the old one has exited)",
+                    rec.from,
+                    rec.to,
+                    new_process(&rec)
+                ),
+            );
+            exit::SUCCESS
+        }
         Outcome::Committed => {
             shell.status(
                 "Committed",
@@ -488,10 +560,29 @@ fn apply(
     })
 }
 
+/// "the new process is pid N", for a committed hand-off.
+fn new_process(r: &dsu::UpdateRecord) -> String {
+    match r.new_pid {
+        Some(pid) => format!("the new process is pid {pid}"),
+        None => "the process did not report the new pid".to_string(),
+    }
+}
+
 /// One update, as a line or a few.
 fn describe_record(r: &dsu::UpdateRecord) -> String {
     let mut s = format!("update {}: {} -> {}: {:?}", r.id, r.from, r.to, r.outcome).to_lowercase();
-    if r.outcome == Outcome::Committed {
+    if r.engine == Engine::Handoff {
+        if r.outcome == Outcome::Committed {
+            s.push_str(&format!(
+                " by hand-off ({}; pause {:.3} ms, transfer {:.3} ms)",
+                new_process(r),
+                r.pause_ms,
+                r.transfer_ms
+            ));
+        } else {
+            s.push_str(" (hand-off)");
+        }
+    } else if r.outcome == Outcome::Committed {
         s.push_str(&format!(
             " (components: {}; prepare {:.3} ms, pause {:.3} ms, transfer {:.3} ms)",
             if r.components.is_empty() {
@@ -578,3 +669,38 @@ fn status(shell: &Shell, socket: &Path, format: Format) -> Result<i32> {
 
 /// Waits between polls of the file watcher.
 pub(crate) const DEBOUNCE: Duration = Duration::from_millis(150);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(outcome: &str, engine: &str, new_pid: Option<u32>) -> dsu::UpdateRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": 3, "from": "1.0.0", "to": "2.0.0", "started_unix_ms": 0,
+            "outcome": outcome, "reason": null, "components": ["Engine"], "changes": [],
+            "attempts": 1, "policy_wait_ms": 0.0, "prepare_ms": 1.0, "pause_ms": 2.0,
+            "transfer_ms": 3.0, "total_ms": 6.0, "busy": [],
+            "engine": engine, "new_pid": new_pid,
+        }))
+        .expect("an update record")
+    }
+
+    #[test]
+    fn a_hand_off_is_named_in_the_history_with_the_new_pid() {
+        assert_eq!(
+            describe_record(&record("committed", "handoff", Some(1234))),
+            "update 3: 1.0.0 -> 2.0.0: committed by hand-off (the new process is pid 1234; \
+             pause 2.000 ms, transfer 3.000 ms)"
+        );
+        assert_eq!(
+            describe_record(&record("refused", "handoff", None)),
+            "update 3: 1.0.0 -> 2.0.0: refused (hand-off)"
+        );
+        // In place, as before: no engine named.
+        assert_eq!(
+            describe_record(&record("committed", "in-place", None)),
+            "update 3: 1.0.0 -> 2.0.0: committed (components: Engine; prepare 1.000 ms, \
+             pause 2.000 ms, transfer 3.000 ms)"
+        );
+    }
+}

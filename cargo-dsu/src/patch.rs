@@ -1,11 +1,19 @@
-//! Source-to-source patch generation and build.
+//! Source-to-source patch generation and build, for both engines.
 //!
-//! The patch crate is a transformed copy of NEW under `target/dsu/`: the crate root gets the
-//! patch root (`::dsu::__private::patch_root!{}`, which also declares the forwarding global
-//! allocator, so a user `#[global_allocator]` is demoted to a plain static); every module with
+//! The generated crate is a transformed copy of NEW under `target/dsu/`: every module with
 //! changed state types gets an `old` module with the base's definitions and the generated
-//! transfers. It is built as a cdylib with `--cfg dsu_patch`, the base's Cargo.lock and profile,
-//! into the base's target directory, and packed with its manifest into one `.dsu` file.
+//! transfers. Then, by engine:
+//!
+//! - in place: the crate root gets the patch root (`::dsu::__private::patch_root!{}`, which
+//!   also declares the forwarding global allocator, so a user `#[global_allocator]` is demoted
+//!   to a plain static). It is built as a cdylib with `--cfg dsu_patch`, the base's Cargo.lock
+//!   and profile;
+//! - hand-off: the crate is NEW's program as it is (its `main`, its allocator), built as NEW's
+//!   binary with `--cfg dsu_patch` (so the transfers are compiled in), NEW's Cargo.lock and
+//!   profile, and NEW's toolchain pin when it has one.
+//!
+//! Either is built into the base's target directory and packed with its manifest into one
+//! `.dsu` file.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -14,6 +22,7 @@ use std::process::{Command, Stdio};
 use anyhow::{anyhow, bail, Context, Result};
 use cargo_metadata::{Metadata, MetadataCommand, Package as CargoPackage, Target};
 use dsu::package::{BaseComponent, Manifest, Package};
+use dsu::Engine;
 use dsu_syntax::is_dsu_attr;
 use quote::{format_ident, quote, ToTokens};
 use syn::Item;
@@ -36,8 +45,11 @@ pub struct PatchOptions {
     pub timeout_ms: u64,
     /// The Cargo.lock of the running build; default: OLD's. In a chain of updates
     /// (v1 -> v2 -> v3) the process still runs v1's dependencies, so every patch is built
-    /// against v1's lock.
+    /// against v1's lock. A hand-off uses NEW's own Cargo.lock when it has one (the new
+    /// process may run other dependency versions), else this one.
     pub base_lock: Option<PathBuf>,
+    /// What to build: a patch library (in place) or the new executable (hand-off).
+    pub engine: Engine,
 }
 
 impl PatchOptions {
@@ -49,16 +61,40 @@ impl PatchOptions {
             target_dir: None,
             timeout_ms: 5_000,
             base_lock: None,
+            engine: Engine::InPlace,
         }
     }
 }
 
-/// A generated (not yet built) patch crate.
+/// What cargo builds from a generated crate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Artifact {
+    /// The patch cdylib (the in-place engine).
+    Patch,
+    /// The new version's executable (a hand-off), under a name of its own.
+    Executable(String),
+}
+
+impl Artifact {
+    /// What it is, for messages.
+    pub fn noun(&self) -> &'static str {
+        match self {
+            Artifact::Patch => "the patch",
+            Artifact::Executable(_) => "the hand-off executable",
+        }
+    }
+}
+
+/// A generated (not yet built) patch or hand-off crate.
 pub struct Generated {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub target_dir: PathBuf,
     pub release: bool,
+    pub artifact: Artifact,
+    /// Build with the rustup proxies in `dir`, which holds NEW's toolchain pin (a hand-off of
+    /// a program that pins its toolchain is built by that toolchain).
+    pub pinned: bool,
     /// The `old` modules and generated transfers, formatted (`--emit transfer`).
     pub transfer_src: String,
     /// Every transformed source file, relative to the patch crate (`--emit patch-src`).
@@ -69,7 +105,8 @@ pub struct Generated {
 pub struct Built {
     pub package: Package,
     pub crate_dir: PathBuf,
-    pub library: PathBuf,
+    /// The built patch library or executable (the package's payload).
+    pub artifact: PathBuf,
 }
 
 struct Crate {
@@ -77,6 +114,8 @@ struct Crate {
     pkg: CargoPackage,
     dir: PathBuf,
     root: PathBuf,
+    /// The root target's name when it is a binary.
+    bin: Option<String>,
 }
 
 pub(crate) fn cargo() -> String {
@@ -127,11 +166,13 @@ fn load_crate(path: &Path) -> Result<Crate> {
         .map(|p| p.as_std_path().to_path_buf())
         .ok_or_else(|| anyhow!("bad manifest path"))?;
     let root = target.src_path.as_std_path().to_path_buf();
+    let bin = target.is_bin().then(|| target.name.clone());
     Ok(Crate {
         meta,
         pkg,
         dir,
         root,
+        bin,
     })
 }
 
@@ -169,10 +210,29 @@ struct ChangedState {
     new: Item,
 }
 
-/// Generates the patch crate for OLD -> NEW.
+/// Generates the patch crate (or, for `Engine::Handoff`, the hand-off crate) for OLD -> NEW.
 pub fn generate(opts: &PatchOptions) -> Result<Generated> {
     let old = load_crate(&opts.old)?;
     let new = load_crate(&opts.new)?;
+    let artifact = match (opts.engine, &new.bin) {
+        (Engine::InPlace, _) => Artifact::Patch,
+        // The binary is named after both versions, not like NEW's: cargo copies a binary to
+        // `target/<profile>/<name>`, where it would replace the base's own executable (the one
+        // the running process was started from). The package name, which the program sees as
+        // `CARGO_PKG_NAME`, stays NEW's.
+        (Engine::Handoff, Some(_)) => Artifact::Executable(
+            format!(
+                "dsu-handoff-{}-{}-to-{}",
+                new.pkg.name, old.pkg.version, new.pkg.version
+            )
+            .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+        ),
+        (Engine::Handoff, None) => bail!(
+            "a hand-off starts the new version's executable, but package `{}` has no binary \
+             target; give it a `[[bin]]` (or src/main.rs)",
+            new.pkg.name
+        ),
+    };
     let src_old = source::load_crate(&old.dir, &old.root)?;
     let src_new = source::load_crate(&new.dir, &new.root)?;
 
@@ -326,6 +386,8 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
                     ]),
                     transfer: #transfer,
                     drop_new: ::dsu::__private::drop_state::<#ty>,
+                    old_schema: #oh,
+                    load_old: <old::#ty as ::dsu::__private::State>::LAYOUT.load,
                 };
                 #[::dsu::__private::linkme::distributed_slice(::dsu::__private::GLOBAL_TRANSFERS)]
                 #[linkme(crate = ::dsu::__private::linkme)]
@@ -393,10 +455,11 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
         transfer_src.push_str(&format!("// In {place}:\n{text}"));
     }
 
-    // Crate-wide edits.
+    // Crate-wide edits. A hand-off is a whole program: it keeps its own allocator.
+    let in_place = artifact == Artifact::Patch;
     for (i, f) in src_new.files.iter().enumerate() {
         let e = edits.entry(i).or_default();
-        crate_wide_edits(&f.ast.items, e);
+        crate_wide_edits(&f.ast.items, e, in_place);
     }
     let root_edits = edits.entry(0).or_default();
     root_edits.push(Edit {
@@ -404,11 +467,13 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
         end: 0,
         text: "#![allow(dead_code, unused_imports, unused_variables, unused_mut, unused_unsafe, clippy::all)]\n".into(),
     });
-    root_edits.push(Edit {
-        start: usize::MAX,
-        end: usize::MAX,
-        text: "\n// Generated by cargo dsu: the patch's loader-facing root.\n::dsu::__private::patch_root! {}\n".into(),
-    });
+    if in_place {
+        root_edits.push(Edit {
+            start: usize::MAX,
+            end: usize::MAX,
+            text: "\n// Generated by cargo dsu: the patch's loader-facing root.\n::dsu::__private::patch_root! {}\n".into(),
+        });
+    }
 
     // Write the crate.
     let target_dir = opts
@@ -416,8 +481,11 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
         .clone()
         .unwrap_or_else(|| old.meta.target_directory.as_std_path().to_path_buf());
     let dir = target_dir.join("dsu").join(format!(
-        "{}-{}-to-{}",
-        new.pkg.name, old.pkg.version, new.pkg.version
+        "{}-{}-to-{}{}",
+        new.pkg.name,
+        old.pkg.version,
+        new.pkg.version,
+        if in_place { "" } else { "-handoff" }
     ));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clean {}", dir.display()))?;
@@ -440,21 +508,46 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
         .strip_prefix(&new.dir)
         .unwrap_or(&new.root)
         .to_path_buf();
-    let cargo_toml = patch_manifest(&old, &new, &root_rel)?;
+    let cargo_toml = patch_manifest(&old, &new, &root_rel, &artifact)?;
     std::fs::write(dir.join("Cargo.toml"), cargo_toml)?;
-    let lock = opts
+    let base_lock = opts
         .base_lock
         .clone()
         .unwrap_or_else(|| old.meta.workspace_root.as_std_path().join("Cargo.lock"));
+    let new_lock = new.meta.workspace_root.as_std_path().join("Cargo.lock");
+    let lock = if !in_place && new_lock.is_file() {
+        new_lock
+    } else {
+        base_lock
+    };
     std::fs::copy(&lock, dir.join("Cargo.lock")).with_context(|| {
-        format!(
-            "cannot copy the base's Cargo.lock from {}: build the base first, so the patch uses \
-             the same dependency versions",
-            lock.display()
-        )
+        if in_place {
+            format!(
+                "cannot copy the base's Cargo.lock from {}: build the base first, so the patch \
+                 uses the same dependency versions",
+                lock.display()
+            )
+        } else {
+            format!(
+                "cannot copy a Cargo.lock from {}: the new version has none either; run \
+                 `cargo generate-lockfile` in it",
+                lock.display()
+            )
+        }
     })?;
+    // A hand-off is built by the toolchain NEW pins, if any (the pin travels with the crate).
+    let pinned = !in_place
+        && match crate::analysis::toolchain_pin(&new.dir) {
+            Some((pin, _)) => {
+                let name = pin.file_name().expect("a pin is a file");
+                std::fs::copy(&pin, dir.join(name))
+                    .with_context(|| format!("cannot copy {}", pin.display()))?;
+                true
+            }
+            None => false,
+        };
 
-    let (rustc, target) = rustc_version()?;
+    let (rustc, target) = rustc_version(pinned.then_some(dir.as_path()))?;
     let mut manifest = Manifest::for_this_toolchain(
         &new.pkg.name,
         &old.pkg.version.to_string(),
@@ -466,11 +559,14 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
     manifest.debug_assertions = !opts.release;
     manifest.base = base;
     manifest.timeout_ms = opts.timeout_ms;
+    manifest.engine = opts.engine;
     Ok(Generated {
         dir,
         manifest,
         target_dir,
         release: opts.release,
+        artifact,
+        pinned,
         transfer_src,
         files,
     })
@@ -482,23 +578,44 @@ pub fn build(opts: &PatchOptions) -> Result<Built> {
     build_generated(g, &mut |_| {})
 }
 
-/// Builds and packs a generated patch; `progress` sees the name of every crate cargo compiles.
+/// Builds and packs a generated crate; `progress` sees the name of every crate cargo compiles.
 pub fn build_generated(g: Generated, progress: &mut dyn FnMut(&str)) -> Result<Built> {
-    let library = compile(&g, progress)?;
+    let artifact = compile(&g, progress)?;
     let bytes =
-        std::fs::read(&library).with_context(|| format!("cannot read {}", library.display()))?;
+        std::fs::read(&artifact).with_context(|| format!("cannot read {}", artifact.display()))?;
     Ok(Built {
         package: Package::new(g.manifest, bytes),
         crate_dir: g.dir,
-        library,
+        artifact,
     })
 }
 
+/// A rustup-managed tool (`cargo`, `rustc`) as a build of `pinned_dir` runs it: there, and
+/// with the outer toolchain choice removed, so the toolchain pin in that directory decides.
+/// Without a pin: `$CARGO` / `$RUSTC`, the toolchain `cargo dsu` itself runs under.
+fn tool(name: &str, pinned_dir: Option<&Path>) -> Command {
+    match pinned_dir {
+        Some(dir) => {
+            let mut cmd = Command::new(name);
+            cmd.current_dir(dir)
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .env_remove("CARGO")
+                .env_remove("RUSTC");
+            cmd
+        }
+        None if name == "cargo" => Command::new(cargo()),
+        None => Command::new(std::env::var("RUSTC").unwrap_or_else(|_| name.to_string())),
+    }
+}
+
 fn compile(g: &Generated, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    let mut cmd = Command::new(cargo());
-    cmd.arg("rustc")
-        .arg("--lib")
-        .arg("--manifest-path")
+    let mut cmd = tool("cargo", g.pinned.then_some(g.dir.as_path()));
+    cmd.arg("rustc");
+    match &g.artifact {
+        Artifact::Patch => cmd.arg("--lib"),
+        Artifact::Executable(bin) => cmd.args(["--bin", bin]),
+    };
+    cmd.arg("--manifest-path")
         .arg(g.dir.join("Cargo.toml"))
         .arg("--message-format=json-render-diagnostics");
     if g.release {
@@ -508,7 +625,9 @@ fn compile(g: &Generated, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         .env("CARGO_TARGET_DIR", &g.target_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("cannot run cargo to build the patch")?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run cargo to build {}", g.artifact.noun()))?;
     // Drain stderr on its own thread so neither pipe can fill up and stall cargo.
     let mut stderr = child.stderr.take().expect("piped");
     let errs = std::thread::spawn(move || {
@@ -517,18 +636,24 @@ fn compile(g: &Generated, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         s
     });
     let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
-    let mut lib = None;
+    let mut built = None;
     for msg in cargo_metadata::Message::parse_stream(stdout) {
         if let Ok(cargo_metadata::Message::CompilerArtifact(a)) = msg {
             if !a.fresh {
                 progress(&a.target.name);
             }
-            if a.target.kind.iter().any(|k| k.to_string() == "cdylib") {
-                lib = a
-                    .filenames
-                    .iter()
-                    .find(|f| f.extension() == Some(std::env::consts::DLL_EXTENSION))
-                    .map(|f| f.as_std_path().to_path_buf());
+            match &g.artifact {
+                Artifact::Patch if a.target.kind.iter().any(|k| k.to_string() == "cdylib") => {
+                    built = a
+                        .filenames
+                        .iter()
+                        .find(|f| f.extension() == Some(std::env::consts::DLL_EXTENSION))
+                        .map(|f| f.as_std_path().to_path_buf());
+                }
+                Artifact::Executable(bin) if a.target.is_bin() && &a.target.name == bin => {
+                    built = a.executable.map(|e| e.into_std_path_buf());
+                }
+                _ => {}
             }
         }
     }
@@ -537,12 +662,22 @@ fn compile(g: &Generated, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     if !status.success() {
         let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
         bail!(
-            "building the patch in {} failed:\n{}",
+            "building {} in {} failed:\n{}",
+            g.artifact.noun(),
             g.dir.display(),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
-    lib.ok_or_else(|| anyhow!("cargo built no cdylib for the patch in {}", g.dir.display()))
+    built.ok_or_else(|| {
+        anyhow!(
+            "cargo built no {} in {}",
+            match &g.artifact {
+                Artifact::Patch => "cdylib for the patch".to_string(),
+                Artifact::Executable(bin) => format!("executable `{bin}`"),
+            },
+            g.dir.display()
+        )
+    })
 }
 
 fn extern_names(pkg: &CargoPackage) -> HashSet<String> {
@@ -773,14 +908,14 @@ fn offset(text: &str, at: proc_macro2::LineColumn) -> usize {
             .unwrap_or(line.len())
 }
 
-/// Edits that apply everywhere: a user `#[global_allocator]` is left out (the patch root
-/// declares the forwarding allocator; the static stays, unused), and every module becomes
-/// `pub(crate)` so generated code can name items anywhere.
-fn crate_wide_edits(items: &[Item], edits: &mut Vec<Edit>) {
+/// Edits that apply everywhere: with `demote_allocator` (a patch), a user `#[global_allocator]`
+/// is left out (the patch root declares the forwarding allocator; the static stays, unused),
+/// and every module becomes `pub(crate)` so generated code can name items anywhere.
+fn crate_wide_edits(items: &[Item], edits: &mut Vec<Edit>, demote_allocator: bool) {
     use syn::spanned::Spanned;
     for item in items {
         match item {
-            Item::Static(s) => {
+            Item::Static(s) if demote_allocator => {
                 for a in s
                     .attrs
                     .iter()
@@ -798,7 +933,7 @@ fn crate_wide_edits(items: &[Item], edits: &mut Vec<Edit>) {
                     edits.push(Edit::at(at.start(), "pub(crate) "));
                 }
                 if let Some((_, inner)) = &m.content {
-                    crate_wide_edits(inner, edits);
+                    crate_wide_edits(inner, edits, demote_allocator);
                 }
             }
             _ => {}
@@ -899,39 +1034,88 @@ fn copy_tree(from: &Path, to: &Path, skip: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The patch crate's Cargo.toml: NEW's dependencies (paths made absolute), the base's profile.
-fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
+/// The generated crate's Cargo.toml: NEW's dependencies (paths made absolute); a patch gets
+/// the base's profile and a cdylib target, a hand-off NEW's profile and NEW's binary.
+fn patch_manifest(
+    old: &Crate,
+    new: &Crate,
+    root_rel: &Path,
+    artifact: &Artifact,
+) -> Result<String> {
     use toml::{Table, Value};
     let mut doc = Table::new();
     let mut package = Table::new();
-    // Named after both versions: patches of one program built into one target directory must
-    // not share a library file (cargo does not hash a cdylib's name), or one build could read
-    // the library another build has just written.
+    // A patch is named after both versions: patches of one program built into one target
+    // directory must not share a library file (cargo does not hash a cdylib's name), or one
+    // build could read the library another build has just written. A hand-off is NEW's
+    // program and keeps NEW's name: programs read it (`env!("CARGO_PKG_NAME")` is a common
+    // program name, and the runtime refuses packages for another program); its intermediate
+    // files are told apart from NEW's own build by their path, which cargo hashes.
     let id = format!(
         "{}-{}-to-{}",
         new.pkg.name, old.pkg.version, new.pkg.version
     )
     .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
-    package.insert("name".into(), Value::String(format!("dsu-patch-{id}")));
+    let name = match artifact {
+        Artifact::Patch => format!("dsu-patch-{id}"),
+        Artifact::Executable(_) => new.pkg.name.to_string(),
+    };
+    package.insert("name".into(), Value::String(name));
     package.insert("version".into(), Value::String(new.pkg.version.to_string()));
     package.insert("edition".into(), Value::String(new.pkg.edition.to_string()));
     package.insert("publish".into(), Value::Boolean(false));
-    // Only the library: the program's own binaries, tests and examples are not part of a patch.
+    // The rest of NEW's metadata, which code reads through `env!("CARGO_PKG_...")`.
+    let text = |v: &Option<String>| v.clone().map(Value::String);
+    for (key, value) in [
+        ("description", text(&new.pkg.description)),
+        ("license", text(&new.pkg.license)),
+        ("repository", text(&new.pkg.repository)),
+        ("homepage", text(&new.pkg.homepage)),
+        ("documentation", text(&new.pkg.documentation)),
+        ("links", text(&new.pkg.links)),
+        (
+            "rust-version",
+            new.pkg
+                .rust_version
+                .as_ref()
+                .map(|v| Value::String(v.to_string())),
+        ),
+        (
+            "authors",
+            (!new.pkg.authors.is_empty()).then(|| {
+                Value::Array(new.pkg.authors.iter().cloned().map(Value::String).collect())
+            }),
+        ),
+    ] {
+        if let Some(v) = value {
+            package.insert(key.into(), v);
+        }
+    }
+    // Only the one target: the program's other binaries, tests and examples are not part of
+    // an update.
     for auto in ["autobins", "autoexamples", "autotests", "autobenches"] {
         package.insert(auto.into(), Value::Boolean(false));
     }
     doc.insert("package".into(), Value::Table(package));
-    let mut lib = Table::new();
-    lib.insert("name".into(), Value::String(format!("dsu_patch_{id}")));
-    lib.insert(
-        "path".into(),
-        Value::String(root_rel.to_string_lossy().into_owned()),
-    );
-    lib.insert(
-        "crate-type".into(),
-        Value::Array(vec![Value::String("cdylib".into())]),
-    );
-    doc.insert("lib".into(), Value::Table(lib));
+    let path = Value::String(root_rel.to_string_lossy().into_owned());
+    match artifact {
+        Artifact::Patch => {
+            let mut lib = Table::new();
+            lib.insert("name".into(), Value::String(format!("dsu_patch_{id}")));
+            lib.insert("path".into(), path);
+            lib.insert(
+                "crate-type".into(),
+                Value::Array(vec![Value::String("cdylib".into())]),
+            );
+            doc.insert("lib".into(), Value::Table(lib));
+        }
+        Artifact::Executable(name) => {
+            let mut bin = Table::new();
+            bin.insert("name".into(), Value::String(name.clone()));
+            bin.insert("path".into(), path);
+            doc.insert("bin".into(), Value::Array(vec![Value::Table(bin)]));
+        }
+    }
 
     let mut deps = Table::new();
     let mut build_deps = Table::new();
@@ -992,8 +1176,17 @@ fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
             .collect();
         doc.insert("features".into(), Value::Table(f));
     }
-    // Profiles are read from the workspace root: the base's settings decide.
-    let root_manifest = old.meta.workspace_root.as_std_path().join("Cargo.toml");
+    // Profiles are read from the workspace root: for a patch the base's settings decide (it is
+    // loaded into the base's process), for a hand-off NEW's (it is NEW's program).
+    let profile_from = match artifact {
+        Artifact::Patch => old,
+        Artifact::Executable(_) => new,
+    };
+    let root_manifest = profile_from
+        .meta
+        .workspace_root
+        .as_std_path()
+        .join("Cargo.toml");
     let root_text = std::fs::read_to_string(&root_manifest)
         .with_context(|| format!("cannot read {}", root_manifest.display()))?;
     let root: Table = root_text
@@ -1015,7 +1208,11 @@ fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
     doc.insert("lints".into(), Value::Table(lints));
     doc.insert("workspace".into(), Value::Table(Table::new()));
     Ok(format!(
-        "# Generated by cargo dsu: the patch of `{}` {} -> {}. Do not edit.\n{}",
+        "# Generated by cargo dsu: the {} of `{}` {} -> {}. Do not edit.\n{}",
+        match artifact {
+            Artifact::Patch => "patch",
+            Artifact::Executable(_) => "hand-off executable",
+        },
         new.pkg.name,
         old.pkg.version,
         new.pkg.version,
@@ -1023,13 +1220,24 @@ fn patch_manifest(old: &Crate, new: &Crate, root_rel: &Path) -> Result<String> {
     ))
 }
 
-/// `(release (commit), host triple)` of the rustc cargo will use, in dsu-rt's format.
-fn rustc_version() -> Result<(String, String)> {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-    let out = Command::new(&rustc)
+/// `(release (commit), host triple)` of the rustc cargo will use (in `pinned_dir`, see
+/// `tool`), in dsu-rt's format.
+fn rustc_version(pinned_dir: Option<&Path>) -> Result<(String, String)> {
+    let mut cmd = tool("rustc", pinned_dir);
+    let out = cmd
         .arg("-vV")
         .output()
-        .with_context(|| format!("cannot run `{rustc} -vV`"))?;
+        .with_context(|| format!("cannot run `{} -vV`", cmd.get_program().to_string_lossy()))?;
+    if !out.status.success() {
+        bail!(
+            "`rustc -vV`{} failed: {}",
+            match pinned_dir {
+                Some(d) => format!(" (with the toolchain pinned in {})", d.display()),
+                None => String::new(),
+            },
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |k: &str| {
         text.lines()
@@ -1055,6 +1263,9 @@ fn locked_version(lock: &Path, name: &str) -> Result<String> {
             })
         })
         .ok_or_else(|| {
-            anyhow!("the base's Cargo.lock has no `{name}`: is the program a dsu program?")
+            anyhow!(
+                "{} has no `{name}`: is the program a dsu program?",
+                lock.display()
+            )
         })
 }

@@ -134,13 +134,20 @@ fn one_update(
     snapshot(dir, candidate)?;
     let old = analysis::load_version(base)?;
     let new = analysis::load_version(candidate)?;
-    let a = analysis::analyze(&old, &new)?;
+    let mut a = analysis::analyze(&old, &new)?;
     if a.changes.is_empty() {
         return Ok(false);
     }
+    // Development patches are applied in place: a hand-off would restart the program.
+    a.choose_engine(Some(dsu::Engine::InPlace));
     if a.refused() {
         shell.out(&report::human(&a));
-        shell.error("this change cannot be applied to the running process");
+        shell.error(if a.handoff_possible() {
+            "this change cannot be applied in place, and watch applies only in place: restart \
+             the program, or build a hand-off with `cargo dsu diff`"
+        } else {
+            "this change cannot be applied to the running process"
+        });
         return Ok(false);
     }
     shell.status("Compiling", format!("patch #{attempt}"));

@@ -295,43 +295,91 @@ fn a_protocol_change_applies_to_both_parties() {
     assert!(m.changes.iter().any(|c| c.category == 2));
 }
 
+/// `diff` OLD NEW `-o` a fresh file, with more arguments; returns the output and the file.
+fn diff_to_file(v1: &Path, v2: &Path, more: &[&str]) -> (Output, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("p.dsu");
+    let mut args = vec![
+        "diff",
+        v1.to_str().unwrap(),
+        v2.to_str().unwrap(),
+        "-o",
+        pkg.to_str().unwrap(),
+    ];
+    args.extend_from_slice(more);
+    (cargo_dsu(&args), dir, pkg)
+}
+
+/// `check OLD NEW --format json` with more arguments: the exit code and the document.
+fn check_json(v1: &Path, v2: &Path, more: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut args = vec![
+        "check",
+        v1.to_str().unwrap(),
+        v2.to_str().unwrap(),
+        "--format",
+        "json",
+    ];
+    args.extend_from_slice(more);
+    let o = cargo_dsu(&args);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(v["format"], "dsu-diff/1");
+    (o.status.code(), v)
+}
+
 #[test]
 fn refused_updates_exit_2_and_write_nothing() {
+    // Only a hand-off can apply these: refused in place, with the way out named.
     for name in [
         "main_refused",
         "signature_refused",
         "static_refused",
         "dependency_bump",
-        "global_change",
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let pkg = dir.path().join("p.dsu");
         let (v1, v2) = (case(name, "v1"), case(name, "v2"));
-        let o = cargo_dsu(&[
-            "diff",
-            v1.to_str().unwrap(),
-            v2.to_str().unwrap(),
-            "-o",
-            pkg.to_str().unwrap(),
-        ]);
+        let (o, _dir, pkg) = diff_to_file(&v1, &v2, &["--engine", "in-place"]);
         let (out, err) = text(&o);
         assert_eq!(o.status.code(), Some(2), "{name}: {out}\n{err}");
         assert!(
-            out.contains("REFUSED") && out.contains("to make it possible"),
+            out.contains("REFUSED in place")
+                && out.contains("to make it possible")
+                && out.contains("run without `--engine in-place` (or with `--engine handoff`)"),
             "{name}: {out}"
         );
+        assert!(
+            err.contains("`--engine in-place` was given"),
+            "{name}: {err}"
+        );
         assert!(!pkg.exists(), "{name}: a package was written");
-        let o = cargo_dsu(&[
-            "check",
-            v1.to_str().unwrap(),
-            v2.to_str().unwrap(),
-            "--format",
-            "json",
-        ]);
-        assert_eq!(o.status.code(), Some(2));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(v["format"], "dsu-diff/1");
+        let (code, v) = check_json(&v1, &v2, &["--engine", "in-place"]);
+        assert_eq!(code, Some(2), "{name}: {v}");
         assert_eq!(v["applicable"], false);
+        assert!(v["refusals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["handoff_ok"] == true));
+        // Left to choose, the analysis picks the hand-off.
+        let (code, v) = check_json(&v1, &v2, &[]);
+        assert_eq!(code, Some(0), "{name}: {v}");
+        assert_eq!(
+            (&v["applicable"], &v["engine"]),
+            (&true.into(), &"handoff".into())
+        );
+    }
+    // State that no engine can transfer: refused whatever the engine.
+    for name in ["global_change", "field_untransferable"] {
+        let (v1, v2) = (case(name, "v1"), case(name, "v2"));
+        for engine in [&[][..], &["--engine", "handoff"]] {
+            let (o, _dir, pkg) = diff_to_file(&v1, &v2, engine);
+            let (out, err) = text(&o);
+            assert_eq!(o.status.code(), Some(2), "{name} {engine:?}: {out}\n{err}");
+            assert!(
+                out.contains("REFUSED (") && out.contains("a hand-off cannot apply it either"),
+                "{name}: {out}"
+            );
+            assert!(!pkg.exists(), "{name}: a package was written");
+        }
     }
     let o = cargo_dsu(&[
         "check",
@@ -339,6 +387,132 @@ fn refused_updates_exit_2_and_write_nothing() {
         case("body_only", "v2").to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(0));
+}
+
+fn kvstore(v: &str) -> PathBuf {
+    repo().join("examples/kvstore").join(v)
+}
+
+/// Whether an engine reason names a change to `main` or to the code it runs outside
+/// components (examples/kvstore/v2-main changes that code).
+fn names_outside_code(reason: &str) -> bool {
+    reason.contains("src/main.rs:")
+        && (reason.contains("`main` changed")
+            || reason.contains("is code outside components and changed"))
+}
+
+#[test]
+fn the_engine_is_chosen_by_what_changed() {
+    let (v1, v2, v2_main) = (kvstore("v1"), kvstore("v2"), kvstore("v2-main"));
+    // v2-main changes what `main` runs: only a hand-off can apply it, and the reasons say so.
+    let o = cargo_dsu(&["check", v1.to_str().unwrap(), v2_main.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("can be applied by process hand-off") && out.contains("\nengine: handoff"),
+        "{out}"
+    );
+    let (_, v) = check_json(&v1, &v2_main, &[]);
+    assert_eq!(v["engine"], "handoff");
+    let reasons: Vec<&str> = v["engine_reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(
+        !reasons.is_empty() && reasons.iter().all(|r| names_outside_code(r)),
+        "{reasons:?}"
+    );
+    // Forced in place: refused, and the report says a hand-off would apply it.
+    let (o, _dir, pkg) = diff_to_file(&v1, &v2_main, &["--engine", "in-place"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(
+        out.contains("REFUSED in place")
+            && out.lines().any(names_outside_code)
+            && out.contains("a hand-off can apply it")
+            && out.contains("(or with `--engine handoff`)"),
+        "{out}"
+    );
+    assert!(!pkg.exists());
+    // v1 -> v2 changes a component's code only: in place.
+    let (code, v) = check_json(&v1, &v2, &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["engine"], "in-place");
+    assert_eq!(
+        v["engine_reasons"][0],
+        "every change is inside components: applied in place"
+    );
+}
+
+#[test]
+fn a_hand_off_package_carries_the_new_executable() {
+    let (v1, v2, v2_main) = (kvstore("v1"), kvstore("v2"), kvstore("v2-main"));
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("k");
+    assert_eq!(
+        cargo_dsu(&["keygen", "-o", key.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    // Chosen: v2-main changes what `main` runs; the hand-off crate is NEW's program as it is.
+    let (o, _dir, pkg) = diff_to_file(&v1, &v2_main, &["--emit", "patch-src"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("// ===== src/main.rs =====") && !out.contains("patch_root"),
+        "{out}"
+    );
+    assert!(
+        err.contains("Compiling hand-off executable") && err.contains("hand-off)"),
+        "{err}"
+    );
+    let p = dsu::Package::read(&pkg).unwrap();
+    assert_eq!(p.manifest.engine, dsu::Engine::Handoff);
+    assert!(
+        p.manifest
+            .engine_reasons
+            .iter()
+            .any(|r| names_outside_code(r)),
+        "{:?}",
+        p.manifest.engine_reasons
+    );
+    assert!(p.library.starts_with(b"\x7fELF"), "not an executable");
+
+    // Forced where in place would do; signed; with a ready timeout.
+    let (o, _dir, pkg) = diff_to_file(
+        &v1,
+        &v2,
+        &[
+            "--engine",
+            "handoff",
+            "--ready-timeout-ms",
+            "7000",
+            "--sign",
+            key.to_str().unwrap(),
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("\nengine: handoff"), "{out}");
+    let p = dsu::Package::read(&pkg).unwrap();
+    let m = &p.manifest;
+    assert_eq!(m.engine, dsu::Engine::Handoff);
+    assert_eq!(
+        m.engine_reasons,
+        vec!["forced with --engine handoff".to_string()]
+    );
+    assert_eq!(m.ready_timeout_ms, 7000);
+    assert_eq!(
+        (m.program.as_str(), m.from.as_str(), m.to.as_str()),
+        ("kvstore", "1.0.0", "2.0.0")
+    );
+    // The runtime checks the base it runs against, as for a patch.
+    assert!(!m.base.is_empty() && !m.dsu_rt.is_empty() && !m.rustc.is_empty());
+    assert!(p.signer().is_some(), "the package is not signed");
+    assert!(p.library.starts_with(b"\x7fELF"), "not an executable");
 }
 
 #[test]

@@ -128,7 +128,7 @@ fn the_generated_transfer_moves_kept_fields_defaults_new_ones_and_converts_chang
 }
 
 #[test]
-fn a_changed_toolchain_pin_is_refused() {
+fn a_changed_toolchain_pin_is_refused_in_place() {
     let dir = tempfile::tempdir().unwrap();
     for (v, channel) in [("old", "1.95.0"), ("new", "1.96.0")] {
         let root = dir.path().join(v);
@@ -154,6 +154,9 @@ fn a_changed_toolchain_pin_is_refused() {
         a.refusals[0].reason
     );
     assert!(a.refusals[0].reason.contains("1.96.0"));
+    // The new process of a hand-off is built by the new toolchain.
+    assert!(a.refusals[0].handoff_ok);
+    assert_eq!(a.plan.engine, Some(dsu::Engine::Handoff));
     // The same pin in both is no change.
     std::fs::copy(
         dir.path().join("old/rust-toolchain.toml"),
@@ -176,4 +179,87 @@ fn a_handle_does_not_hold_the_state_it_points_to() {
         syn::parse_quote!(HashMap<String, (u8, Box<crate::a::Store>)>)
     ));
     assert!(!holds(syn::parse_quote!(StoreKey)));
+}
+
+/// A one-file program `t` at `root` with `main` as its source.
+fn program(root: &Path, version: &str, main: &str) {
+    write(
+        root,
+        "Cargo.toml",
+        &format!(
+            "[package]\nname = \"t\"\nversion = \"{version}\"\nedition = \"2021\"\n[workspace]\n"
+        ),
+    );
+    write(root, "src/main.rs", main);
+}
+
+#[test]
+fn a_changed_global_allocator_is_applied_by_hand_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    program(&old, "1.0.0", "fn main() {}\n");
+    program(
+        &new,
+        "2.0.0",
+        "#[global_allocator]\nstatic ALLOC: std::alloc::System = std::alloc::System;\nfn main() {}\n",
+    );
+    let load = cargo_dsu::analysis::load_version;
+    let a = cargo_dsu::analysis::analyze(&load(&old).unwrap(), &load(&new).unwrap()).unwrap();
+    assert_eq!(a.refusals.len(), 1, "{}", cargo_dsu::report::human(&a));
+    let r = &a.refusals[0];
+    assert_eq!(
+        (r.item.as_str(), r.file.as_str(), r.line),
+        ("#[global_allocator]", "src/main.rs", 2)
+    );
+    assert!(
+        r.reason
+            .contains("the system allocator -> `ALLOC: std::alloc::System`"),
+        "{}",
+        r.reason
+    );
+    assert!(r.handoff_ok);
+    assert_eq!(a.plan.engine, Some(dsu::Engine::Handoff));
+    // The same allocator in both is no change.
+    let a = cargo_dsu::analysis::analyze(&load(&new).unwrap(), &load(&new).unwrap()).unwrap();
+    assert!(a.changes.is_empty() && a.refusals.is_empty());
+}
+
+#[test]
+fn a_hand_off_is_built_by_the_toolchain_the_new_version_pins() {
+    // Needs a second toolchain to tell them apart: nightly, where rustup has it.
+    let nightly = std::process::Command::new("rustup")
+        .args(["run", "nightly", "rustc", "-vV"])
+        .output();
+    if !nightly.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: no nightly toolchain installed with rustup");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    program(&old, "1.0.0", "fn main() {}\n");
+    program(&new, "2.0.0", "fn main() { println!(\"2\"); }\n");
+    write(
+        &new,
+        "rust-toolchain.toml",
+        "[toolchain]\nchannel = \"nightly\"\n",
+    );
+    // generate reads the runtime's version from the lock it builds with (NEW's, for a hand-off).
+    let lock = "version = 3\n[[package]]\nname = \"dsu-rt\"\nversion = \"0.1.0\"\n";
+    write(&old, "Cargo.lock", lock);
+    write(&new, "Cargo.lock", lock);
+    let mut opts = cargo_dsu::patch::PatchOptions::new(&old, &new);
+    opts.target_dir = Some(dir.path().join("target"));
+    opts.engine = dsu::Engine::Handoff;
+    let g = cargo_dsu::patch::generate(&opts).unwrap();
+    assert!(g.pinned && g.dir.join("rust-toolchain.toml").is_file());
+    assert!(g.manifest.rustc.contains("nightly"), "{}", g.manifest.rustc);
+    // A patch is built by the running process's toolchain, pin or not.
+    opts.engine = dsu::Engine::InPlace;
+    let g = cargo_dsu::patch::generate(&opts).unwrap();
+    assert!(!g.pinned);
+    assert!(
+        !g.manifest.rustc.contains("nightly"),
+        "{}",
+        g.manifest.rustc
+    );
 }

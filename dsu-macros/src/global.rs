@@ -43,7 +43,10 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
     let name = ident.to_string();
     let ty_hash = token_hash(&ty.to_token_stream());
     let (save, load) = if rebuild {
-        (quote!(::core::option::Option::None), quote!(::core::option::Option::None))
+        (
+            quote!(::core::option::Option::None),
+            quote!(::core::option::Option::None),
+        )
     } else {
         (
             quote!(::core::option::Option::Some(::dsu::__private::save_state::<#ty>)),

@@ -98,7 +98,10 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
     let name = ident.to_string();
     let is_old = args.has(keys::STATE_OLD);
     let (save, load) = if rebuild {
-        (quote!(::core::option::Option::None), quote!(::core::option::Option::None))
+        (
+            quote!(::core::option::Option::None),
+            quote!(::core::option::Option::None),
+        )
     } else {
         (
             quote!(::core::option::Option::Some(::dsu::__private::save_state::<#ident>)),

@@ -192,7 +192,9 @@ impl<T: Component> serde::Serialize for Handle<T> {
             .live_slots()
             .iter()
             .position(|x| Arc::ptr_eq(x, slot))
-            .ok_or_else(|| serde::ser::Error::custom("a handle to an instance no longer registered"))?;
+            .ok_or_else(|| {
+                serde::ser::Error::custom("a handle to an instance no longer registered")
+            })?;
         serde::Serialize::serialize(&(slot.ty.id.as_str(), instance), s)
     }
 }

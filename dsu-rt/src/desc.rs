@@ -319,6 +319,11 @@ pub struct GlobalTransferDesc {
     pub transfer: unsafe fn(*const ()) -> Result<*mut (), TransferFailure>,
     /// Drops a new boxed value (when a later step of the same update fails).
     pub drop_new: unsafe fn(*mut ()),
+    /// The old type's tokens hash: the serialized form a hand-off streams (see
+    /// [`GlobalDesc::schema`]).
+    pub old_schema: u64,
+    /// Reads the old type's serialized form (a hand-off reads it, then transfers).
+    pub load_old: Option<LoadFn>,
 }
 
 impl GlobalTransferDesc {

@@ -202,7 +202,8 @@ pub(crate) fn start_successor(
         .env(FD_ENV, raw.to_string())
         .spawn();
     drop(inheritable);
-    let child = child.map_err(|e| format!("cannot start the new version {}: {e}", exe.display()))?;
+    let child =
+        child.map_err(|e| format!("cannot start the new version {}: {e}", exe.display()))?;
     let mut s = Successor {
         child,
         reader: BufReader::new(
@@ -211,7 +212,13 @@ pub(crate) fn start_successor(
         ),
         chan: ours,
     };
-    match s.feed(stream, snap, control, started + ready_timeout, ready_timeout) {
+    match s.feed(
+        stream,
+        snap,
+        control,
+        started + ready_timeout,
+        ready_timeout,
+    ) {
         Ok(()) => Ok(s),
         Err(e) => {
             s.kill();
@@ -255,9 +262,11 @@ impl Successor {
             names.iter().map(String::as_str).zip(fds).collect();
         // A write to a child that died fails (EPIPE) instead of blocking forever; a child that
         // lives but does not read is bounded by the ready timeout.
-        let _ = self
-            .chan
-            .set_write_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))));
+        let _ = self.chan.set_write_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ));
         if let Err(e) = sockets::send_fds(&self.chan, &pairs) {
             return Err(self.lost(&format!("passing the sockets failed: {e}")));
         }
@@ -350,13 +359,15 @@ impl Successor {
     }
 }
 
-static SUPERSEDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The pid of the process that replaced this one (0: not replaced).
+static SUPERSEDED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Marks this process as replaced by a committed hand-off: it exits once the initiator has
 /// its answer (`exit_if_superseded`), or after a short grace when the update was applied
-/// in-process and nobody waits for an answer. Its sockets and components stay held until then.
-pub(crate) fn superseded() {
-    SUPERSEDED.store(true, std::sync::atomic::Ordering::SeqCst);
+/// in-process and nobody waits for an answer. Its sockets and components stay held until then,
+/// and later updates are refused.
+pub(crate) fn superseded(new_pid: u32) {
+    SUPERSEDED.store(new_pid.max(1), std::sync::atomic::Ordering::SeqCst);
     let _ = std::thread::Builder::new()
         .name("dsu-superseded".into())
         .spawn(|| {
@@ -365,9 +376,17 @@ pub(crate) fn superseded() {
         });
 }
 
+/// The process that replaced this one, if a hand-off committed.
+pub(crate) fn superseded_by() -> Option<u32> {
+    match SUPERSEDED.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        pid => Some(pid),
+    }
+}
+
 /// Exits if a hand-off has replaced this process (see [`superseded`]).
 pub(crate) fn exit_if_superseded() {
-    if SUPERSEDED.load(std::sync::atomic::Ordering::SeqCst) {
+    if superseded_by().is_some() {
         std::process::exit(0);
     }
 }
@@ -505,7 +524,10 @@ pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
 /// `new`'s own, or as the old type and through the transfer this binary carries (the one
 /// `cargo dsu diff` generated, or a `#[dsu::transfer]`).
 fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut () {
-    let bytes = saved.bytes.as_deref().expect("only streamed states are kept");
+    let bytes = saved
+        .bytes
+        .as_deref()
+        .expect("only streamed states are kept");
     // A transfer from the streamed form comes first: `cargo dsu diff` generates one whenever
     // the type changed, also deep inside (a field's type's definition), which the schema
     // fingerprint of the outer type alone does not show.
@@ -571,11 +593,36 @@ pub(crate) fn take_global(desc: &'static GlobalDesc) -> Option<*mut ()> {
     let inc = incoming().get()?;
     let id = desc.id();
     let saved = lock(&inc.globals).remove(&id)?;
-    let bytes = saved.bytes.as_deref().expect("only streamed values are kept");
+    let bytes = saved
+        .bytes
+        .as_deref()
+        .expect("only streamed values are kept");
+    // A transfer first: the schema is the type's tokens (`Stats`), which stay the same when
+    // the type's definition changes; `cargo dsu diff` generates the transfer when it does.
+    let t = crate::__private::GLOBAL_TRANSFERS.iter().find(|t| {
+        t.id() == id
+            && t.new_fingerprint == desc.fingerprint
+            && t.old_schema == saved.schema
+            && t.load_old.is_some()
+    });
+    if let Some(t) = t {
+        let load = t.load_old.expect("checked");
+        let old = guarded(&format!("reading the old value of global `{id}`"), || {
+            load(bytes)
+        })
+        .unwrap_or_else(|e| fail(&e));
+        // SAFETY: `old` is a box of the transfer's old type, just read. It is left allocated
+        // afterwards (the transfer may have moved parts of it), as an in-place update does.
+        return Some(match unsafe { (t.transfer)(old) } {
+            Ok(new) => new,
+            Err(f) => fail(&format!("the transfer of global `{id}` {f}")),
+        });
+    }
     if desc.schema != saved.schema {
         fail(&format!(
-            "global `{id}` changed type; a hand-off cannot transfer a global's type change yet \
-             (an in-place update can: `cargo dsu diff --engine in-place`)"
+            "global `{id}` has another type in this version and this executable carries no \
+             transfer from the running type; build it with `cargo dsu diff --engine handoff \
+             OLD NEW`"
         ));
     }
     let Some(load) = desc.load else {
@@ -584,10 +631,7 @@ pub(crate) fn take_global(desc: &'static GlobalDesc) -> Option<*mut ()> {
              `#[dsu::global(rebuild)]` in this version"
         ));
     };
-    Some(
-        guarded(&format!("reading global `{id}`"), || load(bytes))
-            .unwrap_or_else(|e| fail(&e)),
-    )
+    Some(guarded(&format!("reading global `{id}`"), || load(bytes)).unwrap_or_else(|e| fail(&e)))
 }
 
 /// `Runtime::ready` in a process started by a hand-off: checks that everything streamed was
@@ -603,15 +647,21 @@ pub(crate) fn report_ready() -> Option<UpdateRecord> {
             (g.touch)();
         }
     }
+    // State of a component or global this version no longer has is dropped (the diff showed
+    // the removal); state of one it has but did not register is a mistake, not a removal.
     let mut missing = Vec::new();
     for (id, instance) in lock(&inc.components).keys() {
-        missing.push(format!(
-            "the state of component `{id}` (instance {instance}) was not taken: this version \
-             registers fewer instances"
-        ));
+        if crate::__private::COMPONENTS.iter().any(|c| c.id() == *id) {
+            missing.push(format!(
+                "the state of component `{id}` (instance {instance}) was not taken: this \
+                 version registers fewer instances of it, or registers them after `ready`"
+            ));
+        } else {
+            log::info!("dsu: component `{id}` is not in this version; its state is dropped");
+        }
     }
     for g in lock(&inc.globals).keys() {
-        missing.push(format!("global `{g}` is not in this version"));
+        log::info!("dsu: global `{g}` is not in this version; its value is dropped");
     }
     for l in sockets::untaken_listeners() {
         missing.push(format!(

@@ -150,11 +150,11 @@ pub mod __private {
     };
     pub use crate::fingerprint;
     pub use crate::global::Global;
+    pub use crate::handoff::{load_state, save_state};
     pub use crate::loader::{patch_root_module, PatchDescriptors, PatchRoot, PatchRootRef};
     pub use crate::patch_root;
     pub use crate::protocol::ProtocolRef;
     pub use crate::thread::update_point;
-    pub use crate::handoff::{load_state, save_state};
     pub use abi_stable;
     pub use linkme;
     pub use serde;

@@ -234,6 +234,12 @@ impl Manager {
 
     /// The refusal of an update that arrives while the process shuts down.
     fn refuse_if_shutting_down(&self) -> Result<(), String> {
+        if let Some(pid) = crate::handoff::superseded_by() {
+            return Err(format!(
+                "this process was replaced by a hand-off (the new process is pid {pid}) and is \
+                 exiting; apply the update again: the control socket now reaches the new process"
+            ));
+        }
         // SeqCst: pairs with `begin_shutdown`.
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(
@@ -614,7 +620,13 @@ impl Manager {
         let stream = self.stream(&ready);
         rec.transfer_ms = ms(t0.elapsed());
         let result = stream.and_then(|(bytes, snap)| {
-            crate::handoff::start_successor(&exe, &bytes, snap, crate::control::listener_fd(), ready_timeout)
+            crate::handoff::start_successor(
+                &exe,
+                &bytes,
+                snap,
+                crate::control::listener_fd(),
+                ready_timeout,
+            )
         });
         let mut successor = match result {
             Ok(s) => s,
@@ -624,7 +636,9 @@ impl Manager {
                 rec.pause_ms = ms(pending_at.elapsed());
                 return done(
                     rec,
-                    Some(format!("{reason}; the old process keeps serving, unchanged")),
+                    Some(format!(
+                        "{reason}; the old process keeps serving, unchanged"
+                    )),
                 );
             }
         };
@@ -640,12 +654,14 @@ impl Manager {
             rec.new_pid = None;
             return done(
                 rec,
-                Some(format!("{reason}; it was killed and the old process keeps serving")),
+                Some(format!(
+                    "{reason}; it was killed and the old process keeps serving"
+                )),
             );
         }
         let rec = done(rec, None);
         lock(&self.inner).version = rec.to.clone();
-        crate::handoff::superseded();
+        crate::handoff::superseded(rec.new_pid.unwrap_or_default());
         rec
     }
 
@@ -775,11 +791,14 @@ impl Manager {
             let state = slot.state.load(Ordering::Relaxed);
             let bytes = match layout.save {
                 None => None,
-                Some(save) => Some(save_guarded(&format!("component `{}`", slot.ty.id), || {
-                    // SAFETY: `state` is a live state of the type `layout` describes, and the
-                    // gate is held: nothing changes it while it is read.
-                    unsafe { save(state) }
-                })?),
+                Some(save) => Some(save_guarded(
+                    &format!("component `{}`", slot.ty.id),
+                    || {
+                        // SAFETY: `state` is a live state of the type `layout` describes, and the
+                        // gate is held: nothing changes it while it is read.
+                        unsafe { save(state) }
+                    },
+                )?),
             };
             components.push(SavedState {
                 id: slot.ty.id.clone(),
@@ -812,7 +831,12 @@ impl Manager {
             .map_err(|e| format!("cannot duplicate the sockets to pass: {e}"))?;
         let (program, version, history, next_id) = {
             let m = lock(&self.inner);
-            (m.program.clone(), m.version.clone(), m.history.clone(), m.next_id)
+            (
+                m.program.clone(),
+                m.version.clone(),
+                m.history.clone(),
+                m.next_id,
+            )
         };
         let stream = crate::handoff::Stream {
             format: crate::handoff::FORMAT,
@@ -1098,7 +1122,10 @@ impl Manager {
 }
 
 /// Runs a serializer, turning a panic into an error.
-fn save_guarded(what: &str, f: impl FnOnce() -> Result<Vec<u8>, String>) -> Result<Vec<u8>, String> {
+fn save_guarded(
+    what: &str,
+    f: impl FnOnce() -> Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(b)) => Ok(b),
         Ok(Err(e)) => Err(format!("cannot serialize the state of {what}: {e}")),
@@ -1606,29 +1633,30 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
     }
     rec.transfer_ms = ms(t0.elapsed());
     // Drops what the transfers produced, lets the callers go on the old version, records why.
-    let roll_back = |transferred: &[(usize, Arc<Slot>, *mut (), *mut ())],
-                     new_globals: Vec<(&'static GlobalTransferDesc, &'static GlobalDesc, *mut ())>,
-                     rec: &mut UpdateRecord,
-                     reason: String| {
-        for (g, _, new) in new_globals {
-            // SAFETY: produced by this transfer, and not (or no longer) published.
-            unsafe { (g.drop_new)(new) };
-        }
-        for (i, _, _, new) in transferred {
-            let t = plan.types[*i]
-                .transfer
-                .expect("transferred with a transfer");
-            // SAFETY: produced by this transfer; no caller saw it (the gates are still held).
-            unsafe { (t.drop_new)(*new) };
-        }
-        for (_, s) in &ready.slots {
-            s.gate.unlock_after_update();
-        }
-        release_after(plan);
-        rec.pause_ms = ms(ready.pending_at.elapsed());
-        rec.outcome = Outcome::RolledBack;
-        rec.reason = Some(reason);
-    };
+    let roll_back =
+        |transferred: &[(usize, Arc<Slot>, *mut (), *mut ())],
+         new_globals: Vec<(&'static GlobalTransferDesc, &'static GlobalDesc, *mut ())>,
+         rec: &mut UpdateRecord,
+         reason: String| {
+            for (g, _, new) in new_globals {
+                // SAFETY: produced by this transfer, and not (or no longer) published.
+                unsafe { (g.drop_new)(new) };
+            }
+            for (i, _, _, new) in transferred {
+                let t = plan.types[*i]
+                    .transfer
+                    .expect("transferred with a transfer");
+                // SAFETY: produced by this transfer; no caller saw it (the gates are still held).
+                unsafe { (t.drop_new)(*new) };
+            }
+            for (_, s) in &ready.slots {
+                s.gate.unlock_after_update();
+            }
+            release_after(plan);
+            rec.pause_ms = ms(ready.pending_at.elapsed());
+            rec.outcome = Outcome::RolledBack;
+            rec.reason = Some(reason);
+        };
     if let Some(reason) = failure {
         drop(guards);
         roll_back(&transferred, new_globals, rec, reason);

@@ -53,13 +53,17 @@ pub struct Handle<T: Component> {
 /// that the state types' derived serde code compiles the same with and without dsu).
 impl<T: Component> serde::Serialize for Handle<T> {
     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
-        Err(serde::ser::Error::custom("a dsu_off build cannot hand off its state"))
+        Err(serde::ser::Error::custom(
+            "a dsu_off build cannot hand off its state",
+        ))
     }
 }
 
 impl<'de, T: Component> serde::Deserialize<'de> for Handle<T> {
     fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom("a dsu_off build cannot hand off its state"))
+        Err(serde::de::Error::custom(
+            "a dsu_off build cannot hand off its state",
+        ))
     }
 }
 

@@ -118,9 +118,7 @@ impl RuntimeBuilder {
         // A process started by a hand-off takes its predecessor's sockets, state and history.
         let mut inherited_control = None;
         if let Some((control, stream)) = crate::handoff::receive() {
-            ctx()
-                .manager
-                .adopt_history(stream.history, stream.next_id);
+            ctx().manager.adopt_history(stream.history, stream.next_id);
             inherited_control = control;
         }
         let stop = Arc::new(AtomicBool::new(false));

@@ -390,12 +390,10 @@ impl Listener {
             gate().enter(self.inner.as_raw_fd())?;
             let accepted = self.inner.accept();
             let out = match accepted {
-                Ok((stream, addr)) => {
-                    stream.set_nonblocking(false).map(|()| {
-                        let c = Connection::register(stream, &self.name, None, Vec::new());
-                        (c, addr)
-                    })
-                }
+                Ok((stream, addr)) => stream.set_nonblocking(false).map(|()| {
+                    let c = Connection::register(stream, &self.name, None, Vec::new());
+                    (c, addr)
+                }),
                 Err(e) => Err(e),
             };
             gate().leave();
@@ -748,15 +746,17 @@ impl Gate {
     fn wait_open(&self) {
         let mut g = lock(&self.m);
         while self.closed.load(std::sync::atomic::Ordering::SeqCst) {
-            g = self.cv.wait(g).unwrap_or_else(std::sync::PoisonError::into_inner);
+            g = self
+                .cv
+                .wait(g)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
     /// Closes the gate: nothing more is accepted or read until [`open`](Self::open).
     #[cfg_attr(dsu_off, allow(dead_code))]
     pub(crate) fn close(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes to the eventfd. (It cannot overflow: it is read back to 0 on
         // every open.)
@@ -836,7 +836,10 @@ mod tests {
         conn.wait_readable(&[]).unwrap(); // serving a request now
         let g = gate();
         g.close();
-        assert_eq!(g.wait_idle(Instant::now() + Duration::from_millis(50)), Err(1));
+        assert_eq!(
+            g.wait_idle(Instant::now() + Duration::from_millis(50)),
+            Err(1)
+        );
         // The request ends; the connection waits for the next one with half of it read.
         let server = std::thread::spawn(move || {
             let mut b = [0u8; 1];
@@ -846,7 +849,10 @@ mod tests {
             conn.read_exact(&mut b).unwrap();
             b[0]
         });
-        assert_eq!(g.wait_idle(Instant::now() + Duration::from_secs(10)), Ok(()));
+        assert_eq!(
+            g.wait_idle(Instant::now() + Duration::from_secs(10)),
+            Ok(())
+        );
         let snap = snapshot().unwrap();
         let mine: Vec<_> = snap
             .connections

@@ -361,16 +361,24 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
 }
 
 #[test]
-fn a_change_to_main_is_refused_with_its_reason() {
-    let o = run_dsu(&[
-        "check",
-        version("v1").to_str().unwrap(),
-        version("v2-main").to_str().unwrap(),
-    ]);
+fn a_change_to_main_needs_the_handoff_engine() {
+    let args = |engine: &str| {
+        run_dsu(&[
+            "check",
+            version("v1").to_str().unwrap(),
+            version("v2-main").to_str().unwrap(),
+            "--engine",
+            engine,
+        ])
+    };
+    let o = args("in-place");
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(2), "{out}");
-    assert!(out.contains("REFUSED"), "{out}");
-    assert!(out.contains("`main` changed: the running process keeps executing the old `main`, which no update can replace"), "{out}");
+    assert!(out.contains("code outside components changed"), "{out}");
+    let o = args("handoff");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("engine: handoff"), "{out}");
 }
 
 fn info_field(c: &mut Client, field: &str) -> u64 {
@@ -382,4 +390,336 @@ fn info_field(c: &mut Client, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {field} in INFO:\n{info}"))
+}
+
+/// `cargo dsu apply --format json`: (exit status, the update's record).
+fn apply_json(server: &Server, pkg: &Path) -> (Option<i32>, serde_json::Value, String) {
+    let o = run_dsu(&[
+        "apply",
+        pkg.to_str().unwrap(),
+        "--socket",
+        server.socket.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| {
+        panic!(
+            "apply printed no JSON ({e}):\n{out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code(), v["report"].clone(), out)
+}
+
+fn status_json(server: &Server) -> serde_json::Value {
+    let o = run_dsu(&[
+        "status",
+        "--socket",
+        server.socket.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["status"].clone()
+}
+
+fn alive(pid: u32) -> bool {
+    // Not a zombie: a process that exited but was not reaped yet is gone for this purpose.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// Kills the process a hand-off started (the test's `Server` only knows the first one).
+struct Successor(u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a pid this test started (indirectly) and SIGKILL.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
+/// Writes a copy of `pkg` with its manifest edited and its payload replaced (when given).
+fn edited(pkg: &Path, to: &Path, edit: impl FnOnce(&mut dsu::Manifest), payload: Option<Vec<u8>>) {
+    let p = dsu::Package::read(pkg).unwrap();
+    let mut m = p.manifest.clone();
+    edit(&mut m);
+    dsu::Package::new(m, payload.unwrap_or(p.library))
+        .write(to)
+        .unwrap();
+}
+
+#[test]
+fn a_change_to_main_is_applied_by_handoff_under_redis_benchmark() {
+    let benchmark = tool("redis-benchmark");
+    tool("redis-cli");
+    let work = tempfile::tempdir().unwrap();
+    // A new version whose state cannot be read without a transfer (v5's global `STATS` has a
+    // counter more), built plainly: no generated transfer inside.
+    let v5_plain = {
+        let exe = dsu_tests::build_base(&version("v5")).unwrap();
+        let copy = work.path().join("kvstore-v5-plain");
+        std::fs::copy(&exe, &copy).unwrap();
+        copy
+    };
+    let exe = dsu_tests::build_base(&version("v1")).unwrap();
+    // `cargo dsu diff` picks the hand-off engine for a change to `main`, and says why.
+    let pkg = work.path().join("v1-v2-main.dsu");
+    let o = run_dsu(&[
+        "diff",
+        version("v1").to_str().unwrap(),
+        version("v2-main").to_str().unwrap(),
+        "-o",
+        pkg.to_str().unwrap(),
+    ]);
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{report}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let manifest = dsu::Package::read(&pkg).unwrap().manifest;
+    assert_eq!(manifest.engine, dsu::Engine::Handoff, "{report}");
+    assert!(
+        manifest.engine_reasons.iter().any(|r| r.contains("main")),
+        "{:?}",
+        manifest.engine_reasons
+    );
+    // Three hand-offs that must fail, leaving v1 serving: the new process is not ready in
+    // time; it exits at once; it cannot read the state.
+    let too_slow = work.path().join("too-slow.dsu");
+    edited(&pkg, &too_slow, |m| m.ready_timeout_ms = 1, None);
+    let exits = work.path().join("exits.dsu");
+    edited(
+        &pkg,
+        &exits,
+        |_| {},
+        Some(std::fs::read("/bin/false").unwrap()),
+    );
+    // And a second hand-off after it, whose state does need the generated transfer: v3's
+    // entries gain an expiry (`cargo dsu diff` picks the hand-off: v3's `main` lacks v2-main's
+    // read timeout).
+    let to_v3 = diff("v2-main", "v3", work.path());
+    assert_eq!(
+        dsu::Package::read(&to_v3).unwrap().manifest.engine,
+        dsu::Engine::Handoff
+    );
+    let unreadable = work.path().join("unreadable.dsu");
+    edited(
+        &pkg,
+        &unreadable,
+        |_| {},
+        Some(std::fs::read(&v5_plain).unwrap()),
+    );
+
+    let server = start(&exe);
+    let mut c = Client::connect(server.port);
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        let mut args: Vec<String> = vec!["MSET".into()];
+        for i in chunk {
+            args.push(format!("key-{i}"));
+            args.push(value_of(*i));
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(c.cmd(&a), Reply::Simple("OK".into()));
+    }
+    assert_eq!(c.cmd(&["INCRBY", "counter", "41"]), Reply::Int(41));
+    // A client in the middle of a request when the hand-off comes: half of it is sent now,
+    // the rest after; the new process must see the whole request.
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    std::io::Write::write_all(&mut half, b"*3\r\n$3\r\nSET\r\n$4\r\nhalf").unwrap();
+
+    let bench = Command::new(&benchmark)
+        .args([
+            "-p",
+            &server.port.to_string(),
+            "-c",
+            "50",
+            "-P",
+            "16",
+            "-n",
+            "1000000",
+            "-t",
+            "set,get,incr",
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start_cmds = info_field(&mut c, "total_commands_processed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while info_field(&mut c, "total_commands_processed") < start_cmds + 50_000 {
+        assert!(
+            Instant::now() < deadline,
+            "redis-benchmark did not get going"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let old_pid = server.child.id();
+
+    for (bad, why) in [
+        (&too_slow, "did not report ready within 1 ms"),
+        (&exits, "exited (exit status: 1) before it reported ready"),
+        (
+            &unreadable,
+            "reading global `STATS`: missing field `errors`",
+        ),
+    ] {
+        let (code, rec, out) = apply_json(&server, bad);
+        assert_eq!(code, Some(2), "{out}");
+        assert_eq!(rec["outcome"], "rolled_back", "{out}");
+        assert_eq!(rec["engine"], "handoff", "{out}");
+        let reason = rec["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains(why) && reason.contains("keeps serving"),
+            "{reason}"
+        );
+        let st = status_json(&server);
+        assert_eq!(st["pid"], old_pid, "{st}");
+        assert_eq!(st["version"], "1.0.0");
+        assert_eq!(
+            c.cmd(&["GET", "key-7"]),
+            Reply::Bulk(Some(value_of(7).into_bytes()))
+        );
+    }
+
+    // The real one.
+    let (code, rec, out) = apply_json(&server, &pkg);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(rec["outcome"], "committed", "{out}");
+    assert_eq!(rec["engine"], "handoff", "{out}");
+    let new_pid = rec["new_pid"].as_u64().expect("the new pid") as u32;
+    let _successor = Successor(new_pid);
+    assert_ne!(new_pid, old_pid);
+    let pause_ms = rec["pause_ms"].as_f64().unwrap();
+
+    // The half-sent request completes against the new process.
+    std::io::Write::write_all(&mut half, b"\r\n$5\r\nvalue\r\n").unwrap();
+    let mut reply = [0u8; 5];
+    std::io::Read::read_exact(&mut half, &mut reply).unwrap();
+    assert_eq!(&reply, b"+OK\r\n");
+
+    // The second hand-off, still under load: the new process reads v2-main's entries as the
+    // old type and converts them with the generated transfer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(old_pid) {
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, rec, out) = apply_json(&server, &to_v3);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(rec["outcome"], "committed", "{out}");
+    let v3_pid = rec["new_pid"].as_u64().expect("the new pid") as u32;
+    let _successor3 = Successor(v3_pid);
+    let pause3_ms = rec["pause_ms"].as_f64().unwrap();
+
+    let out = bench.wait_with_output().unwrap();
+    let (bout, berr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "redis-benchmark failed:\n{bout}\n{berr}"
+    );
+    for bad in ["Error", "error", "reset", "Connection"] {
+        assert!(!bout.contains(bad) && !berr.contains(bad), "{bout}\n{berr}");
+    }
+    // The old processes are gone, the newest serves everything, with every key.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(new_pid) {
+        assert!(Instant::now() < deadline, "the second process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(alive(v3_pid));
+    let st = status_json(&server);
+    assert_eq!(st["pid"], v3_pid);
+    assert_eq!(st["version"], "3.0.0");
+    let history = st["history"].as_array().unwrap();
+    assert_eq!(history.len(), 5, "{st}");
+    assert_eq!(history[3]["outcome"], "committed");
+    assert_eq!(history[3]["new_pid"], new_pid);
+    assert_eq!(history[4]["new_pid"], v3_pid);
+    let mut c = Client::connect(server.port);
+    for i in 0..KEYS {
+        assert_eq!(
+            c.cmd(&["GET", &format!("key-{i}")]),
+            Reply::Bulk(Some(value_of(i).into_bytes())),
+            "key-{i}"
+        );
+    }
+    assert_eq!(
+        c.cmd(&["GET", "half"]),
+        Reply::Bulk(Some(b"value".to_vec()))
+    );
+    assert_eq!(c.cmd(&["INCR", "counter"]), Reply::Int(42));
+    // v3's commands, on entries that came through the transfer (no expiry yet).
+    assert_eq!(c.cmd(&["TTL", "key-3"]), Reply::Int(-1));
+    assert_eq!(c.cmd(&["EXPIRE", "key-3", "100"]), Reply::Int(1));
+    eprintln!(
+        "hand-off pauses under redis-benchmark: {pause_ms:.3} ms (v1 -> v2-main), \
+         {pause3_ms:.3} ms (v2-main -> v3, with the transfer)"
+    );
+}
+
+#[test]
+fn a_global_that_changes_type_is_transferred_by_a_forced_handoff() {
+    tool("redis-cli");
+    let work = tempfile::tempdir().unwrap();
+    // v4 -> v5: the global `STATS` gains a counter. In place this is a category-3 update; here
+    // the hand-off is forced, and the new process converts the streamed old value with the
+    // generated global transfer.
+    let pkg = work.path().join("v4-v5-handoff.dsu");
+    let o = run_dsu(&[
+        "diff",
+        version("v4").to_str().unwrap(),
+        version("v5").to_str().unwrap(),
+        "--engine",
+        "handoff",
+        "-o",
+        pkg.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let exe = dsu_tests::build_base(&version("v4")).unwrap();
+    let server = start(&exe);
+    let mut c = Client::connect(server.port);
+    for i in 0..500 {
+        assert_eq!(
+            c.cmd(&["SET", &format!("key-{i}"), &value_of(i), "EX", "1000"]),
+            Reply::Simple("OK".into())
+        );
+    }
+    let commands = info_field(&mut c, "total_commands_processed");
+    let (code, rec, out) = apply_json(&server, &pkg);
+    assert_eq!(code, Some(0), "{out}");
+    let new_pid = rec["new_pid"].as_u64().expect("the new pid") as u32;
+    let _successor = Successor(new_pid);
+    // The same connection goes on, served by the new process.
+    assert!(info_field(&mut c, "total_commands_processed") > commands);
+    assert_eq!(info_field(&mut c, "total_error_replies"), 0);
+    assert!(matches!(c.cmd(&["NOSUCHCOMMAND"]), Reply::Error(_)));
+    assert_eq!(info_field(&mut c, "total_error_replies"), 1);
+    for i in 0..500 {
+        assert_eq!(
+            c.cmd(&["GET", &format!("key-{i}")]),
+            Reply::Bulk(Some(value_of(i).into_bytes()))
+        );
+    }
+    assert!(matches!(c.cmd(&["TTL", "key-9"]), Reply::Int(t) if (990..=1000).contains(&t)));
+    assert_eq!(status_json(&server)["pid"], new_pid);
 }

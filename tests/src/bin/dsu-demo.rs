@@ -1,5 +1,7 @@
 //! The live-update demonstration: examples/kvstore, a Redis-protocol server, is updated live
-//! through six versions while redis-benchmark drives it, and a timeline is printed.
+//! through seven versions while redis-benchmark drives it, and a timeline is printed. The last
+//! update changes `main`, so it is applied by process hand-off: a new process takes over the
+//! sockets, the connections and the state.
 //!
 //! `cargo run -p dsu-tests --bin dsu-demo` (needs redis-tools: `apt-get install redis-tools`)
 
@@ -37,8 +39,8 @@ fn main() -> Result<()> {
         bail!("the demo drives kvstore with redis-benchmark, which is not installed: `apt-get install redis-tools`");
     };
     let example = repo_root().join("examples/kvstore");
-    let versions = ["v1", "v2", "v3", "v4", "v5", "v6"];
-    eprintln!("dsu demo: examples/kvstore updated live v1 -> v6 while redis-benchmark drives it (50 clients, pipelined)\n");
+    let versions = ["v1", "v2", "v3", "v4", "v5", "v6", "v7"];
+    eprintln!("dsu demo: examples/kvstore updated live v1 -> v7 while redis-benchmark drives it (50 clients, pipelined); v6 -> v7 changes `main`: a process hand-off\n");
     eprintln!("{:>12} kvstore v1 (the base) and cargo-dsu", "Building");
     let exe = build_base(&example.join("v1"))?;
     let work = programs_target().join("demo");
@@ -118,6 +120,8 @@ fn main() -> Result<()> {
     );
     let window = Duration::from_millis(1000);
     std::thread::sleep(window);
+    // The process a hand-off started, which this demo must stop at the end.
+    let mut successor = None;
     for (i, pkg) in packages.iter().enumerate() {
         let m = dsu::Package::read(pkg)?.manifest;
         let c0 = commands(&mut c);
@@ -143,6 +147,9 @@ fn main() -> Result<()> {
             i + 1,
             rec.reason
         );
+        if let Some(pid) = rec.new_pid {
+            successor = Some(pid);
+        }
         let category = m.changes.iter().map(|c| c.category).max().unwrap_or(0);
         let mut what: Vec<String> = m
             .changes
@@ -155,6 +162,9 @@ fn main() -> Result<()> {
         what.truncate(3);
         if more > 0 {
             what.push(format!("+{more} more"));
+        }
+        if let Some(pid) = rec.new_pid {
+            what.push(format!("(hand-off: now pid {pid})"));
         }
         println!(
             "{:<3} {:<14} {:>3}  {:>6.3} ms {:>6.3} ms {:>6.3} ms  {:>9} {:>8} {:>9}  {}",
@@ -209,5 +219,9 @@ fn main() -> Result<()> {
     println!("all {KEYS} keys loaded at the start read back with their values");
     let _ = server.kill();
     let _ = server.wait();
+    if let Some(pid) = successor {
+        // SAFETY: kill(2) of the process this demo's hand-off started.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
     Ok(())
 }
