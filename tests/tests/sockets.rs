@@ -89,3 +89,85 @@ impl Drop for KillOnDrop<'_> {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_socket_activated_program_is_handed_off_with_its_listener_and_its_clients() -> Result<()> {
+    let tool = socket_activate();
+    let exe = build_base(&program("quit", "v1"))?;
+    let dir = tempfile::tempdir()?;
+    // The same change, applied by a hand-off this time: the new process must get systemd's
+    // listener (named `app`) and the open connection from the old one.
+    let pkg = dir.path().join("quit-handoff.dsu");
+    let o = Command::new(cargo_dsu())
+        .args(["dsu", "diff", "--engine", "handoff", "-q"])
+        .arg(program("quit", "v1"))
+        .arg(program("quit", "v2"))
+        .arg("-o")
+        .arg(&pkg)
+        .env("CARGO_TARGET_DIR", programs_target())
+        .output()?;
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let socket = dir.path().join("ctl.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut activator = Command::new(tool)
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--fdname=app")
+        .arg("--")
+        .arg(&exe)
+        .args(["--port", "0", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start systemd-socket-activate")?;
+    let old_pid = activator.id();
+    let _guard = KillOnDrop(&mut activator);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        match Conn::open(port) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => bail!("systemd-socket-activate never listened on {port}: {e}"),
+        }
+    };
+    assert_eq!(c.cmd("version")?, "v1");
+
+    let resp = dsu::control::request(
+        &socket,
+        &dsu::control::Request::Apply {
+            package: pkg,
+            timeout_ms: None,
+            policy: None,
+        },
+    )?;
+    let rec = resp.report.context("an apply report")?;
+    assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
+    assert_eq!(rec.engine, dsu::Engine::Handoff);
+    let new_pid = rec.new_pid.context("the new pid")?;
+    struct KillPid(u32);
+    impl Drop for KillPid {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) of the process the hand-off started.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let _new = KillPid(new_pid);
+    assert_ne!(new_pid, old_pid);
+    // The connection opened before the hand-off is served by the new process, and so are new
+    // ones, on systemd's port.
+    assert_eq!(c.cmd("version")?, "v2");
+    assert_eq!(Conn::open(port)?.cmd("version")?, "v2");
+    let status = dsu::control::request(&socket, &dsu::control::Request::Status)?
+        .status
+        .context("a status")?;
+    assert_eq!(status.pid, new_pid);
+    assert_eq!(status.version, "2.0.0");
+    Ok(())
+}

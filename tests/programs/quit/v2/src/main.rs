@@ -5,7 +5,7 @@
 
 mod server;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[dsu::state]
 #[derive(Default)]
@@ -34,8 +34,16 @@ fn main() {
         .start()
         .expect("start the dsu runtime");
     let worker = rt.register(Worker::default());
-    let runtime = Mutex::new(Some(rt));
-    server::serve(args.port, move |line| {
+    let runtime = Arc::new(Mutex::new(Some(rt)));
+    let ready = {
+        let runtime = runtime.clone();
+        move || {
+            if let Some(rt) = runtime.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                rt.ready();
+            }
+        }
+    };
+    server::serve(args.port, ready, move |line| {
         let mut parts = line.split_whitespace();
         match parts.next().unwrap_or("") {
             "hold" => worker.hold(parts.next().and_then(|a| a.parse().ok()).unwrap_or(0)),

@@ -1,7 +1,7 @@
 //! The line server (outside any component: not updatable in place, and not changed between
 //! versions).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
 
@@ -26,31 +26,56 @@ impl Args {
     }
 }
 
-/// Serves one thread per connection; prints `ready` and the port once listening.
-pub fn serve(port: u16, handler: impl Fn(&str) -> String + Send + Sync + 'static) {
-    // Under systemd socket activation the listener named `app` is inherited, not bound.
+/// Serves one thread per connection; prints `ready` and the port once listening. `ready` is
+/// called once the listener and any handed-over connections are taken (the runtime's
+/// `ready`, which commits a hand-off).
+pub fn serve(
+    port: u16,
+    ready: impl FnOnce(),
+    handler: impl Fn(&str) -> String + Send + Sync + 'static,
+) {
+    // Under systemd socket activation the listener named `app` is inherited, not bound; after
+    // a hand-off it is the previous process's.
     let listener =
         dsu::listener("app", || TcpListener::bind(("127.0.0.1", port))).expect("the TCP listener");
-    println!(
+    let handler = Arc::new(handler);
+    for conn in listener.handed_over() {
+        lines(conn, handler.clone());
+    }
+    ready();
+    let _ = writeln!(
+        std::io::stdout(),
         "ready {}",
         listener.local_addr().expect("local address").port()
     );
-    let handler = Arc::new(handler);
     loop {
-        // This program reads lines through a `BufReader`, so it does not serve through
-        // `dsu::Connection::wait_readable` and cannot be handed off; it takes the stream.
         let Ok((conn, _)) = listener.accept() else { continue };
-        let Ok(conn) = conn.stream().try_clone() else { continue };
-        let handler = handler.clone();
-        std::thread::spawn(move || {
-            let mut out = conn.try_clone().expect("clone the connection");
-            for line in BufReader::new(conn).lines() {
-                let Ok(line) = line else { break };
-                let reply = handler(&line);
-                if out.write_all(format!("{reply}\n").as_bytes()).is_err() {
-                    break;
+        lines(conn, handler.clone());
+    }
+}
+
+/// Answers each line of `conn` on a thread of its own; between lines the connection waits
+/// where a hand-off can pass it on.
+fn lines(mut conn: dsu::Connection, handler: Arc<impl Fn(&str) -> String + Send + Sync + 'static>) {
+    std::thread::spawn(move || {
+        let mut pending = conn.take_unconsumed();
+        let mut buf = [0u8; 4096];
+        loop {
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line[..end]);
+                let reply = handler(line.trim_end_matches('\r'));
+                if conn.write_all(format!("{reply}\n").as_bytes()).is_err() {
+                    return;
                 }
             }
-        });
-    }
+            if conn.wait_readable(&pending).is_err() {
+                return;
+            }
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
 }
