@@ -171,16 +171,10 @@ pub(crate) struct Successor {
     reader: BufReader<UnixStream>,
 }
 
-/// Starts `exe` with this process's arguments and environment, passes it `fds` and `stream`,
-/// and waits (until `ready_timeout` after the start) for it to report ready. On any failure
-/// the new process is killed and reaped, and the reason returned.
-pub(crate) fn start_successor(
-    exe: &Path,
-    stream: &[u8],
-    snap: sockets::Snapshot,
-    control: Option<RawFd>,
-    ready_timeout: Duration,
-) -> Result<Successor, String> {
+/// Starts `exe` with this process's arguments and environment. It runs up to its runtime's
+/// start, where it waits for [`Successor::feed`]: starting it before the service pauses keeps
+/// the exec and the program's own early start-up out of the pause.
+pub(crate) fn spawn_successor(exe: &Path) -> Result<Successor, String> {
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| format!("cannot create the hand-off channel: {e}"))?;
     // The child's end must survive exec: a fresh duplicate without close-on-exec, closed here
@@ -196,7 +190,6 @@ pub(crate) fn start_successor(
     // SAFETY: `raw` is a fresh descriptor owned by nobody else.
     let inheritable = unsafe { OwnedFd::from_raw_fd(raw) };
     drop(theirs);
-    let started = Instant::now();
     let child = Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(FD_ENV, raw.to_string())
@@ -204,27 +197,20 @@ pub(crate) fn start_successor(
     drop(inheritable);
     let child =
         child.map_err(|e| format!("cannot start the new version {}: {e}", exe.display()))?;
-    let mut s = Successor {
-        child,
-        reader: BufReader::new(
-            ours.try_clone()
-                .map_err(|e| format!("cannot use the hand-off channel: {e}"))?,
-        ),
-        chan: ours,
-    };
-    match s.feed(
-        stream,
-        snap,
-        control,
-        started + ready_timeout,
-        ready_timeout,
-    ) {
-        Ok(()) => Ok(s),
+    let reader = match ours.try_clone() {
+        Ok(r) => BufReader::new(r),
         Err(e) => {
-            s.kill();
-            Err(e)
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("cannot use the hand-off channel: {e}"));
         }
-    }
+    };
+    Ok(Successor {
+        child,
+        reader,
+        chan: ours,
+    })
 }
 
 impl Successor {
@@ -232,7 +218,25 @@ impl Successor {
         self.child.id()
     }
 
-    fn feed(
+    /// Passes the sockets and the state, and waits until `ready_timeout` for the new process to
+    /// report ready. On any failure the new process is killed and reaped, and the reason
+    /// returned.
+    pub(crate) fn feed(
+        &mut self,
+        stream: &[u8],
+        snap: sockets::Snapshot,
+        control: Option<RawFd>,
+        ready_timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + ready_timeout;
+        let r = self.feed_until(stream, snap, control, deadline, ready_timeout);
+        if r.is_err() {
+            self.kill();
+        }
+        r
+    }
+
+    fn feed_until(
         &mut self,
         stream: &[u8],
         snap: sockets::Snapshot,
@@ -701,7 +705,38 @@ pub(crate) fn report_ready() -> Option<UpdateRecord> {
     sockets::gate().open();
     let _ = chan.write_all(b"serving\n");
     notify_systemd(true);
+    adopt_executable();
     Some(record)
+}
+
+/// Moves this process's executable, which the old process wrote into its own patch directory
+/// (`$TMPDIR/dsu-OLDPID`), into this process's (`$TMPDIR/dsu-PID`): the old directory can then
+/// be swept, and the file stays on disk while this process runs (backtraces read it) and is
+/// swept after it ends, like a patch library.
+fn adopt_executable() {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let Some(old_dir) = exe.parent() else { return };
+    let tmp = std::env::temp_dir();
+    let is_default_dir = old_dir.parent() == Some(tmp.as_path())
+        && old_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("dsu-"));
+    if !is_default_dir {
+        return;
+    }
+    let mine = tmp.join(format!("dsu-{}", std::process::id()));
+    if std::fs::create_dir_all(&mine).is_err() {
+        return;
+    }
+    if let Some(name) = exe.file_name() {
+        if std::fs::rename(&exe, mine.join(name)).is_ok() {
+            // Fails, and leaves it, if anything else is in it.
+            let _ = std::fs::remove_dir(old_dir);
+        }
+    }
 }
 
 /// Tells systemd (when it supervises this process with `Type=notify`: `NOTIFY_SOCKET` is set)

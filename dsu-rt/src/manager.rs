@@ -578,11 +578,21 @@ impl Manager {
             0 => crate::handoff::DEFAULT_READY_TIMEOUT,
             ms => Duration::from_millis(ms),
         };
+        // 0. The new executable starts (up to its runtime's start) while this one serves.
+        let mut successor = match crate::handoff::spawn_successor(&exe) {
+            Ok(s) => s,
+            Err(reason) => {
+                rec.outcome = Outcome::RolledBack;
+                let reason = format!("{reason}; the old process keeps serving, unchanged");
+                return done(rec, Some(reason));
+            }
+        };
         // 1. Sockets: nothing more accepted or read; every connection finishes its request.
         let pending_at = Instant::now();
         let gate = crate::sockets::gate();
         gate.close();
         if let Err(busy) = gate.wait_idle(pending_at + timeout) {
+            successor.kill();
             gate.open();
             rec.outcome = Outcome::Aborted;
             rec.prepare_ms = ms(pending_at.elapsed());
@@ -599,6 +609,7 @@ impl Manager {
         let ready = match prepare(&plan) {
             Ok(r) => r,
             Err(abort) => {
+                successor.kill();
                 gate.open();
                 rec.outcome = Outcome::Aborted;
                 rec.prepare_ms = ms(pending_at.elapsed());
@@ -615,21 +626,21 @@ impl Manager {
             release_after(&plan);
             gate.open();
         };
-        // 3. Stream, start, wait for ready.
+        // 3. Stream, wait for ready.
         let t0 = Instant::now();
         let stream = self.stream(&ready);
         rec.transfer_ms = ms(t0.elapsed());
-        let result = stream.and_then(|(bytes, snap)| {
-            crate::handoff::start_successor(
-                &exe,
-                &bytes,
-                snap,
-                crate::control::listener_fd(),
-                ready_timeout,
-            )
-        });
-        let mut successor = match result {
-            Ok(s) => s,
+        let result = match stream {
+            Ok((bytes, snap)) => {
+                successor.feed(&bytes, snap, crate::control::listener_fd(), ready_timeout)
+            }
+            Err(reason) => {
+                successor.kill();
+                Err(reason)
+            }
+        };
+        match result {
+            Ok(()) => {}
             Err(reason) => {
                 release(&ready);
                 rec.outcome = Outcome::RolledBack;
@@ -1806,7 +1817,9 @@ fn sweep_stale_patch_dirs(tmp: &std::path::Path) {
         for f in files.flatten() {
             let n = f.file_name();
             let n = n.to_string_lossy();
-            if n.starts_with("patch-") && n.ends_with(".so") {
+            // Patch libraries, and the executables of hand-offs (a process started by one moves
+            // its executable into its own directory, so these are only failed ones').
+            if (n.starts_with("patch-") && n.ends_with(".so")) || n.starts_with("handoff-") {
                 let _ = std::fs::remove_file(f.path());
             }
         }
