@@ -11,8 +11,8 @@
 //! descriptors  sockets::send_fds frames: "L name" listeners, "C name" connections,
 //!              "K" the control socket
 //! stream_len   u64 LE
-//! stream       CBOR      `Stream`: format, program, version, history, every component
-//!                        instance's and global's state (itself CBOR, through the type's
+//! stream       MessagePack `Stream`: format, program, version, history, every component
+//!                        instance's and global's state (itself MessagePack, through the type's
 //!                        serde traits), each connection's unconsumed bytes
 //! ```
 //!
@@ -81,7 +81,7 @@ pub(crate) struct SavedState {
     pub(crate) bytes: Option<Vec<u8>>,
 }
 
-/// Byte strings as CBOR byte strings (not arrays of integers).
+/// Byte strings as MessagePack byte strings (not arrays of integers).
 mod bytes_opt {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -132,24 +132,30 @@ pub unsafe fn save_state<T: Serialize>(p: *const ()) -> Result<Vec<u8>, String> 
     // SAFETY: caller's contract.
     let v = unsafe { &*(p as *const T) };
     let mut out = Vec::new();
-    ciborium::into_writer(v, &mut out).map_err(|e| e.to_string())?;
+    encode(v, &mut out)?;
     Ok(out)
+}
+
+/// The stream's format: MessagePack with struct fields by name. Self-describing, so a value
+/// of another shape than the reader's type is an error ("missing field `x`"), not garbage; and
+/// the fastest such format measured for kvstore's keyspace (against CBOR with ciborium: 2.3x
+/// to read, 1.6x to write).
+pub(crate) fn encode<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    v.serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
+        .map_err(|e| e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(b).map_err(|e| match e {
+        rmp_serde::decode::Error::Syntax(msg) => msg,
+        e => e.to_string(),
+    })
 }
 
 /// Deserializes a boxed `T` written by [`save_state`]; returns the box's pointer.
 pub fn load_state<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<*mut (), String> {
-    let v: T = ciborium::from_reader(b).map_err(de_error)?;
+    let v: T = decode(b)?;
     Ok(Box::into_raw(Box::new(v)) as *mut ())
-}
-
-/// A readable reason from the decoder's error.
-fn de_error(e: ciborium::de::Error<std::io::Error>) -> String {
-    match e {
-        ciborium::de::Error::Semantic(_, msg) => msg,
-        ciborium::de::Error::Syntax(at) => format!("malformed data at byte {at}"),
-        ciborium::de::Error::Io(e) => e.to_string(),
-        ciborium::de::Error::RecursionLimitExceeded => "nested too deeply".to_string(),
-    }
 }
 
 /// Runs `f`, turning a panic into an error.
@@ -469,8 +475,8 @@ pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
         (&chan)
             .read_exact(&mut bytes)
             .map_err(|e| format!("receiving the state ({len} bytes): {e}"))?;
-        let stream: Stream = ciborium::from_reader(bytes.as_slice())
-            .map_err(|e| format!("the state stream is unreadable: {}", de_error(e)))?;
+        let stream: Stream =
+            decode(&bytes).map_err(|e| format!("the state stream is unreadable: {e}"))?;
         Ok((fds, stream))
     })();
     let (fds, stream) = match got {
@@ -832,9 +838,9 @@ mod tests {
             bytes: Some(vec![200u8; 1000]),
         };
         let mut out = Vec::new();
-        ciborium::into_writer(&s, &mut out).unwrap();
+        encode(&s, &mut out).unwrap();
         assert!(out.len() < 1100, "{} bytes", out.len());
-        let back: SavedState = ciborium::from_reader(out.as_slice()).unwrap();
+        let back: SavedState = decode(&out).unwrap();
         assert_eq!(back.bytes, s.bytes);
     }
 }

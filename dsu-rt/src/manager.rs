@@ -861,7 +861,7 @@ impl Manager {
             next_id,
         };
         let mut bytes = Vec::new();
-        ciborium::into_writer(&stream, &mut bytes)
+        crate::handoff::encode(&stream, &mut bytes)
             .map_err(|e| format!("cannot encode the state stream: {e}"))?;
         Ok((bytes, snap))
     }
