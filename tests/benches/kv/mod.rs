@@ -202,13 +202,39 @@ impl Server {
         Ok(())
     }
 
+    /// The id of the process this started.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `within` for the process to exit by itself, as the old process does once a
+    /// hand-off has committed; an error if it is still running then.
+    pub fn exited_within(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().context("cannot wait for kvstore")? {
+                return Ok(status);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "kvstore (pid {}) was still running {} ms later",
+                self.child.id(),
+                within.as_millis()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// The running version, from the control socket.
     pub fn version(&self) -> Result<String> {
+        Ok(self.status()?.version)
+    }
+
+    /// The status the control socket reports (after a hand-off, the new process's).
+    pub fn status(&self) -> Result<dsu::Status> {
         let resp = request(&self.socket, &Request::Status)?;
-        Ok(resp
-            .status
-            .ok_or_else(|| anyhow!("status failed: {:?}", resp.error))?
-            .version)
+        resp.status
+            .ok_or_else(|| anyhow!("status failed: {:?}", resp.error))
     }
 
     /// Applies the live update package `package` (an absolute path) through the control socket.
