@@ -44,7 +44,7 @@ use crate::thread::lock;
 
 /// The variable that tells a process it was started by a hand-off (the descriptor number of
 /// its end of the channel).
-pub const FD_ENV: &str = "DSU_HANDOFF_FD";
+pub const FD_ENV: &str = sockets::HANDOFF_FD_ENV;
 /// Version of the stream format.
 pub(crate) const FORMAT: u32 = 1;
 /// How long a new process has to report ready when the package does not say.

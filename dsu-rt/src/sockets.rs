@@ -30,6 +30,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub const MAX_FDS_PER_FRAME: usize = 200;
 /// Longest name list accepted in one frame.
 const MAX_NAMES_LEN: usize = 1 << 20;
+/// The variable a hand-off starts the new process with (see `handoff.rs`).
+pub(crate) const HANDOFF_FD_ENV: &str = "DSU_HANDOFF_FD";
 /// The first descriptor systemd passes.
 const SD_LISTEN_FDS_START: RawFd = 3;
 
@@ -318,6 +320,15 @@ pub fn listener(
     name: &str,
     bind: impl FnOnce() -> io::Result<TcpListener>,
 ) -> io::Result<Listener> {
+    // The hand-off's descriptors arrive in the runtime's start: a listener taken before it
+    // would bind a second socket (or fail: the address is in use) and strand the inherited one.
+    if std::env::var_os(HANDOFF_FD_ENV).is_some() {
+        return Err(io::Error::other(format!(
+            "listener `{name}`: this process was started by a hand-off and its runtime has not \
+             started yet; start the runtime (`dsu::Runtime::builder()...start()`) before taking \
+             listeners"
+        )));
+    }
     let taken = {
         let mut all = lock(inherited());
         all.iter()

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use dsu::control::{decode_request, encode_response, read_request, Request, Response, MAX_REQUEST};
 use dsu::package::Change;
-use dsu::{BusyCall, ComponentStatus, Outcome, Status, UpdateRecord};
+use dsu::{BusyCall, ComponentStatus, Engine, Outcome, Status, UpdateRecord};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -163,6 +163,12 @@ fn record(pieces: &mut Pieces) -> UpdateRecord {
             tid: pieces.number() as i64,
             busy_ms: pieces.millis(),
         }],
+        engine: if pieces.number() % 2 == 1 {
+            Engine::Handoff
+        } else {
+            Engine::InPlace
+        },
+        new_pid: (pieces.number() % 2 == 1).then(|| pieces.number() as u32),
     }
 }
 
