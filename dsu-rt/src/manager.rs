@@ -707,18 +707,7 @@ impl Manager {
                  updates (apply without a policy)"
             ));
         }
-        for b in &man.base {
-            if let Some(ty) = find_type(&b.id) {
-                let code = lock(&ty.inner).table.desc.code;
-                if code != b.code {
-                    return Err(format!(
-                        "the package was built against another version of component `{}` than \
-                         the one running; build it from the running version's source",
-                        b.id
-                    ));
-                }
-            }
-        }
+        check_base(man)?;
         Ok(())
     }
 
@@ -941,20 +930,7 @@ impl Manager {
             let mut m = lock(&self.inner);
             m.states.get_or_insert_with(host_states).clone()
         };
-        // The base the package was built against must be what runs.
-        for b in &man.base {
-            if let Some(ty) = find_type(&b.id) {
-                let code = lock(&ty.inner).table.desc.code;
-                if code != b.code {
-                    return Err(format!(
-                        "the package was built against another version of component `{}` than \
-                         the one running (code {:016x}, running {:016x}); build it from the \
-                         running version's source",
-                        b.id, b.code, code
-                    ));
-                }
-            }
-        }
+        check_base(man)?;
         // Old definitions the patch carries must be the running ones.
         for s in d.states.iter().filter(|s| s.is_old) {
             let id = s.id();
@@ -1130,6 +1106,24 @@ impl Manager {
             globals,
         })
     }
+}
+
+/// The base the package was built against must be what runs.
+fn check_base(man: &crate::package::Manifest) -> Result<(), String> {
+    for b in &man.base {
+        if let Some(ty) = find_type(&b.id) {
+            let code = lock(&ty.inner).table.desc.code;
+            if code != b.code {
+                return Err(format!(
+                    "the package was built against another version of component `{}` than the \
+                     one running (code {:016x}, running {:016x}); build it from the running \
+                     version's source",
+                    b.id, b.code, code
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs a serializer, turning a panic into an error.

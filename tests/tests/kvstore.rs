@@ -143,6 +143,52 @@ fn value_of(i: usize) -> String {
     format!("value-{i}-{}", "x".repeat(i % 17))
 }
 
+/// Loads `KEYS` keys, in pipelined batches of MSET.
+fn preload(c: &mut Client) {
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        let mut args: Vec<String> = vec!["MSET".into()];
+        for i in chunk {
+            args.push(format!("key-{i}"));
+            args.push(value_of(*i));
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(c.cmd(&a), Reply::Simple("OK".into()));
+    }
+}
+
+/// Starts redis-benchmark (50 clients, pipelines of 16, `requests` in all) and waits until it
+/// is really running. It exits at once, non-zero, on any error reply or dropped connection.
+fn start_benchmark(benchmark: &Path, server: &Server, c: &mut Client, requests: u32) -> Child {
+    let bench = Command::new(benchmark)
+        .args([
+            "-p",
+            &server.port.to_string(),
+            "-c",
+            "50",
+            "-P",
+            "16",
+            "-n",
+            &requests.to_string(),
+            "-t",
+            "set,get,incr",
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start_cmds = info_field(c, "total_commands_processed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while info_field(c, "total_commands_processed") < start_cmds + 50_000 {
+        assert!(
+            Instant::now() < deadline,
+            "redis-benchmark did not get going"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bench
+}
+
 #[test]
 fn kvstore_is_updated_live_under_redis_benchmark() {
     let benchmark = tool("redis-benchmark");
@@ -163,47 +209,11 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
     let mut c = Client::connect(server.port);
     assert_eq!(c.cmd(&["PING"]), Reply::Simple("PONG".into()));
     // 10,000 keys, loaded in pipelined batches of MSET.
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
-        let mut args: Vec<String> = vec!["MSET".into()];
-        for i in chunk {
-            args.push(format!("key-{i}"));
-            args.push(value_of(*i));
-        }
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        assert_eq!(c.cmd(&a), Reply::Simple("OK".into()));
-    }
+    preload(&mut c);
     assert_eq!(c.cmd(&["DBSIZE"]), Reply::Int(KEYS as i64));
     let connections_before = info_field(&mut c, "total_connections_received");
 
-    // redis-benchmark exits at once, non-zero, on any error reply or dropped connection.
-    let bench = Command::new(&benchmark)
-        .args([
-            "-p",
-            &server.port.to_string(),
-            "-c",
-            "50",
-            "-P",
-            "16",
-            "-n",
-            "400000",
-            "-t",
-            "set,get,incr",
-            "-q",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until it is really running.
-    let start_cmds = info_field(&mut c, "total_commands_processed");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while info_field(&mut c, "total_commands_processed") < start_cmds + 50_000 {
-        assert!(
-            Instant::now() < deadline,
-            "redis-benchmark did not get going"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let bench = start_benchmark(&benchmark, &server, &mut c, 400_000);
 
     // v1 -> v2: a bug fix in one component. EXISTS counts every name that exists.
     assert_eq!(c.cmd(&["EXISTS", "key-1", "nope", "key-2"]), Reply::Int(1));
@@ -522,48 +532,14 @@ fn a_change_to_main_is_applied_by_handoff_under_redis_benchmark() {
 
     let server = start(&exe);
     let mut c = Client::connect(server.port);
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
-        let mut args: Vec<String> = vec!["MSET".into()];
-        for i in chunk {
-            args.push(format!("key-{i}"));
-            args.push(value_of(*i));
-        }
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        assert_eq!(c.cmd(&a), Reply::Simple("OK".into()));
-    }
+    preload(&mut c);
     assert_eq!(c.cmd(&["INCRBY", "counter", "41"]), Reply::Int(41));
     // A client in the middle of a request when the hand-off comes: half of it is sent now,
     // the rest after; the new process must see the whole request.
     let mut half = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     std::io::Write::write_all(&mut half, b"*3\r\n$3\r\nSET\r\n$4\r\nhalf").unwrap();
 
-    let bench = Command::new(&benchmark)
-        .args([
-            "-p",
-            &server.port.to_string(),
-            "-c",
-            "50",
-            "-P",
-            "16",
-            "-n",
-            "1000000",
-            "-t",
-            "set,get,incr",
-            "-q",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start_cmds = info_field(&mut c, "total_commands_processed");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while info_field(&mut c, "total_commands_processed") < start_cmds + 50_000 {
-        assert!(
-            Instant::now() < deadline,
-            "redis-benchmark did not get going"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let bench = start_benchmark(&benchmark, &server, &mut c, 1_000_000);
     let old_pid = server.child.id();
 
     for (bad, why) in [

@@ -25,39 +25,49 @@ fn socket_activate() -> &'static str {
     tool
 }
 
-#[test]
-fn a_socket_activated_program_serves_on_the_listener_it_was_handed() -> Result<()> {
+/// Starts `exe` under `systemd-socket-activate`, listening on a free port with the descriptor
+/// named `app`, and opens the first connection (which starts the program). Returns the
+/// activator (the program, once it has exec'd), the port and that connection.
+fn activate(
+    exe: &std::path::Path,
+    socket: &std::path::Path,
+) -> Result<(std::process::Child, u16, Conn)> {
     let tool = socket_activate();
-    let exe = build_base(&program("quit", "v1"))?;
-    let pkg = build_patch(&program("quit", "v1"), &program("quit", "v2"))?;
-    let dir = tempfile::tempdir()?;
-    let socket = dir.path().join("ctl.sock");
     // A free port for systemd-socket-activate to listen on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut activator = Command::new(tool)
+    let activator = Command::new(tool)
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg("--fdname=app")
         .arg("--")
-        .arg(&exe)
+        .arg(exe)
         .args(["--port", "0", "--socket"])
-        .arg(&socket)
+        .arg(socket)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .context("start systemd-socket-activate")?;
-    let guard = KillOnDrop(&mut activator);
-
     // The program starts on the first connection; that connection is served by it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut c = loop {
+    let c = loop {
         match Conn::open(port) {
             Ok(c) => break c,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => bail!("systemd-socket-activate never listened on {port}: {e}"),
         }
     };
+    Ok((activator, port, c))
+}
+
+#[test]
+fn a_socket_activated_program_serves_on_the_listener_it_was_handed() -> Result<()> {
+    let exe = build_base(&program("quit", "v1"))?;
+    let pkg = build_patch(&program("quit", "v1"), &program("quit", "v2"))?;
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("ctl.sock");
+    let (mut activator, port, mut c) = activate(&exe, &socket)?;
+    let guard = KillOnDrop(&mut activator);
     assert_eq!(c.cmd("version")?, "v1");
     // It took over the listener it was handed (asked for port 0, it serves on systemd's port).
     let stdout = guard.0.stdout.take().expect("piped");
@@ -92,7 +102,6 @@ impl Drop for KillOnDrop<'_> {
 
 #[test]
 fn a_socket_activated_program_is_handed_off_with_its_listener_and_its_clients() -> Result<()> {
-    let tool = socket_activate();
     let exe = build_base(&program("quit", "v1"))?;
     let dir = tempfile::tempdir()?;
     // The same change, applied by a hand-off this time: the new process must get systemd's
@@ -113,30 +122,9 @@ fn a_socket_activated_program_is_handed_off_with_its_listener_and_its_clients() 
         String::from_utf8_lossy(&o.stderr)
     );
     let socket = dir.path().join("ctl.sock");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut activator = Command::new(tool)
-        .arg(format!("--listen=127.0.0.1:{port}"))
-        .arg("--fdname=app")
-        .arg("--")
-        .arg(&exe)
-        .args(["--port", "0", "--socket"])
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("start systemd-socket-activate")?;
+    let (mut activator, port, mut c) = activate(&exe, &socket)?;
     let old_pid = activator.id();
     let _guard = KillOnDrop(&mut activator);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut c = loop {
-        match Conn::open(port) {
-            Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => bail!("systemd-socket-activate never listened on {port}: {e}"),
-        }
-    };
     assert_eq!(c.cmd("version")?, "v1");
 
     let resp = dsu::control::request(
