@@ -106,21 +106,7 @@ fn a_socket_activated_program_is_handed_off_with_its_listener_and_its_clients() 
     let dir = tempfile::tempdir()?;
     // The same change, applied by a hand-off this time: the new process must get systemd's
     // listener (named `app`) and the open connection from the old one.
-    let pkg = dir.path().join("quit-handoff.dsu");
-    let o = Command::new(cargo_dsu())
-        .args(["dsu", "diff", "--engine", "handoff", "-q"])
-        .arg(program("quit", "v1"))
-        .arg(program("quit", "v2"))
-        .arg("-o")
-        .arg(&pkg)
-        .env("CARGO_TARGET_DIR", programs_target())
-        .output()?;
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let pkg = handoff_package(dir.path())?;
     let socket = dir.path().join("ctl.sock");
     let (mut activator, port, mut c) = activate(&exe, &socket)?;
     let old_pid = activator.id();
@@ -139,13 +125,6 @@ fn a_socket_activated_program_is_handed_off_with_its_listener_and_its_clients() 
     assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
     assert_eq!(rec.engine, dsu::Engine::Handoff);
     let new_pid = rec.new_pid.context("the new pid")?;
-    struct KillPid(u32);
-    impl Drop for KillPid {
-        fn drop(&mut self) {
-            // SAFETY: kill(2) of the process the hand-off started.
-            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-        }
-    }
     let _new = KillPid(new_pid);
     assert_ne!(new_pid, old_pid);
     // The connection opened before the hand-off is served by the new process, and so are new
@@ -157,5 +136,87 @@ fn a_socket_activated_program_is_handed_off_with_its_listener_and_its_clients() 
         .context("a status")?;
     assert_eq!(status.pid, new_pid);
     assert_eq!(status.version, "2.0.0");
+    Ok(())
+}
+
+/// Kills the process a hand-off started (the test only knows the first one).
+struct KillPid(u32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the process the hand-off started.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
+/// `cargo dsu diff --engine handoff` of the quit program, v1 -> v2, into `dir`.
+fn handoff_package(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let pkg = dir.join("quit-handoff.dsu");
+    let o = Command::new(cargo_dsu())
+        .args(["dsu", "diff", "--engine", "handoff", "-q"])
+        .arg(program("quit", "v1"))
+        .arg(program("quit", "v2"))
+        .arg("-o")
+        .arg(&pkg)
+        .env("CARGO_TARGET_DIR", programs_target())
+        .output()?;
+    if !o.status.success() {
+        bail!(
+            "cargo dsu diff failed:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(pkg)
+}
+
+fn apply(
+    socket: &std::path::Path,
+    pkg: &std::path::Path,
+    timeout_ms: Option<u64>,
+) -> Result<dsu::UpdateRecord> {
+    let resp = dsu::control::request(
+        socket,
+        &dsu::control::Request::Apply {
+            package: pkg.to_path_buf(),
+            timeout_ms,
+            policy: None,
+        },
+    )?;
+    resp.report.context("an apply report")
+}
+
+#[test]
+fn a_handoff_waits_for_the_request_in_progress_and_aborts_if_it_does_not_end() -> Result<()> {
+    let exe = build_base(&program("quit", "v1"))?;
+    let dir = tempfile::tempdir()?;
+    let pkg = handoff_package(dir.path())?;
+    let p = Process::start(&exe)?;
+    // A request that runs for 3 s: a hand-off given 300 ms cannot pass it.
+    let mut busy = Conn::open(p.port)?;
+    let holder = std::thread::spawn(move || busy.cmd("hold 3000").map(|reply| (reply, busy)));
+    std::thread::sleep(Duration::from_millis(300));
+    let rec = apply(&p.socket, &pkg, Some(300))?;
+    assert_eq!(rec.outcome, Outcome::Aborted, "{rec:#?}");
+    assert_eq!(rec.engine, dsu::Engine::Handoff);
+    assert_eq!(rec.new_pid, None);
+    let reason = rec.reason.unwrap_or_default();
+    assert!(
+        reason
+            .contains("1 connection(s) were still serving a request after 300 ms; nothing changed"),
+        "{reason}"
+    );
+    // Nothing changed: the request completes, its connection and new ones are served.
+    let mut other = Conn::open(p.port)?;
+    assert_eq!(other.cmd("version")?, "v1");
+    let (reply, mut busy) = holder.join().expect("the holding client")?;
+    assert_eq!(reply, "held");
+    assert_eq!(busy.cmd("version")?, "v1");
+    // Between requests, the same hand-off commits, and both connections move.
+    let rec = apply(&p.socket, &pkg, None)?;
+    assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
+    let _new = KillPid(rec.new_pid.context("the new pid")?);
+    assert_eq!(busy.cmd("version")?, "v2");
+    assert_eq!(other.cmd("version")?, "v2");
     Ok(())
 }
