@@ -158,8 +158,8 @@ pub fn load_state<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<*mut (), S
     Ok(Box::into_raw(Box::new(v)) as *mut ())
 }
 
-/// Runs `f`, turning a panic into an error.
-fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+/// Runs `f`, turning a panic into an error; both kinds of failure say `what` was being done.
+pub(crate) fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
@@ -287,6 +287,8 @@ impl Successor {
         {
             return Err(self.lost(&format!("streaming the state failed: {e}")));
         }
+        // Kept across timeouts: a line that arrives in pieces is not lost between two reads.
+        let mut line = String::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -297,7 +299,6 @@ impl Successor {
                 ));
             }
             let _ = self.reader.get_ref().set_read_timeout(Some(left));
-            let mut line = String::new();
             match self.reader.read_line(&mut line) {
                 Ok(0) => return Err(self.lost("it closed the hand-off channel")),
                 Ok(_) => {}

@@ -676,6 +676,18 @@ impl Manager {
         rec
     }
 
+    /// A package for another program is refused (either name may be unset).
+    fn check_program(&self, man: &crate::package::Manifest) -> Result<(), String> {
+        let program = lock(&self.inner).program.clone();
+        if !program.is_empty() && !man.program.is_empty() && program != man.program {
+            return Err(format!(
+                "the package is for program `{}`, this process is `{program}`",
+                man.program
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks a hand-off package against this process.
     fn check_handoff(&self, pkg: &Package, opts: &ApplyOptions) -> Result<(), String> {
         let man = &pkg.manifest;
@@ -693,13 +705,7 @@ impl Manager {
                     .to_string(),
             );
         }
-        let program = lock(&self.inner).program.clone();
-        if !program.is_empty() && !man.program.is_empty() && program != man.program {
-            return Err(format!(
-                "the package is for program `{}`, this process is `{program}`",
-                man.program
-            ));
-        }
+        self.check_program(man)?;
         let policy = opts.policy.clone().unwrap_or_else(|| man.policy.clone());
         if policy != Policy::default() {
             return Err(format!(
@@ -791,8 +797,8 @@ impl Manager {
             let state = slot.state.load(Ordering::Relaxed);
             let bytes = match layout.save {
                 None => None,
-                Some(save) => Some(save_guarded(
-                    &format!("component `{}`", slot.ty.id),
+                Some(save) => Some(crate::handoff::guarded(
+                    &format!("serializing the state of component `{}`", slot.ty.id),
                     || {
                         // SAFETY: `state` is a live state of the type `layout` describes, and the
                         // gate is held: nothing changes it while it is read.
@@ -813,11 +819,14 @@ impl Manager {
         for (id, e) in lock(&ctx().globals).iter() {
             let bytes = match e.desc.save {
                 None => None,
-                Some(save) => Some(save_guarded(&format!("global `{id}`"), || {
-                    // SAFETY: the entry holds a live value of `e.desc`'s type, and every
-                    // component (its only users outside `main`) is held.
-                    unsafe { save(e.ptr) }
-                })?),
+                Some(save) => Some(crate::handoff::guarded(
+                    &format!("serializing global `{id}`"),
+                    || {
+                        // SAFETY: the entry holds a live value of `e.desc`'s type, and every
+                        // component (its only users outside `main`) is held.
+                        unsafe { save(e.ptr) }
+                    },
+                )?),
             };
             globals.push(SavedState {
                 id: id.clone(),
@@ -898,13 +907,7 @@ impl Manager {
                 on_off(crate::build::DEBUG_ASSERTIONS)
             ));
         }
-        let program = lock(&self.inner).program.clone();
-        if !program.is_empty() && !man.program.is_empty() && program != man.program {
-            return Err(format!(
-                "the package is for program `{}`, this process is `{program}`",
-                man.program
-            ));
-        }
+        self.check_program(man)?;
         let dir = self.patch_dir()?;
         // dlopen hands back the library it already has for a path it has seen, so every patch
         // gets a path of its own.
@@ -1124,21 +1127,6 @@ fn check_base(man: &crate::package::Manifest) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Runs a serializer, turning a panic into an error.
-fn save_guarded(
-    what: &str,
-    f: impl FnOnce() -> Result<Vec<u8>, String>,
-) -> Result<Vec<u8>, String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) => Err(format!("cannot serialize the state of {what}: {e}")),
-        Err(p) => Err(format!(
-            "serializing the state of {what} panicked: {}",
-            crate::desc::payload_message(&*p)
-        )),
-    }
 }
 
 fn on_off(b: bool) -> &'static str {

@@ -442,6 +442,14 @@ impl Listener {
     }
 }
 
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // A descriptor number is unique while it is open: this listener's entry, and no other.
+        let fd = self.inner.as_raw_fd();
+        lock(listeners()).retain(|l| l.fd != fd);
+    }
+}
+
 /// A client connection accepted through a [`Listener`]: a `TcpStream` the runtime knows, so
 /// that a hand-off can pass it to the new process while it waits between two requests.
 ///
@@ -879,12 +887,18 @@ mod tests {
         assert!(!server.is_finished());
         g.open();
         assert_eq!(server.join().unwrap(), b'b');
-        // Dropped connections leave the registry.
+        // Dropped connections and listeners leave the registry.
         assert!(snapshot()
             .unwrap()
             .connections
             .iter()
             .all(|c| c.listener != "sockets-test-gate"));
+        drop(l);
+        assert!(snapshot()
+            .unwrap()
+            .listeners
+            .iter()
+            .all(|(n, _)| n != "sockets-test-gate"));
     }
 
     #[test]
