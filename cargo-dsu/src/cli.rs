@@ -333,7 +333,12 @@ fn diff(shell: &Shell, args: DiffArgs) -> Result<i32> {
     opts.timeout_ms = timeout_ms.unwrap_or(a.constraints.timeout_ms);
     opts.base_lock = a.old.lock.clone();
     opts.engine = chosen;
-    let g = patch::generate(&opts)?;
+    let g = patch::generate_reporting(&opts, &mut |dir| {
+        shell.note(
+            "Blocking",
+            format!("waiting for another `cargo dsu` building {}", dir.display()),
+        )
+    })?;
     match emit {
         Emit::Transfer => shell.out(if g.transfer_src.is_empty() {
             "// no state type changed: nothing to transfer\n"

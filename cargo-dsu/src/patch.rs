@@ -99,6 +99,8 @@ pub struct Generated {
     pub transfer_src: String,
     /// Every transformed source file, relative to the patch crate (`--emit patch-src`).
     pub files: Vec<(PathBuf, String)>,
+    /// Held until the artifact is read: the exclusive lock on `dir` (see `lock_work_dir`).
+    lock: std::fs::File,
 }
 
 /// A built package.
@@ -212,6 +214,15 @@ struct ChangedState {
 
 /// Generates the patch crate (or, for `Engine::Handoff`, the hand-off crate) for OLD -> NEW.
 pub fn generate(opts: &PatchOptions) -> Result<Generated> {
+    generate_reporting(opts, &mut |_| {})
+}
+
+/// `generate`, calling `waiting` with the work directory when another `cargo dsu` is building
+/// the same pair there and this one has to wait for it.
+pub fn generate_reporting(
+    opts: &PatchOptions,
+    waiting: &mut dyn FnMut(&Path),
+) -> Result<Generated> {
     let old = load_crate(&opts.old)?;
     let new = load_crate(&opts.new)?;
     let artifact = match (opts.engine, &new.bin) {
@@ -487,6 +498,7 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
         new.pkg.version,
         if in_place { "" } else { "-handoff" }
     ));
+    let work_lock = lock_work_dir(&dir, waiting)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clean {}", dir.display()))?;
     }
@@ -569,7 +581,39 @@ pub fn generate(opts: &PatchOptions) -> Result<Generated> {
         pinned,
         transfer_src,
         files,
+        lock: work_lock,
     })
+}
+
+/// Locks the work directory of one OLD -> NEW pair exclusively, through `DIR.lock` beside it.
+/// Two `cargo dsu` runs of the same pair (two terminals, `watch` and `diff`, tests in parallel)
+/// share that directory: without the lock the second deletes and rewrites the sources while the
+/// first is building them. The second now waits until the first has read its artifact.
+fn lock_work_dir(dir: &Path, waiting: &mut dyn FnMut(&Path)) -> Result<std::fs::File> {
+    let parent = dir
+        .parent()
+        .expect("the work directory is inside the target directory");
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let path = PathBuf::from(format!("{}.lock", dir.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            waiting(dir);
+            file.lock()
+                .with_context(|| format!("cannot lock {}", path.display()))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    Ok(file)
 }
 
 /// Generates, builds and packs the patch.
@@ -583,6 +627,8 @@ pub fn build_generated(g: Generated, progress: &mut dyn FnMut(&str)) -> Result<B
     let artifact = compile(&g, progress)?;
     let bytes =
         std::fs::read(&artifact).with_context(|| format!("cannot read {}", artifact.display()))?;
+    // The artifact is read: another run of the same pair may now rewrite the work directory.
+    drop(g.lock);
     Ok(Built {
         package: Package::new(g.manifest, bytes),
         crate_dir: g.dir,

@@ -263,3 +263,44 @@ fn a_hand_off_is_built_by_the_toolchain_the_new_version_pins() {
         g.manifest.rustc
     );
 }
+
+#[test]
+fn two_runs_of_the_same_pair_take_turns_in_its_work_directory() {
+    // The second run must not clean and rewrite the crate the first is building.
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    program(&old, "1.0.0", "fn main() {}\n");
+    program(&new, "2.0.0", "fn main() { println!(\"2\"); }\n");
+    let lock = "version = 3\n[[package]]\nname = \"dsu-rt\"\nversion = \"0.1.0\"\n";
+    write(&old, "Cargo.lock", lock);
+    let mut opts = cargo_dsu::patch::PatchOptions::new(&old, &new);
+    opts.target_dir = Some(dir.path().join("target"));
+    let first = cargo_dsu::patch::generate(&opts).unwrap();
+    let marker = first.dir.join("being-built");
+    write(&first.dir, "being-built", "");
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let second = std::thread::spawn(move || {
+        let waited = std::cell::Cell::new(None);
+        let g = cargo_dsu::patch::generate_reporting(&opts, &mut |d| {
+            waited.set(Some(d.to_path_buf()));
+            tx.send(()).unwrap();
+        })
+        .unwrap();
+        (g.dir.clone(), waited.take())
+    });
+    // The second run reports that it waits, and leaves the first one's crate alone meanwhile.
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the second run waits for the first");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!second.is_finished());
+    assert!(marker.is_file(), "the first run's crate was touched");
+    let first_dir = first.dir.clone();
+    drop(first);
+    let (second_dir, waited) = second.join().unwrap();
+    assert_eq!(second_dir, first_dir);
+    assert_eq!(waited.as_deref(), Some(first_dir.as_path()));
+    // Its turn came: it cleaned the directory and wrote its own crate.
+    assert!(!marker.exists());
+    assert!(second_dir.join("Cargo.toml").is_file());
+}

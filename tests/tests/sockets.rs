@@ -106,7 +106,7 @@ fn a_socket_activated_program_is_handed_off_with_its_listener_and_its_clients() 
     let dir = tempfile::tempdir()?;
     // The same change, applied by a hand-off this time: the new process must get systemd's
     // listener (named `app`) and the open connection from the old one.
-    let pkg = handoff_package(dir.path())?;
+    let pkg = handoff_package()?;
     let socket = dir.path().join("ctl.sock");
     let (mut activator, port, mut c) = activate(&exe, &socket)?;
     let old_pid = activator.id();
@@ -149,9 +149,17 @@ impl Drop for KillPid {
     }
 }
 
-/// `cargo dsu diff --engine handoff` of the quit program, v1 -> v2, into `dir`.
-fn handoff_package(dir: &std::path::Path) -> Result<std::path::PathBuf> {
-    let pkg = dir.join("quit-handoff.dsu");
+/// `cargo dsu diff --engine handoff` of the quit program, v1 -> v2, built once for the tests
+/// of this file (they run side by side).
+fn handoff_package() -> Result<std::path::PathBuf> {
+    static BUILT: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(pkg) = built.as_ref() {
+        return Ok(pkg.clone());
+    }
+    let pkg = programs_target()
+        .join("packages")
+        .join("quit-1.0.0-to-2.0.0-handoff.dsu");
     let o = Command::new(cargo_dsu())
         .args(["dsu", "diff", "--engine", "handoff", "-q"])
         .arg(program("quit", "v1"))
@@ -167,6 +175,7 @@ fn handoff_package(dir: &std::path::Path) -> Result<std::path::PathBuf> {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+    *built = Some(pkg.clone());
     Ok(pkg)
 }
 
@@ -189,8 +198,7 @@ fn apply(
 #[test]
 fn a_handoff_waits_for_the_request_in_progress_and_aborts_if_it_does_not_end() -> Result<()> {
     let exe = build_base(&program("quit", "v1"))?;
-    let dir = tempfile::tempdir()?;
-    let pkg = handoff_package(dir.path())?;
+    let pkg = handoff_package()?;
     let p = Process::start(&exe)?;
     // A request that runs for 3 s: a hand-off given 300 ms cannot pass it.
     let mut busy = Conn::open(p.port)?;
