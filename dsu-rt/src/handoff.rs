@@ -782,6 +782,92 @@ fn sd_notify(socket: &str, msg: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A successor whose process is `sleep` and whose channel's other end is returned: the test
+    /// plays the new process on it.
+    fn fake_successor() -> (Successor, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let reader = BufReader::new(ours.try_clone().unwrap());
+        let s = Successor {
+            child,
+            chan: ours,
+            reader,
+        };
+        (s, theirs)
+    }
+
+    fn record() -> UpdateRecord {
+        UpdateRecord {
+            id: 7,
+            from: "1.0.0".into(),
+            to: "2.0.0".into(),
+            started_unix_ms: 0,
+            outcome: crate::Outcome::Committed,
+            reason: None,
+            components: Vec::new(),
+            changes: Vec::new(),
+            attempts: 1,
+            policy_wait_ms: 0.0,
+            prepare_ms: 0.0,
+            pause_ms: 0.0,
+            transfer_ms: 0.0,
+            total_ms: 0.0,
+            busy: Vec::new(),
+            engine: crate::package::Engine::Handoff,
+            new_pid: Some(42),
+        }
+    }
+
+    #[test]
+    fn a_commit_counts_only_once_the_new_process_confirms_it() {
+        // Confirmed: the new process got the record and says it serves.
+        let (mut s, peer) = fake_successor();
+        let new_side = std::thread::spawn(move || {
+            let mut line = String::new();
+            BufReader::new(&peer).read_line(&mut line).unwrap();
+            (&peer).write_all(b"serving\n").unwrap();
+            line
+        });
+        assert_eq!(s.commit(&record()), Ok(()));
+        let line = new_side.join().unwrap();
+        let json = line.strip_prefix("commit ").expect("a commit line");
+        let got: UpdateRecord = serde_json::from_str(json.trim_end()).unwrap();
+        assert_eq!(got, record());
+        s.kill();
+
+        // The new process died after `ready`, before the commit: the commit fails, and the
+        // manager kills the process and rolls back.
+        let (mut s, peer) = fake_successor();
+        drop(peer);
+        assert!(s.commit(&record()).is_err());
+        s.kill();
+        assert!(s.child.try_wait().unwrap().is_some(), "killed and reaped");
+
+        // It died after reading the commit, before opening its sockets: not confirmed either.
+        let (mut s, peer) = fake_successor();
+        let new_side = std::thread::spawn(move || {
+            let mut line = String::new();
+            BufReader::new(&peer).read_line(&mut line).unwrap();
+        });
+        assert_eq!(
+            s.commit(&record()),
+            Err("the new process did not confirm the commit".to_string())
+        );
+        new_side.join().unwrap();
+        s.kill();
+
+        // A wrong answer is no confirmation.
+        let (mut s, peer) = fake_successor();
+        let new_side = std::thread::spawn(move || {
+            let mut line = String::new();
+            BufReader::new(&peer).read_line(&mut line).unwrap();
+            (&peer).write_all(b"failed: no\n").unwrap();
+        });
+        assert!(s.commit(&record()).is_err());
+        new_side.join().unwrap();
+        s.kill();
+    }
+
     #[test]
     fn systemd_hears_ready_and_the_new_main_pid_on_a_path_or_an_abstract_socket() {
         let dir = tempfile::tempdir().unwrap();

@@ -308,13 +308,38 @@ impl Package {
 
     /// Writes a package file, unsigned.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(path, self.to_bytes())
+        write_whole(path, &self.to_bytes())
     }
 
     /// Writes a package file signed with `key`.
     pub fn write_signed(&self, path: &Path, key: &SecretKey) -> std::io::Result<()> {
-        std::fs::write(path, self.to_signed_bytes(key))
+        write_whole(path, &self.to_signed_bytes(key))
     }
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so a reader (a
+/// process applying the package, `cargo dsu apply`) sees the old file or the new one, never a
+/// half-written one, even while two builds of the same pair write the same output.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a file path", path.display()),
+        )
+    })?;
+    let tmp = path.with_file_name(format!(
+        ".{}.{}-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -326,6 +351,25 @@ mod tests {
             Manifest::for_this_toolchain("p", "v1", "v2"),
             vec![1, 2, 3, 4],
         )
+    }
+
+    #[test]
+    fn a_package_file_is_replaced_whole_and_leaves_no_temporary_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.dsu");
+        std::fs::write(&path, vec![0u8; 1 << 16]).unwrap();
+        let p = sample();
+        p.write(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), p.to_bytes());
+        // A write that cannot land (the path is a directory) changes nothing and cleans up.
+        let taken = dir.path().join("taken");
+        std::fs::create_dir(&taken).unwrap();
+        assert!(p.write(&taken).is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]
