@@ -78,7 +78,7 @@ struct DiffArgs {
     /// The new version: a package directory or its Cargo.toml.
     new: PathBuf,
     /// Where to write the package (default: target/dsu/NAME-OLD-to-NEW.dsu in OLD's
-    /// target directory).
+    /// target directory; NAME-OLD-to-NEW-handoff.dsu for a hand-off).
     #[arg(short, long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Build the patch with the release profile (the base must be a release build).
@@ -366,10 +366,9 @@ fn diff(shell: &Shell, args: DiffArgs) -> Result<i32> {
             if release { "release" } else { "dev" }
         ),
     );
-    let default_out = g.target_dir.join("dsu").join(format!(
-        "{}-{}-to-{}.dsu",
-        a.new.name, a.old.version, a.new.version
-    ));
+    // Beside the work directory, named like it: a hand-off and a patch of the same pair do not
+    // overwrite each other's package.
+    let default_out = PathBuf::from(format!("{}.dsu", g.dir.display()));
     let started = std::time::Instant::now();
     let mut built = patch::build_generated(g, &mut |name| shell.status("Compiling", name))?;
     let m = &mut built.package.manifest;

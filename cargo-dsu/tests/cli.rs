@@ -513,6 +513,25 @@ fn a_hand_off_package_carries_the_new_executable() {
     assert!(!m.base.is_empty() && !m.dsu_rt.is_empty() && !m.rustc.is_empty());
     assert!(p.signer().is_some(), "the package is not signed");
     assert!(p.library.starts_with(b"\x7fELF"), "not an executable");
+
+    // Without `-o`, the package goes beside the work directory and is named like it, so the
+    // hand-off of a pair does not overwrite the patch of the same pair.
+    let default_out = target()
+        .join("dsu")
+        .join("kvstore-1.0.0-to-2.0.0-handoff.dsu");
+    let _ = std::fs::remove_file(&default_out);
+    let o = cargo_dsu(&[
+        "diff",
+        "-q",
+        "--engine",
+        "handoff",
+        v1.to_str().unwrap(),
+        v2.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    let p = dsu::Package::read(&default_out).unwrap();
+    assert_eq!(p.manifest.engine, dsu::Engine::Handoff);
 }
 
 #[test]
