@@ -333,12 +333,7 @@ fn diff(shell: &Shell, args: DiffArgs) -> Result<i32> {
     opts.timeout_ms = timeout_ms.unwrap_or(a.constraints.timeout_ms);
     opts.base_lock = a.old.lock.clone();
     opts.engine = chosen;
-    let g = patch::generate_reporting(&opts, &mut |dir| {
-        shell.note(
-            "Blocking",
-            format!("waiting for another `cargo dsu` building {}", dir.display()),
-        )
-    })?;
+    let g = patch::generate_reporting(&opts, &mut |dir| shell.waiting_for(dir))?;
     match emit {
         Emit::Transfer => shell.out(if g.transfer_src.is_empty() {
             "// no state type changed: nothing to transfer\n"

@@ -48,6 +48,14 @@ impl Shell {
         let _ = writeln!(std::io::stderr(), "{v} {msg}");
     }
 
+    /// Says that this run waits for another `cargo dsu` building the same pair in `dir`.
+    pub fn waiting_for(&self, dir: &std::path::Path) {
+        self.note(
+            "Blocking",
+            format!("waiting for another `cargo dsu` building {}", dir.display()),
+        );
+    }
+
     /// A status in yellow (something the user should look at, not an error).
     pub fn note(&self, verb: &str, msg: impl Display) {
         if self.quiet {

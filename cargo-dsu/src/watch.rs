@@ -155,12 +155,7 @@ fn one_update(
     opts.target_dir = Some(target.to_path_buf());
     opts.base_lock = Some(lock.to_path_buf());
     opts.timeout_ms = a.constraints.timeout_ms;
-    let g = patch::generate_reporting(&opts, &mut |dir| {
-        shell.note(
-            "Blocking",
-            format!("waiting for another `cargo dsu` building {}", dir.display()),
-        )
-    })?;
+    let g = patch::generate_reporting(&opts, &mut |dir| shell.waiting_for(dir))?;
     let mut built = patch::build_generated(g, &mut |name| shell.status("Compiling", name))?;
     built.package.manifest.changes = a.manifest_changes();
     built.package.manifest.constraints = dsu::Constraints {
