@@ -287,16 +287,17 @@ impl Successor {
         {
             return Err(self.lost(&format!("streaming the state failed: {e}")));
         }
+        let late = format!(
+            "the new process (pid {}) did not report ready within {} ms; it was killed",
+            self.child.id(),
+            ready_timeout.as_millis()
+        );
         // Kept across timeouts: a line that arrives in pieces is not lost between two reads.
         let mut line = String::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!(
-                    "the new process (pid {}) did not report ready within {} ms; it was killed",
-                    self.child.id(),
-                    ready_timeout.as_millis()
-                ));
+                return Err(late);
             }
             let _ = self.reader.get_ref().set_read_timeout(Some(left));
             match self.reader.read_line(&mut line) {
@@ -313,6 +314,11 @@ impl Successor {
                 Err(e) => return Err(self.lost(&format!("reading its answer failed: {e}"))),
             }
             let line = line.trim_end();
+            // The kernel rounds a receive timeout up to its clock tick (4-10 ms), so a read may
+            // return a `ready` that came after the deadline: that is too late all the same.
+            if line == "ready" && Instant::now() > deadline {
+                return Err(late);
+            }
             if line == "ready" {
                 return Ok(());
             }
@@ -816,6 +822,55 @@ mod tests {
             engine: crate::package::Engine::Handoff,
             new_pid: Some(42),
         }
+    }
+
+    /// Plays a new process that takes the sockets and the stream, then answers `answer` after
+    /// `delay`.
+    fn new_process(
+        peer: UnixStream,
+        delay: Duration,
+        answer: &'static str,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            sockets::recv_fds(&peer).unwrap();
+            let mut len = [0u8; 8];
+            (&peer).read_exact(&mut len).unwrap();
+            let mut stream = vec![0u8; u64::from_le_bytes(len) as usize];
+            (&peer).read_exact(&mut stream).unwrap();
+            std::thread::sleep(delay);
+            let _ = (&peer).write_all(answer.as_bytes());
+            stream
+        })
+    }
+
+    #[test]
+    fn ready_counts_only_within_the_ready_timeout() {
+        let feed = |delay, answer, timeout| {
+            let (mut s, peer) = fake_successor();
+            let new_side = new_process(peer, delay, answer);
+            let r = s.feed(b"state", sockets::Snapshot::default(), None, timeout);
+            assert_eq!(new_side.join().unwrap(), b"state");
+            s.kill();
+            r
+        };
+        assert_eq!(
+            feed(Duration::ZERO, "ready\n", Duration::from_secs(10)),
+            Ok(())
+        );
+        // Late by a few milliseconds: the kernel's receive timeout is rounded up to its clock
+        // tick and would hand over this `ready`, but it came after the deadline.
+        let late = feed(
+            Duration::from_millis(3),
+            "ready\n",
+            Duration::from_millis(1),
+        )
+        .unwrap_err();
+        assert!(
+            late.contains("did not report ready within 1 ms; it was killed"),
+            "{late}"
+        );
+        let failed = feed(Duration::ZERO, "failed: no room\n", Duration::from_secs(10));
+        assert_eq!(failed, Err("the new process failed: no room".to_string()));
     }
 
     #[test]
