@@ -314,13 +314,14 @@ impl Successor {
                 Err(e) => return Err(self.lost(&format!("reading its answer failed: {e}"))),
             }
             let line = line.trim_end();
-            // The kernel rounds a receive timeout up to its clock tick (4-10 ms), so a read may
-            // return a `ready` that came after the deadline: that is too late all the same.
-            if line == "ready" && Instant::now() > deadline {
-                return Err(late);
-            }
             if line == "ready" {
-                return Ok(());
+                // The kernel rounds a receive timeout up to its clock tick (4-10 ms), so a read
+                // may return a `ready` that came after the deadline: that is too late all the same.
+                return if Instant::now() > deadline {
+                    Err(late)
+                } else {
+                    Ok(())
+                };
             }
             if let Some(reason) = line.strip_prefix("failed: ") {
                 return Err(format!("the new process failed: {reason}"));

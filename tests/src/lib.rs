@@ -642,6 +642,19 @@ pub fn cargo_dsu() -> &'static Path {
     })
 }
 
+/// `cargo dsu ARGS`, building into the test programs' shared target directory, colours off,
+/// output captured.
+pub fn run_cargo_dsu<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> std::io::Result<std::process::Output> {
+    Command::new(cargo_dsu())
+        .arg("dsu")
+        .args(args)
+        .env("CARGO_TERM_COLOR", "never")
+        .env("CARGO_TARGET_DIR", programs_target())
+        .output()
+}
+
 /// The machine, for a benchmark's output: cores, CPU model and the rustc that builds.
 pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);

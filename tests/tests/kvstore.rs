@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use dsu_tests::repo_root;
 use dsu_tests::resp::{Client, Reply};
-use dsu_tests::{cargo_dsu, repo_root};
 
 fn version(v: &str) -> PathBuf {
     repo_root().join("examples/kvstore").join(v)
@@ -26,13 +26,7 @@ fn tool(name: &str) -> PathBuf {
 }
 
 fn run_dsu(args: &[&str]) -> Output {
-    Command::new(cargo_dsu())
-        .arg("dsu")
-        .args(args)
-        .env("CARGO_TERM_COLOR", "never")
-        .env("CARGO_TARGET_DIR", dsu_tests::programs_target())
-        .output()
-        .unwrap()
+    dsu_tests::run_cargo_dsu(args).unwrap()
 }
 
 struct Server {

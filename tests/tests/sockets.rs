@@ -160,14 +160,17 @@ fn handoff_package() -> Result<std::path::PathBuf> {
     let pkg = programs_target()
         .join("packages")
         .join("quit-1.0.0-to-2.0.0-handoff.dsu");
-    let o = Command::new(cargo_dsu())
-        .args(["dsu", "diff", "--engine", "handoff", "-q"])
-        .arg(program("quit", "v1"))
-        .arg(program("quit", "v2"))
-        .arg("-o")
-        .arg(&pkg)
-        .env("CARGO_TARGET_DIR", programs_target())
-        .output()?;
+    let (v1, v2) = (program("quit", "v1"), program("quit", "v2"));
+    let o = run_cargo_dsu([
+        "diff",
+        "--engine",
+        "handoff",
+        "-q",
+        v1.to_str().context("a UTF-8 path")?,
+        v2.to_str().context("a UTF-8 path")?,
+        "-o",
+        pkg.to_str().context("a UTF-8 path")?,
+    ])?;
     if !o.status.success() {
         bail!(
             "cargo dsu diff failed:\n{}\n{}",

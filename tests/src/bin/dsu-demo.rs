@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use dsu::control::{request, Request};
 use dsu_tests::resp::{Client, Reply};
-use dsu_tests::{build_base, cargo_dsu, programs_target, repo_root};
+use dsu_tests::{build_base, programs_target, repo_root, run_cargo_dsu};
 
 const KEYS: usize = 10_000;
 
@@ -49,14 +49,14 @@ fn main() -> Result<()> {
     for w in versions.windows(2) {
         eprintln!("{:>12} cargo dsu diff {} {}", "Running", w[0], w[1]);
         let out = work.join(format!("{}-{}.dsu", w[0], w[1]));
-        let o = Command::new(cargo_dsu())
-            .args(["dsu", "diff", "-q"])
-            .arg(example.join(w[0]))
-            .arg(example.join(w[1]))
-            .arg("-o")
-            .arg(&out)
-            .env("CARGO_TARGET_DIR", programs_target())
-            .output()?;
+        let o = run_cargo_dsu([
+            "diff".into(),
+            "-q".into(),
+            example.join(w[0]).into_os_string(),
+            example.join(w[1]).into_os_string(),
+            "-o".into(),
+            out.clone().into_os_string(),
+        ])?;
         ensure!(
             o.status.success(),
             "cargo dsu diff {} {} failed:\n{}{}",
