@@ -8,6 +8,7 @@
 
 pub mod analysis;
 pub mod baseline;
+pub mod cargo;
 pub mod cli;
 pub mod exit;
 pub mod patch;

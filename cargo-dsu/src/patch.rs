@@ -20,13 +20,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
-use cargo_metadata::{Metadata, MetadataCommand, Package as CargoPackage, Target};
+use cargo_metadata::{Metadata, Package as CargoPackage};
 use dsu::package::{BaseComponent, Manifest, Package};
 use dsu::Engine;
 use dsu_syntax::is_dsu_attr;
 use quote::{format_ident, quote, ToTokens};
 use syn::Item;
 
+use crate::cargo::{cargo, locked_version, read_package, root_target, toolchain_pin};
 use crate::source::{self, CrateSource, Model};
 use crate::transfer::{self, Changed};
 
@@ -120,45 +121,6 @@ struct Crate {
     bin: Option<String>,
 }
 
-pub(crate) fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
-}
-
-/// The package at `path` (a directory or its Cargo.toml), read with `cargo metadata`.
-pub(crate) fn read_package(path: &Path) -> Result<(Metadata, CargoPackage)> {
-    let manifest = if path.is_dir() {
-        path.join("Cargo.toml")
-    } else {
-        path.to_path_buf()
-    };
-    if !manifest.is_file() {
-        bail!(
-            "{} is not a crate: there is no Cargo.toml; give a package directory or its Cargo.toml",
-            path.display()
-        );
-    }
-    let meta = MetadataCommand::new()
-        .cargo_path(cargo())
-        .manifest_path(&manifest)
-        .no_deps()
-        .exec()
-        .with_context(|| format!("cannot read the package at {}", manifest.display()))?;
-    let canon = manifest.canonicalize().unwrap_or(manifest.clone());
-    let pkg = meta
-        .packages
-        .iter()
-        .find(|p| p.manifest_path.as_std_path() == canon)
-        .or_else(|| meta.packages.first())
-        .cloned()
-        .ok_or_else(|| {
-            anyhow!(
-                "{} defines no package (is it a virtual workspace?)",
-                manifest.display()
-            )
-        })?;
-    Ok((meta, pkg))
-}
-
 fn load_crate(path: &Path) -> Result<Crate> {
     let (meta, pkg) = read_package(path)?;
     let target = root_target(&pkg)?;
@@ -176,22 +138,6 @@ fn load_crate(path: &Path) -> Result<Crate> {
         root,
         bin,
     })
-}
-
-/// The target a patch is built from: the binary named after the package, else the only binary,
-/// else the library.
-pub fn root_target(pkg: &CargoPackage) -> Result<&Target> {
-    let bins: Vec<&Target> = pkg.targets.iter().filter(|t| t.is_bin()).collect();
-    if let Some(t) = bins.iter().find(|t| t.name == pkg.name.as_str()) {
-        return Ok(t);
-    }
-    if bins.len() == 1 {
-        return Ok(bins[0]);
-    }
-    pkg.targets
-        .iter()
-        .find(|t| t.is_lib())
-        .ok_or_else(|| anyhow!("package `{}` has no binary or library target", pkg.name))
 }
 
 /// A `#[dsu::global]` whose type changed.
@@ -549,7 +495,7 @@ pub fn generate_reporting(
     })?;
     // A hand-off is built by the toolchain NEW pins, if any (the pin travels with the crate).
     let pinned = !in_place
-        && match crate::analysis::toolchain_pin(&new.dir) {
+        && match toolchain_pin(&new.dir) {
             Some((pin, _)) => {
                 let name = pin.file_name().expect("a pin is a file");
                 std::fs::copy(&pin, dir.join(name))
@@ -1295,23 +1241,4 @@ fn rustc_version(pinned_dir: Option<&Path>) -> Result<(String, String)> {
         format!("{} ({})", field("release: "), field("commit-hash: ")),
         field("host: "),
     ))
-}
-
-fn locked_version(lock: &Path, name: &str) -> Result<String> {
-    let text = std::fs::read_to_string(lock)?;
-    let doc: toml::Table = text.parse().context("cannot parse Cargo.lock")?;
-    doc.get("package")
-        .and_then(|p| p.as_array())
-        .and_then(|ps| {
-            ps.iter().find_map(|p| {
-                (p.get("name")?.as_str()? == name)
-                    .then(|| p.get("version")?.as_str().map(str::to_string))?
-            })
-        })
-        .ok_or_else(|| {
-            anyhow!(
-                "{} has no `{name}`: is the program a dsu program?",
-                lock.display()
-            )
-        })
 }

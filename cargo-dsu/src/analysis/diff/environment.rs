@@ -1,0 +1,173 @@
+//! The build environment: dependency requirements and locked versions, the global
+//! allocator, the toolchain pin. A patch must be built like the running process, so any of
+//! these changing is refused in place.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::super::facts::AllocatorFacts;
+use super::super::taxonomy::{change, Kind, Refusal, NOT_IN_PLACE, SAME_DEPENDENCIES};
+use super::super::version::Version;
+use super::{Findings, Pair};
+use crate::cargo::{locked, toolchain_pin};
+
+/// Compares the dependency requirements (Cargo.toml) and, when both have one, the locked
+/// versions (Cargo.lock).
+pub(in crate::analysis) fn dependencies(
+    old: &Version,
+    new: &Version,
+    a: &mut Findings,
+) -> Result<()> {
+    let mut deps: BTreeSet<&String> = old.deps.keys().collect();
+    deps.extend(new.deps.keys());
+    for d in deps {
+        let (o, n) = (old.deps.get(d), new.deps.get(d));
+        if o != n {
+            let desc = format!(
+                "dependency `{d}`: {} -> {}",
+                o.map(String::as_str).unwrap_or("(none)"),
+                n.map(String::as_str).unwrap_or("(none)")
+            );
+            refuse_environment(
+                a,
+                d,
+                format!("dependency {d}"),
+                "Cargo.toml",
+                desc,
+                SAME_DEPENDENCIES,
+                "keep the base's dependency versions for this update, or restart the process on the new version",
+            );
+        }
+    }
+    if let (Some(ol), Some(nl)) = (&old.lock, &new.lock) {
+        if ol != nl {
+            let (lo, ln) = (locked(ol)?, locked(nl)?);
+            for (name, ov) in &lo {
+                if let Some(nv) = ln.get(name) {
+                    if ov != nv
+                        && !a
+                            .refusals
+                            .iter()
+                            .any(|r| r.item == format!("dependency {name}"))
+                    {
+                        let desc = format!(
+                            "locked `{name}`: {} -> {}",
+                            ov.iter().cloned().collect::<Vec<_>>().join(", "),
+                            nv.iter().cloned().collect::<Vec<_>>().join(", ")
+                        );
+                        refuse_environment(
+                            a,
+                            name,
+                            format!("dependency {name}"),
+                            "Cargo.lock",
+                            desc,
+                            SAME_DEPENDENCIES,
+                            "build the patch against the base's Cargo.lock (cargo dsu uses OLD's), or restart the process",
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    Ok(())
+}
+
+/// Compares the `#[global_allocator]`s.
+pub(in crate::analysis) fn allocator(p: &Pair, a: &mut Findings) {
+    let (fo, fn_) = (p.old, p.new);
+    // The global allocator: a patch's allocations go to the running process's allocator (the
+    // patch root declares a forwarding one), so a new one would never be used in place.
+    let shown = |al: &Option<AllocatorFacts>| match al {
+        Some(al) => format!("`{}: {}`", al.name, al.ty),
+        None => "the system allocator".to_string(),
+    };
+    if fo.allocator.as_ref().map(|al| &al.code) != fn_.allocator.as_ref().map(|al| &al.code) {
+        let (file, line) = fn_
+            .allocator
+            .as_ref()
+            .or(fo.allocator.as_ref())
+            .map(|al| (al.file.clone(), al.line))
+            .unwrap_or_default();
+        let desc = format!(
+            "`#[global_allocator]` changed: {} -> {}",
+            shown(&fo.allocator),
+            shown(&fn_.allocator)
+        );
+        a.changes.push(change(
+            Kind::AllocatorChanged,
+            "#[global_allocator]",
+            &file,
+            line,
+            6,
+            desc.clone(),
+            NOT_IN_PLACE.into(),
+        ));
+        a.refusals.push(Refusal {
+            item: "#[global_allocator]".into(),
+            file,
+            line,
+            reason: format!(
+                "{desc}: a patch allocates with the running process's allocator, so the new one would never be used in place"
+            ),
+            fix: "keep the base's allocator for this update".into(),
+            handoff_ok: true,
+        });
+    }
+}
+
+/// Compares the toolchain pins.
+pub(in crate::analysis) fn toolchain(old: &Version, new: &Version, a: &mut Findings) {
+    // Toolchain: a pin that changed means the patch would be built by another rustc.
+    let (ot, nt) = (toolchain_pin(&old.dir), toolchain_pin(&new.dir));
+    if ot.as_ref().map(|(_, t)| t) != nt.as_ref().map(|(_, t)| t) {
+        let show = |t: &Option<(PathBuf, String)>| match t {
+            Some((_, text)) => format!(
+                "`{}`",
+                text.split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
+            None => "no pin".to_string(),
+        };
+        let desc = format!("toolchain pin: {} -> {}", show(&ot), show(&nt));
+        refuse_environment(
+            a,
+            "rust-toolchain",
+            "toolchain".into(),
+            "rust-toolchain.toml",
+            desc,
+            "a patch must be built by the rustc that built the running process",
+            "keep the base's toolchain for this update, or restart the process on the new version",
+        );
+    }
+}
+
+/// A difference in the build environment (category 6): recorded as a change, and refused.
+fn refuse_environment(
+    a: &mut Findings,
+    item: &str,
+    refusal_item: String,
+    file: &str,
+    desc: String,
+    why: &str,
+    fix: &str,
+) {
+    a.changes.push(change(
+        Kind::DependencyChanged,
+        item,
+        file,
+        0,
+        6,
+        desc.clone(),
+        NOT_IN_PLACE.into(),
+    ));
+    a.refusals.push(Refusal {
+        item: refusal_item,
+        file: file.into(),
+        line: 0,
+        reason: format!("{desc}: {why}"),
+        fix: fix.into(),
+        handoff_ok: true,
+    });
+}
