@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use dsu::control::{request, Request};
@@ -17,13 +17,12 @@ use notify::{RecursiveMode, Watcher};
 
 use crate::analysis;
 use crate::baseline::snapshot;
-use crate::cli::DEBOUNCE;
 use crate::exit;
-use crate::patch::{self, PatchOptions};
+use crate::patch::{self, package, PatchOptions};
 use crate::report;
 use crate::shell::Shell;
 
-pub fn watch(
+pub(crate) fn watch(
     shell: &Shell,
     socket: Option<PathBuf>,
     manifest_path: Option<PathBuf>,
@@ -119,6 +118,9 @@ pub fn watch(
     }
 }
 
+/// Waits between polls of the file watcher.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
 /// Builds and applies one update; `Ok(true)` when the process committed it.
 #[allow(clippy::too_many_arguments)]
 fn one_update(
@@ -157,12 +159,7 @@ fn one_update(
     opts.timeout_ms = a.constraints.timeout_ms;
     let g = patch::generate_reporting(&opts, &mut |dir| shell.waiting_for(dir))?;
     let mut built = patch::build_generated(g, &mut |name| shell.status("Compiling", name))?;
-    built.package.manifest.changes = a.manifest_changes();
-    built.package.manifest.constraints = dsu::Constraints {
-        components: a.constraints.components.clone(),
-        protocols_idle: a.constraints.protocols_idle.clone(),
-        park_threads: a.constraints.park_threads,
-    };
+    package::describe(&mut built.package.manifest, &a);
     let file = target
         .join("dsu")
         .join("watch")
