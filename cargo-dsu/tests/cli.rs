@@ -783,3 +783,42 @@ fn colours_follow_cargo_term_color() {
     assert!(run("always").contains("\x1b[1;31merror\x1b[0m:"));
     assert!(run("never").starts_with("error:"));
 }
+
+/// Every file under `dir` (but `target/`) with its contents.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n != "target") {
+                out.extend(tree(&p));
+            }
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_base_without_a_cargo_lock_that_was_never_built_gets_one_resolved_outside_its_tree() {
+    // The second update of a streak: its base (here v1 without its lock) was never built on
+    // its own, and no update to it was built in this target directory.
+    let tmp = tempfile::tempdir().unwrap();
+    let old = scratch_copy("body_only", "v1", &tmp.path().join("old"));
+    let _ = std::fs::remove_file(old.join("Cargo.lock"));
+    let new = scratch_copy("body_only", "v2", &tmp.path().join("new"));
+    let before = tree(&old);
+    let target = tmp.path().join("target");
+    let (o, _out, pkg) = diff_to_file(&old, &new, &["--target-dir", target.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(pkg.is_file());
+    assert!(
+        err.contains("Using Cargo.lock") && err.contains("resolved from the base's dependencies"),
+        "{err}"
+    );
+    assert_eq!(tree(&old), before, "the base's tree is left as it was");
+    assert!(!old.join("Cargo.lock").exists() && !old.join("target").exists());
+}

@@ -109,9 +109,9 @@ pub(crate) fn diff(shell: &Shell, args: DiffArgs) -> Result<i32> {
     opts.release = release;
     opts.target_dir = target_dir;
     opts.timeout_ms = timeout_ms.unwrap_or(a.constraints.timeout_ms);
-    opts.base_lock = a.old.lock.clone();
     opts.engine = chosen;
     let g = patch::generate_reporting(&opts, &mut |dir| shell.waiting_for(dir))?;
+    shell.status("Using", format!("Cargo.lock {}", g.cargo_lock.describe()));
     match emit {
         Emit::Transfer => shell.out(if g.transfer_src.is_empty() {
             "// no state type changed: nothing to transfer\n"

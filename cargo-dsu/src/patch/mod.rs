@@ -29,7 +29,7 @@ use anyhow::{Context, Result};
 use dsu::package::Package;
 
 pub use build::Artifact;
-pub use generate::{generate, generate_reporting, Generated};
+pub use generate::{generate, generate_reporting, Generated, LockOrigin, UsedLock};
 pub use options::PatchOptions;
 pub use package::Built;
 

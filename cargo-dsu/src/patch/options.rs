@@ -17,9 +17,10 @@ pub struct PatchOptions {
     pub target_dir: Option<PathBuf>,
     /// Prepare-to-die timeout written into the manifest.
     pub timeout_ms: u64,
-    /// The Cargo.lock of the running build; default: OLD's. In a chain of updates
-    /// (v1 -> v2 -> v3) the process still runs v1's dependencies, so every patch is built
-    /// against v1's lock. A hand-off uses NEW's own Cargo.lock when it has one (the new
+    /// The Cargo.lock of the running build; default: OLD's, else the one the update to OLD
+    /// was built with, else OLD's dependencies resolved (see `UsedLock`). In a chain of
+    /// updates (v1 -> v2 -> v3) the process still runs v1's dependencies, so every patch is
+    /// built against v1's lock. A hand-off uses NEW's own Cargo.lock when it has one (the new
     /// process may run other dependency versions), else this one.
     pub base_lock: Option<PathBuf>,
     /// What to build: a patch library (in place) or the new executable (hand-off).

@@ -13,7 +13,7 @@ use crate::cargo::toolchain_pin;
 use crate::patch::build::Artifact;
 use crate::source::CrateSource;
 
-fn copy_tree(from: &Path, to: &Path, skip: &Path) -> Result<()> {
+pub(in crate::patch) fn copy_tree(from: &Path, to: &Path, skip: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in
         std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
@@ -263,39 +263,10 @@ pub(in crate::patch) fn write_manifest(
     Ok(())
 }
 
-/// Copies the Cargo.lock the crate is built with into `dir`: for a patch (`in_place`) the
-/// base's (`base_lock`, default OLD's), for a hand-off NEW's own when it has one.
-pub(in crate::patch) fn copy_lock(
-    base_lock: Option<&Path>,
-    old: &Crate,
-    new: &Crate,
-    dir: &Path,
-    in_place: bool,
-) -> Result<()> {
-    let base_lock = base_lock
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| old.meta.workspace_root.as_std_path().join("Cargo.lock"));
-    let new_lock = new.meta.workspace_root.as_std_path().join("Cargo.lock");
-    let lock = if !in_place && new_lock.is_file() {
-        new_lock
-    } else {
-        base_lock
-    };
-    std::fs::copy(&lock, dir.join("Cargo.lock")).with_context(|| {
-        if in_place {
-            format!(
-                "cannot copy the base's Cargo.lock from {}: build the base first, so the patch \
-                 uses the same dependency versions",
-                lock.display()
-            )
-        } else {
-            format!(
-                "cannot copy a Cargo.lock from {}: the new version has none either; run \
-                 `cargo generate-lockfile` in it",
-                lock.display()
-            )
-        }
-    })?;
+/// Copies the Cargo.lock the crate is built with (see `lock`) into `dir`.
+pub(in crate::patch) fn copy_lock(lock: &Path, dir: &Path) -> Result<()> {
+    std::fs::copy(lock, dir.join("Cargo.lock"))
+        .with_context(|| format!("cannot copy the Cargo.lock from {}", lock.display()))?;
     Ok(())
 }
 

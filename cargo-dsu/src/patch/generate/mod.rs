@@ -6,6 +6,7 @@
 //! packaging (for the manifest) beside it, `source` and `transfer` below.
 
 mod crate_dir;
+mod lock;
 mod old_module;
 mod plan;
 mod splice;
@@ -20,6 +21,7 @@ use super::build::{lock_work_dir, rustc_version, Artifact};
 use super::options::PatchOptions;
 use super::package;
 use crate::source;
+pub use lock::{LockOrigin, UsedLock};
 
 /// A generated (not yet built) patch or hand-off crate.
 pub struct Generated {
@@ -37,6 +39,8 @@ pub struct Generated {
     pub files: Vec<(PathBuf, String)>,
     /// Held until the artifact is read: the exclusive lock on `dir` (see `lock_work_dir`).
     pub(in crate::patch) lock: std::fs::File,
+    /// The Cargo.lock it is built with, and why that one.
+    pub cargo_lock: UsedLock,
 }
 
 /// Generates the patch crate (or, for `Engine::Handoff`, the hand-off crate) for OLD -> NEW.
@@ -96,7 +100,15 @@ pub fn generate_reporting(
     }
     let files = crate_dir::write_sources(&new, &src_new, edits, &dir, &target_dir)?;
     crate_dir::write_manifest(&old, &new, &dir, &artifact)?;
-    crate_dir::copy_lock(opts.base_lock.as_deref(), &old, &new, &dir, in_place)?;
+    let lock = lock::choose(
+        opts.base_lock.as_deref(),
+        &old,
+        &new,
+        &target_dir,
+        in_place,
+        waiting,
+    )?;
+    crate_dir::copy_lock(&lock.path, &dir)?;
     let pinned = !in_place && crate_dir::copy_pin(&new, &dir)?;
 
     let (rustc, target) = rustc_version(pinned.then_some(dir.as_path()))?;
@@ -119,5 +131,6 @@ pub fn generate_reporting(
         transfer_src,
         files,
         lock: work_lock,
+        cargo_lock: lock,
     })
 }
