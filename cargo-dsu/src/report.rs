@@ -10,20 +10,7 @@ use crate::analysis::Analysis;
 /// Version of the JSON report format.
 pub const REPORT_FORMAT: &str = "dsu-diff/1";
 
-const CATEGORIES: [&str; 7] = [
-    "",
-    "one component",
-    "protocol between components",
-    "global data",
-    "global algorithm",
-    "data on disk",
-    "environment",
-];
-
-/// The taxonomy name of a category.
-pub fn category_name(c: u8) -> &'static str {
-    CATEGORIES.get(c as usize).copied().unwrap_or("unknown")
-}
+pub use crate::analysis::category_name;
 
 /// What an engine does, for the report's `engine:` line.
 fn engine_summary(e: Engine) -> &'static str {
@@ -129,6 +116,8 @@ struct Doc<'a> {
     engine_requested: Option<Engine>,
     engine_reasons: &'a [String],
     category: u8,
+    /// The category's name in the taxonomy (`whole program` for 7).
+    category_name: &'static str,
     changes: &'a [crate::analysis::Change],
     refusals: &'a [crate::analysis::Refusal],
     constraints: &'a crate::analysis::Constraints,
@@ -146,6 +135,7 @@ pub fn json(a: &Analysis) -> String {
         engine_requested: a.plan.requested,
         engine_reasons: &a.plan.reasons,
         category: a.category(),
+        category_name: category_name(a.category()),
         changes: &a.changes,
         refusals: &a.refusals,
         constraints: &a.constraints,

@@ -28,7 +28,8 @@ use diff::{components, environment, globals, outside, states, Findings, Pair};
 
 pub use facts::pretty;
 pub use taxonomy::{
-    Change, Constraints, EnginePlan, Kind, Refusal, DEFAULT_TIMEOUT_MS, IN_PLACE_REASON,
+    category_name, Change, Constraints, EnginePlan, Kind, Refusal, DEFAULT_TIMEOUT_MS,
+    IN_PLACE_REASON,
 };
 pub use version::{load_version, Source, Version};
 

@@ -39,6 +39,32 @@ pub enum Kind {
     DataMigration,
 }
 
+/// The categories of the update taxonomy, by increasing severity; the index is the number.
+const CATEGORIES: [&str; 8] = [
+    "",
+    "one component",
+    "protocol between components",
+    "global data",
+    "global algorithm",
+    "data on disk",
+    "environment",
+    "whole program",
+];
+
+/// Hardware or build-environment requirements: the dependency versions, the toolchain, the
+/// global allocator. The in-place engine refuses them (a patch is built like the running
+/// process and allocates with its allocator); a hand-off starts a new build.
+pub const ENVIRONMENT: u8 = 6;
+
+/// Code outside components (`main`, free functions the program calls, other impls): only a
+/// hand-off, which replaces the whole program, applies it.
+pub const WHOLE_PROGRAM: u8 = 7;
+
+/// The taxonomy name of a category.
+pub fn category_name(c: u8) -> &'static str {
+    CATEGORIES.get(c as usize).copied().unwrap_or("unknown")
+}
+
 /// One change, classified.
 #[derive(Clone, Debug, Serialize)]
 pub struct Change {
@@ -47,7 +73,7 @@ pub struct Change {
     pub item: String,
     pub file: String,
     pub line: u32,
-    /// Category in the update taxonomy (1 one component ... 6 environment).
+    /// Category in the update taxonomy (see [`category_name`]).
     pub category: u8,
     pub description: String,
     /// What it requires of the running system.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::super::facts::AllocatorFacts;
-use super::super::taxonomy::{change, Kind, Refusal, NOT_IN_PLACE, SAME_DEPENDENCIES};
+use super::super::taxonomy::{change, Kind, Refusal, ENVIRONMENT, NOT_IN_PLACE, SAME_DEPENDENCIES};
 use super::super::version::Version;
 use super::{Findings, Pair};
 use crate::cargo::{locked, toolchain_pin};
@@ -101,7 +101,7 @@ pub(in crate::analysis) fn allocator(p: &Pair, a: &mut Findings) {
             "#[global_allocator]",
             &file,
             line,
-            6,
+            ENVIRONMENT,
             desc.clone(),
             NOT_IN_PLACE.into(),
         ));
@@ -143,7 +143,7 @@ pub(in crate::analysis) fn toolchain(old: &Version, new: &Version, a: &mut Findi
     }
 }
 
-/// A difference in the build environment (category 6): recorded as a change, and refused.
+/// A difference in the build environment (category 6, `ENVIRONMENT`): recorded as a change, and refused.
 fn refuse_environment(
     a: &mut Findings,
     item: &str,
@@ -158,7 +158,7 @@ fn refuse_environment(
         item,
         file,
         0,
-        6,
+        ENVIRONMENT,
         desc.clone(),
         NOT_IN_PLACE.into(),
     ));

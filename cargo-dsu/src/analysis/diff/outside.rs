@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::super::facts::{last, OutsideFacts};
-use super::super::taxonomy::{change, Kind, Refusal, NOT_IN_PLACE};
+use super::super::taxonomy::{change, Kind, Refusal, NOT_IN_PLACE, WHOLE_PROGRAM};
 use super::{Findings, Pair};
 
 /// Compares the code outside components: a helper only components call goes into the patch
@@ -77,7 +77,7 @@ pub(in crate::analysis) fn outside(p: &Pair, a: &mut Findings) {
             key,
             &n.file,
             n.line,
-            6,
+            WHOLE_PROGRAM,
             "code outside components changed".into(),
             NOT_IN_PLACE.into(),
         ));
