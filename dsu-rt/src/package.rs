@@ -103,7 +103,7 @@ pub struct Change {
     pub file: String,
     #[serde(default)]
     pub line: u32,
-    /// Category in the update taxonomy (1 = one component ... 6 = environment).
+    /// Category in the update taxonomy (1 = one component ... 6 = environment, 7 = whole program).
     pub category: u8,
     pub description: String,
 }
