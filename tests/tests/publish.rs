@@ -63,9 +63,9 @@ fn a_program_outside_the_workspace_builds_on_the_packaged_crates_and_cargo_dsu_i
             .arg(&pack_dir),
         "cargo package --workspace",
     );
-    let unpacked = base.join("unpacked");
-    let _ = std::fs::remove_dir_all(&unpacked);
-    std::fs::create_dir_all(&unpacked).unwrap();
+    // Outside the workspace's tree: under it, cargo would take the packages for members.
+    let unpacked_dir = tempfile::tempdir().unwrap();
+    let unpacked = unpacked_dir.path().to_path_buf();
     for c in DSU_CRATES {
         let file = pack_dir.join("package").join(format!("{c}-0.1.0.crate"));
         assert!(file.exists(), "{} was not packaged", file.display());
