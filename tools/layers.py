@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Import graph of a crate's src/: one node per file, an edge A -> B when A names a path into
 B's module (`crate::`, `super::`, `self::`, or a child module by name), in `use` items and in
-code alike. Comments, `quote!` bodies (generated code) and `#[cfg(test)] mod tests` are left
-out. Prints the edges and fails on a cycle."""
+code alike. Comments, generated code (`quote!` bodies, and `macro_rules!` bodies, which expand in
+the caller's crate) and `#[cfg(test)] mod tests` are left out. Prints the edges and fails on a cycle."""
 import os, re, sys
 
 src = sys.argv[1] if len(sys.argv) > 1 else 'src'
@@ -26,7 +26,7 @@ def strip(text):
     text = re.sub(r'"(\\.|[^"\\])*"', '""', text, flags=re.S)
     out, i = [], 0
     while True:
-        m = re.search(r'quote(_spanned)?!\s*[\{\(]|#\[cfg\(test\)\]\s*mod\s+\w+\s*\{', text[i:])
+        m = re.search(r'quote(_spanned)?!\s*[\{\(]|macro_rules!\s*\w+\s*\{|#\[cfg\(test\)\]\s*mod\s+\w+\s*\{', text[i:])
         if not m:
             out.append(text[i:]); break
         start = i + m.start(); j = i + m.end() - 1

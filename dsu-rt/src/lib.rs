@@ -38,56 +38,40 @@
 //!
 //! See DESIGN.md for the architecture.
 
-// With `--cfg dsu_off`, `off` stands in for everything but the error type and the build facts.
+// The layers, bottom to top; each imports only from the layers below it (DESIGN.md, section 3).
+// With `--cfg dsu_off`, `off` stands in for everything but the error type, the build facts,
+// signing and the named descriptors.
+mod abi;
 #[cfg(not(dsu_off))]
-mod alloc;
-#[cfg(not(dsu_off))]
-mod component;
-#[cfg(not(dsu_off))]
-mod context;
+mod call;
 #[cfg(not(dsu_off))]
 pub mod control;
-#[cfg(not(dsu_off))]
-mod desc;
 mod error;
 #[cfg(not(dsu_off))]
-pub mod fingerprint;
-#[cfg(not(dsu_off))]
-mod gate;
-#[cfg(not(dsu_off))]
-mod global;
-#[cfg(not(dsu_off))]
 mod handoff;
-#[cfg(not(dsu_off))]
-mod loader;
 #[cfg(not(dsu_off))]
 mod manager;
 #[cfg(dsu_off)]
 mod off;
-#[cfg(not(dsu_off))]
 pub mod package;
 #[cfg(not(dsu_off))]
-mod policy;
-#[cfg(not(dsu_off))]
-mod protocol;
-#[cfg(not(dsu_off))]
 mod runtime;
-/// Signed packages: keys and signatures.
-// With `dsu_off` no package is read, so signing and checking go unused.
-#[cfg_attr(dsu_off, allow(dead_code))]
-pub mod signing;
-/// Named descriptors: inherited listeners (systemd socket activation) and passing descriptors
-/// between processes.
 pub mod sockets;
 #[cfg(not(dsu_off))]
-mod thread;
+mod update;
 
+// The public API.
+pub use abi::build;
 #[cfg(not(dsu_off))]
-pub use component::{register, Component, Handle, State};
+pub use abi::fingerprint;
+#[cfg(not(dsu_off))]
+pub use call::component::{register, Component, Handle, State};
+#[cfg(not(dsu_off))]
+pub use call::global::Global;
+#[cfg(not(dsu_off))]
+pub use call::thread::{register_thread, ThreadRegistration};
 pub use dsu_macros::{component, global, protocol, state, transfer};
 pub use error::Error;
-#[cfg(not(dsu_off))]
-pub use global::Global;
 #[cfg(not(dsu_off))]
 pub use manager::{
     ApplyOptions, BusyCall, ComponentStatus, Outcome, Status, UpdateRecord, UpdateReport,
@@ -98,14 +82,13 @@ pub use off::{
     ThreadRegistration,
 };
 #[cfg(not(dsu_off))]
-pub use package::{Constraints, Engine, Manifest, Package};
+pub use package::policy::{Policy, TimeOfDay};
+pub use package::signing;
 #[cfg(not(dsu_off))]
-pub use policy::{Policy, TimeOfDay};
+pub use package::{Constraints, Engine, Manifest, Package};
 #[cfg(not(dsu_off))]
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use sockets::{listener, Connection, Listener};
-#[cfg(not(dsu_off))]
-pub use thread::{register_thread, ThreadRegistration};
 
 /// A thread-level safe point. A thread registered with [`Runtime::register_thread`] parks here
 /// while an update that requires parked threads is applied; elsewhere it costs one relaxed load
@@ -120,62 +103,77 @@ macro_rules! update_point {
 /// Not public API: what the macros' `dsu_off` expansions use.
 #[cfg(dsu_off)]
 #[doc(hidden)]
-pub use off::private as __private;
-
-/// Facts about this build of the runtime, compared against a patch's before it is loaded.
-pub mod build {
-    /// The rustc that built this copy of the runtime (`release (commit)`).
-    pub const RUSTC: &str = env!("DSU_RUSTC_VERSION");
-    /// The target triple.
-    pub const TARGET: &str = env!("DSU_TARGET");
-    /// The runtime's version.
-    pub const DSU_RT: &str = env!("CARGO_PKG_VERSION");
-    /// Whether debug assertions are on (a crate may change its types' layout with them).
-    pub const DEBUG_ASSERTIONS: bool = cfg!(debug_assertions);
+pub mod __private {
+    pub use crate::off::private::*;
+    pub use crate::patch_root;
 }
 
 /// Not public API: what the macros' generated code uses.
 #[cfg(not(dsu_off))]
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::alloc::ForwardAlloc;
-    pub use crate::component::{
-        catch, drop_state, finish, stale_call, Call, Component, Proxy, RawHandle, State,
-    };
-    pub use crate::context::adopt;
-    pub use crate::desc::{
+    pub use crate::abi::alloc::ForwardAlloc;
+    pub use crate::abi::artifact::{COMPONENTS, GLOBALS, GLOBAL_TRANSFERS, STATES, TRANSFERS};
+    pub use crate::abi::desc::{
         CallResult, ComponentDesc, ErasedFn, FieldLayout, GlobalDesc, GlobalTransferDesc,
-        IndexCell, MethodDesc, ProtocolRole, Receiver, StateKind, StateLayout, TransferDesc,
-        TransferFailure,
+        IndexCell, MethodDesc, ProtocolRef, ProtocolRole, Receiver, StateKind, StateLayout,
+        TransferDesc, TransferFailure,
     };
-    pub use crate::fingerprint;
-    pub use crate::global::Global;
+    pub use crate::abi::fingerprint;
+    pub use crate::abi::root::{patch_root_module, PatchDescriptors, PatchRoot, PatchRootRef};
+    pub use crate::abi::transfer::{
+        generated_transfer, moved, user_transfer, user_transfer_fallible, Moved,
+    };
+    pub use crate::call::component::{drop_state, Component, Proxy, RawHandle, State};
+    pub use crate::call::global::Global;
+    pub use crate::call::invoke::{catch, finish, stale_call, Call};
+    pub use crate::call::thread::update_point;
     pub use crate::handoff::{load_state, save_state};
-    pub use crate::loader::{patch_root_module, PatchDescriptors, PatchRoot, PatchRootRef};
     pub use crate::patch_root;
-    pub use crate::protocol::ProtocolRef;
-    pub use crate::thread::update_point;
+    pub use crate::update::load::adopt;
     pub use abi_stable;
     pub use linkme;
     pub use serde;
+}
 
-    pub use crate::loader::transfer::{
-        generated_transfer, moved, user_transfer, user_transfer_fallible, Moved,
+#[cfg(not(dsu_off))]
+/// Defines a patch's root: its layout-checked abi_stable header, its `adopt` entry point and
+/// its forwarding global allocator. cargo-dsu appends `::dsu::__private::patch_root!{}` to the
+/// crate root of every patch it generates; a program never writes it.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! patch_root {
+    () => {
+        #[global_allocator]
+        static __DSU_ALLOC: $crate::__private::ForwardAlloc = $crate::__private::ForwardAlloc::new();
+
+        #[doc(hidden)]
+        unsafe extern "C" fn __dsu_adopt(host: *const ()) {
+            // SAFETY: the loader passes its `HostContext` after checking the toolchain.
+            unsafe { $crate::__private::adopt(host, &__DSU_ALLOC) }
+        }
+
+        #[doc(hidden)]
+        fn __dsu_root_module() -> $crate::__private::PatchRootRef {
+            $crate::__private::patch_root_module(__dsu_adopt)
+        }
+
+        // What `#[abi_stable::export_root_module]` expands to, with paths through this crate so
+        // that the patch needs no direct dependency on abi_stable.
+        #[no_mangle]
+        #[doc(hidden)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::__private::abi_stable::library::LibHeader = {
+            pub extern "C" fn _sabi_erased_module() -> $crate::__private::abi_stable::library::RootModuleResult {
+                $crate::__private::abi_stable::library::__call_root_module_loader(__dsu_root_module)
+            }
+            type __SabiModule = <$crate::__private::PatchRootRef as $crate::__private::abi_stable::library::IntoRootModuleResult>::Module;
+            // SAFETY: `_sabi_erased_module` returns the root module of type `__SabiModule`.
+            unsafe {
+                $crate::__private::abi_stable::library::LibHeader::from_constructor::<__SabiModule>(
+                    _sabi_erased_module,
+                    $crate::__private::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
     };
-
-    /// Every component of this artifact (host binary or patch).
-    #[linkme::distributed_slice]
-    pub static COMPONENTS: [&'static ComponentDesc];
-    /// Every state type of this artifact, including a patch's `old` copies.
-    #[linkme::distributed_slice]
-    pub static STATES: [&'static StateLayout];
-    /// Every `#[dsu::global]` of this artifact.
-    #[linkme::distributed_slice]
-    pub static GLOBALS: [&'static GlobalDesc];
-    /// Every state transfer of this artifact (only patches have any).
-    #[linkme::distributed_slice]
-    pub static TRANSFERS: [&'static TransferDesc];
-    /// Every global transfer of this artifact (only patches have any).
-    #[linkme::distributed_slice]
-    pub static GLOBAL_TRANSFERS: [&'static GlobalTransferDesc];
 }

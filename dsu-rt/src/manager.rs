@@ -9,17 +9,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::component::{self, ComponentType, Slot, Table, TypeInner, COUNTING};
-use crate::context::ctx;
-use crate::desc::{
+use crate::abi::desc::{
     ComponentDesc, GlobalDesc, GlobalTransferDesc, ProtocolRole, StateLayout, TransferDesc,
 };
-use crate::loader::{self, PatchDescriptors};
+use crate::abi::root::{this_artifact, PatchDescriptors};
+use crate::abi::shared::Shared;
+use crate::call::component::{self, ComponentType, Slot, Table, TypeInner};
+use crate::call::invoke::{self, COUNTING};
+use crate::call::protocol::{self, ProtocolState};
+use crate::call::thread::lock;
+use crate::call::{global, thread};
+use crate::package::policy::{self, Policy};
+use crate::package::signing::PublicKey;
 use crate::package::{Change, Engine, Package};
-use crate::policy::{self, Policy};
-use crate::protocol::{self, ProtocolState};
-use crate::signing::PublicKey;
-use crate::thread::lock;
+use crate::update::load as loader;
 
 /// How an update ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +77,7 @@ pub struct UpdateRecord {
     pub busy: Vec<BusyCall>,
     /// The engine that applied (or tried to apply) the update.
     #[serde(default)]
-    pub engine: crate::package::Engine,
+    pub engine: Engine,
     /// A committed hand-off: the process that now serves (this record is the old process's
     /// last word).
     #[serde(default)]
@@ -120,6 +123,13 @@ pub struct Status {
     pub components: Vec<ComponentStatus>,
     pub staged: Vec<u64>,
     pub history: Vec<UpdateRecord>,
+}
+
+/// The process's update manager (the host's, also in a patch).
+static MANAGER: Shared<Manager> = Shared::new("manager", Manager::new);
+
+pub(crate) fn manager() -> &'static Manager {
+    MANAGER.get()
 }
 
 pub(crate) struct Manager {
@@ -338,9 +348,9 @@ impl Manager {
             program: m.program.clone(),
             version: m.version.clone(),
             pid: std::process::id(),
-            rustc: crate::build::RUSTC.to_string(),
-            target: crate::build::TARGET.to_string(),
-            dsu_rt: crate::build::DSU_RT.to_string(),
+            rustc: crate::abi::build::RUSTC.to_string(),
+            target: crate::abi::build::TARGET.to_string(),
+            dsu_rt: crate::abi::build::DSU_RT.to_string(),
             components,
             staged: m.staged.iter().map(|s| s.id).collect(),
             history: m.history.clone(),
@@ -395,7 +405,7 @@ impl Manager {
             transfer_ms: 0.0,
             total_ms: 0.0,
             busy: Vec::new(),
-            engine: crate::package::Engine::InPlace,
+            engine: Engine::InPlace,
             new_pid: None,
         }
     }
@@ -631,9 +641,12 @@ impl Manager {
         let stream = self.stream(&ready);
         rec.transfer_ms = ms(t0.elapsed());
         let result = match stream {
-            Ok((bytes, snap)) => {
-                successor.feed(&bytes, snap, crate::control::listener_fd(), ready_timeout)
-            }
+            Ok((bytes, snap)) => successor.feed(
+                &bytes,
+                snap,
+                crate::handoff::control_socket(),
+                ready_timeout,
+            ),
             Err(reason) => {
                 successor.kill();
                 Err(reason)
@@ -691,11 +704,11 @@ impl Manager {
     /// Checks a hand-off package against this process.
     fn check_handoff(&self, pkg: &Package, opts: &ApplyOptions) -> Result<(), String> {
         let man = &pkg.manifest;
-        if man.target != crate::build::TARGET {
+        if man.target != crate::abi::build::TARGET {
             return Err(format!(
                 "the new version was built for `{}`, this machine runs `{}`",
                 man.target,
-                crate::build::TARGET
+                crate::abi::build::TARGET
             ));
         }
         if !pkg.library.starts_with(b"\x7fELF") {
@@ -755,7 +768,7 @@ impl Manager {
 
     /// A plan that holds every component, protocol and registered thread of the process.
     fn whole_process_plan(&self, timeout: Duration) -> Plan {
-        let mut all: Vec<Arc<ComponentType>> = lock(&ctx().components).values().cloned().collect();
+        let mut all: Vec<Arc<ComponentType>> = lock(component::types()).values().cloned().collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         let mut protocol_names = std::collections::BTreeSet::new();
         let types = all
@@ -816,7 +829,7 @@ impl Manager {
             *n += 1;
         }
         let mut globals = Vec::new();
-        for (id, e) in lock(&ctx().globals).iter() {
+        for (id, e) in lock(global::registry()).iter() {
             let bytes = match e.desc.save {
                 None => None,
                 Some(save) => Some(crate::handoff::guarded(
@@ -887,9 +900,9 @@ impl Manager {
         self.check_signature(&pkg)?;
         let man = &pkg.manifest;
         let host = [
-            ("rustc", man.rustc.as_str(), crate::build::RUSTC),
-            ("target", man.target.as_str(), crate::build::TARGET),
-            ("dsu-rt", man.dsu_rt.as_str(), crate::build::DSU_RT),
+            ("rustc", man.rustc.as_str(), crate::abi::build::RUSTC),
+            ("target", man.target.as_str(), crate::abi::build::TARGET),
+            ("dsu-rt", man.dsu_rt.as_str(), crate::abi::build::DSU_RT),
         ];
         for (what, pkgv, hostv) in host {
             if pkgv != hostv {
@@ -899,12 +912,12 @@ impl Manager {
                 ));
             }
         }
-        if man.debug_assertions != crate::build::DEBUG_ASSERTIONS {
+        if man.debug_assertions != crate::abi::build::DEBUG_ASSERTIONS {
             return Err(format!(
                 "the package was built with debug assertions {}, this process {}; build the \
                  patch with the base's profile (--release or not)",
                 on_off(man.debug_assertions),
-                on_off(crate::build::DEBUG_ASSERTIONS)
+                on_off(crate::abi::build::DEBUG_ASSERTIONS)
             ));
         }
         self.check_program(man)?;
@@ -999,7 +1012,7 @@ impl Manager {
                 }
             }
         }
-        let host_descs: HashMap<String, &'static ComponentDesc> = loader::this_artifact()
+        let host_descs: HashMap<String, &'static ComponentDesc> = this_artifact()
             .components
             .iter()
             .map(|c| (c.id(), *c))
@@ -1156,11 +1169,11 @@ fn describe(s: &StateLayout) -> String {
 }
 
 fn find_type(id: &str) -> Option<Arc<ComponentType>> {
-    lock(&ctx().components).get(id).cloned()
+    lock(component::types()).get(id).cloned()
 }
 
 fn host_states() -> HashMap<String, &'static StateLayout> {
-    loader::this_artifact()
+    this_artifact()
         .states
         .iter()
         .filter(|s| !s.is_old)
@@ -1169,12 +1182,12 @@ fn host_states() -> HashMap<String, &'static StateLayout> {
 }
 
 fn running_globals() -> HashMap<String, u64> {
-    let mut all: HashMap<String, u64> = loader::this_artifact()
+    let mut all: HashMap<String, u64> = this_artifact()
         .globals
         .iter()
         .map(|g| (g.id(), g.fingerprint))
         .collect();
-    for (id, e) in lock(&ctx().globals).iter() {
+    for (id, e) in lock(global::registry()).iter() {
         all.insert(id.clone(), e.fingerprint);
     }
     all
@@ -1293,7 +1306,7 @@ impl Drop for Release<'_> {
             p.unblock();
         }
         if self.parked {
-            crate::thread::registry().parking.release();
+            thread::registry().parking.release();
         }
     }
 }
@@ -1317,7 +1330,7 @@ fn prepare(plan: &Plan) -> Result<Ready, Abort> {
     // them between two calls of one iteration, which is not their safe point.)
     if plan.park_threads {
         release.parked = true;
-        let reg = crate::thread::registry();
+        let reg = thread::registry();
         if let Err((busy, total)) = reg.parking.request_and_wait(deadline) {
             let all = lock(&reg.all).clone();
             let names = reg.parking.busy_threads(&all);
@@ -1383,7 +1396,7 @@ fn prepare(plan: &Plan) -> Result<Ready, Abort> {
             .name("dsu-prepare-to-die".into())
             .spawn(move || {
                 for (slot, i, id) in hooks {
-                    if let Err(p) = component::call_hook(&slot, i) {
+                    if let Err(p) = invoke::call_hook(&slot, i) {
                         let _ = tx.send(Err(format!(
                             "the `prepare_to_die` hook of `{id}` panicked: {p}"
                         )));
@@ -1501,13 +1514,13 @@ fn prepare(plan: &Plan) -> Result<Ready, Abort> {
 }
 
 fn note_busy(slots: &[(usize, Arc<Slot>)], first_seen: &mut HashMap<(i64, u64), Instant>) {
-    let threads = lock(&crate::thread::registry().all).clone();
+    let threads = lock(&thread::registry().all).clone();
     let now = Instant::now();
     for t in threads {
         if t.depth() == 0 {
             continue;
         }
-        let frames = (t.depth() as usize).min(crate::thread::TRACKED);
+        let frames = (t.depth() as usize).min(thread::TRACKED);
         let on_ours = t.slots[..frames].iter().any(|p| {
             let p = p.load(Ordering::Relaxed) as *const ();
             slots
@@ -1526,12 +1539,12 @@ fn busy_calls(
     slots: &[(usize, Arc<Slot>)],
     first_seen: &HashMap<(i64, u64), Instant>,
 ) -> Vec<BusyCall> {
-    let threads = lock(&crate::thread::registry().all).clone();
+    let threads = lock(&thread::registry().all).clone();
     let now = Instant::now();
     let mut out = Vec::new();
     for t in threads {
         let depth = t.depth() as usize;
-        for i in 0..depth.min(crate::thread::TRACKED) {
+        for i in 0..depth.min(thread::TRACKED) {
             let p = t.slots[i].load(Ordering::Relaxed) as *const ();
             let Some((_, s)) = slots
                 .iter()
@@ -1607,7 +1620,7 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
         Vec::new();
     if failure.is_none() {
         for (g, desc) in &plan.globals {
-            let running = lock(&ctx().globals).get(&g.id()).map(|e| e.ptr);
+            let running = lock(global::registry()).get(&g.id()).map(|e| e.ptr);
             let Some(old) = running else { continue };
             // SAFETY: the entry holds a live value of the running type, whose fingerprint is
             // the transfer's `old_fingerprint` (checked in `plan`); every user is passive.
@@ -1678,12 +1691,12 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
     }
     let mut replaced_globals = Vec::new();
     {
-        let mut registry = lock(&ctx().globals);
+        let mut registry = lock(global::registry());
         for (g, desc, new) in &new_globals {
             // The old value stays allocated: code of an older version may have cached a pointer.
             let old = registry.insert(
                 g.id(),
-                crate::global::GlobalEntry {
+                global::GlobalEntry {
                     fingerprint: g.new_fingerprint,
                     ptr: *new,
                     desc,
@@ -1708,7 +1721,7 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
             let Some((hook, what)) = checks(*i)[pass] else {
                 continue;
             };
-            if let Err(e) = component::call_check_locked(slot, hook) {
+            if let Err(e) = invoke::call_check_locked(slot, hook) {
                 check_failure = Some(format!(
                     "{what} of component `{}` failed: {e}; rolled back, the old version keeps \
                      running with its state",
@@ -1731,7 +1744,7 @@ fn swap(plan: &Plan, ready: Ready, rec: &mut UpdateRecord) -> Result<(), ()> {
             slot.state.store(*old, Ordering::Release);
         }
         {
-            let mut registry = lock(&ctx().globals);
+            let mut registry = lock(global::registry());
             for (id, old) in replaced_globals {
                 match old {
                     Some(e) => registry.insert(id, e),
@@ -1765,7 +1778,7 @@ fn release_after(plan: &Plan) {
         p.unblock();
     }
     if plan.park_threads {
-        crate::thread::registry().parking.release();
+        thread::registry().parking.release();
     }
 }
 

@@ -191,7 +191,7 @@ impl RuntimeBuilder {
     }
 
     /// Ignored: no package can be applied.
-    pub fn trust_key(self, _key: crate::signing::PublicKey) -> Self {
+    pub fn trust_key(self, _key: crate::package::signing::PublicKey) -> Self {
         self
     }
 
@@ -201,11 +201,11 @@ impl RuntimeBuilder {
     }
 
     /// Starts the runtime: nothing to start but the once-per-process check.
-    pub fn start(self) -> Result<Runtime, crate::Error> {
+    pub fn start(self) -> Result<Runtime, crate::error::Error> {
         static STARTED: AtomicBool = AtomicBool::new(false);
         // Relaxed: a once-flag with no data attached.
         if STARTED.swap(true, Ordering::Relaxed) {
-            return Err(crate::Error::AlreadyStarted);
+            return Err(crate::error::Error::AlreadyStarted);
         }
         Ok(Runtime { _private: () })
     }
@@ -249,8 +249,7 @@ impl Runtime {
 pub mod private {
     use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-    pub use super::{Component, Global, Proxy};
-    pub use crate::patch_root;
+    pub use crate::off::{Component, Global, Proxy};
     pub use serde;
 
     /// What a component's proxy holds.

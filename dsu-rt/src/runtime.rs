@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::component::{register, Component, Handle};
-use crate::context::ctx;
-use crate::manager::{ApplyOptions, Status, UpdateRecord};
+use crate::call::component::{register, Component, Handle};
+use crate::call::thread::{self, ThreadRegistration};
+use crate::error::Error;
+use crate::manager::{manager, ApplyOptions, Status, UpdateRecord};
+use crate::package::signing::PublicKey;
 use crate::package::Package;
-use crate::signing::PublicKey;
-use crate::thread::ThreadRegistration;
 
 /// Configures and starts the runtime.
 #[derive(Default)]
@@ -82,11 +82,11 @@ impl RuntimeBuilder {
     }
 
     /// Starts the runtime (and the control socket, if one was configured).
-    pub fn start(self) -> Result<Runtime, crate::Error> {
+    pub fn start(self) -> Result<Runtime, Error> {
         static STARTED: AtomicBool = AtomicBool::new(false);
         // Relaxed: a once-flag with no data attached.
         if STARTED.swap(true, Ordering::Relaxed) {
-            return Err(crate::Error::AlreadyStarted);
+            return Err(Error::AlreadyStarted);
         }
         let mut trusted = self.trusted;
         let mut files = self.trusted_files;
@@ -95,13 +95,13 @@ impl RuntimeBuilder {
         }
         for f in &files {
             let keys = match PublicKey::read_list(f) {
-                Ok(k) if k.is_empty() => Err(crate::Error::TrustedKeys(format!(
+                Ok(k) if k.is_empty() => Err(Error::TrustedKeys(format!(
                     "the trusted keys file {} lists no key; an empty list would trust nothing \
                      and is most likely a mistake",
                     f.display()
                 ))),
                 Ok(k) => Ok(k),
-                Err(e) => Err(crate::Error::TrustedKeys(e.to_string())),
+                Err(e) => Err(Error::TrustedKeys(e.to_string())),
             };
             match keys {
                 Ok(k) => trusted.extend(k),
@@ -111,14 +111,12 @@ impl RuntimeBuilder {
                 }
             }
         }
-        ctx()
-            .manager
-            .configure(self.program, self.version, self.patch_dir);
-        ctx().manager.trust(trusted);
+        manager().configure(self.program, self.version, self.patch_dir);
+        manager().trust(trusted);
         // A process started by a hand-off takes its predecessor's sockets, state and history.
         let mut inherited_control = None;
         if let Some((control, stream)) = crate::handoff::receive() {
-            ctx().manager.adopt_history(stream.history, stream.next_id);
+            manager().adopt_history(stream.history, stream.next_id);
             inherited_control = control;
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -180,7 +178,7 @@ impl Runtime {
     /// main pid (`MAINPID`, which needs `NotifyAccess=all` in the unit).
     pub fn ready(&self) {
         match crate::handoff::report_ready() {
-            Some(rec) => ctx().manager.record_handoff(rec),
+            Some(rec) => manager().record_handoff(rec),
             None if !crate::handoff::is_successor() => crate::handoff::notify_systemd(false),
             None => {}
         }
@@ -195,12 +193,12 @@ impl Runtime {
     /// Registers the current thread: updates that require parked threads wait for it to reach
     /// `dsu::update_point!()`.
     pub fn register_thread(&self) -> ThreadRegistration {
-        crate::thread::register_thread()
+        thread::register_thread()
     }
 
     /// Applies a package in-process (what the control socket's `apply` does).
     pub fn apply(&self, package: Package, opts: &ApplyOptions) -> UpdateRecord {
-        ctx().manager.apply(package, opts)
+        manager().apply(package, opts)
     }
 
     /// Applies a package file in-process.
@@ -211,17 +209,17 @@ impl Runtime {
 
     /// Applies a staged update.
     pub fn commit_staged(&self, id: u64, opts: &ApplyOptions) -> Result<UpdateRecord, String> {
-        ctx().manager.commit_staged(id, opts)
+        manager().commit_staged(id, opts)
     }
 
     /// Versions, components and update history.
     pub fn status(&self) -> Status {
-        ctx().manager.status()
+        manager().status()
     }
 
     /// The update history.
     pub fn history(&self) -> Vec<UpdateRecord> {
-        ctx().manager.history()
+        manager().history()
     }
 
     /// The control socket's path, if any.
@@ -235,7 +233,7 @@ impl Drop for Runtime {
     /// update in progress ends first (committed, or aborted within its own timeout) and every
     /// control request being executed gets its reply. Handles keep working.
     fn drop(&mut self) {
-        ctx().manager.begin_shutdown();
+        manager().begin_shutdown();
         if let Some(path) = &self.socket {
             // Relaxed: see `control::serve`.
             self.stop.store(true, Ordering::Relaxed);
@@ -243,7 +241,7 @@ impl Drop for Runtime {
             let _ = UnixStream::connect(path);
             let _ = std::fs::remove_file(path);
         }
-        ctx().manager.wait_for_update();
+        manager().wait_for_update();
         if !crate::control::wait_for_requests(SHUTDOWN_REPLY_WAIT) {
             log::warn!("dsu: shutting down with control requests still running");
         }

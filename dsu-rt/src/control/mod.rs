@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manager::{ApplyOptions, Status, UpdateRecord};
+use crate::manager::{manager, ApplyOptions, Status, UpdateRecord};
+use crate::package::policy::Policy;
 use crate::package::Package;
-use crate::policy::Policy;
 
 /// Version of the control protocol.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -116,15 +116,15 @@ fn peer_uid(conn: &UnixStream) -> Option<u32> {
 /// others (so nobody else can replace the socket). The socket is made mode 0600, or 0666 when
 /// other uids are allowed (connecting needs write permission on the file; the peer check then
 /// decides who is served).
-pub(crate) fn bind(path: &Path, access: &Access) -> Result<UnixListener, crate::Error> {
-    let socket_err = |source| crate::Error::Socket {
+pub(crate) fn bind(path: &Path, access: &Access) -> Result<UnixListener, crate::error::Error> {
+    let socket_err = |source| crate::error::Error::Socket {
         path: path.to_path_buf(),
         source,
     };
     check_directory(path)?;
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(crate::Error::SocketInUse(path.to_path_buf()));
+            return Err(crate::error::Error::SocketInUse(path.to_path_buf()));
         }
         // A stale socket from a process that is gone.
         std::fs::remove_file(path).map_err(socket_err)?;
@@ -139,13 +139,13 @@ pub(crate) fn bind(path: &Path, access: &Access) -> Result<UnixListener, crate::
     Ok(listener)
 }
 
-fn check_directory(path: &Path) -> Result<(), crate::Error> {
+fn check_directory(path: &Path) -> Result<(), crate::error::Error> {
     use std::os::unix::fs::MetadataExt;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let meta = std::fs::metadata(&dir).map_err(|source| crate::Error::Socket {
+    let meta = std::fs::metadata(&dir).map_err(|source| crate::error::Error::Socket {
         path: path.to_path_buf(),
         source,
     })?;
@@ -166,7 +166,7 @@ fn check_directory(path: &Path) -> Result<(), crate::Error> {
     };
     match problem {
         None => Ok(()),
-        Some(problem) => Err(crate::Error::UnsafeSocketDir { dir, problem }),
+        Some(problem) => Err(crate::error::Error::UnsafeSocketDir { dir, problem }),
     }
 }
 
@@ -176,7 +176,7 @@ pub(crate) fn serve(listener: UnixListener, stop: Arc<AtomicBool>, access: Acces
     // Control connections open now.
     let open = Arc::new(AtomicUsize::new(0));
     use std::os::fd::AsRawFd;
-    LISTENER_FD.store(listener.as_raw_fd(), Ordering::Relaxed);
+    crate::handoff::set_control_socket(listener.as_raw_fd());
     loop {
         // Through the sockets' hand-off gate: during a hand-off nothing is accepted (the new
         // process may take the waiting clients), and a process started by a hand-off accepts
@@ -211,16 +211,6 @@ pub(crate) fn serve(listener: UnixListener, stop: Arc<AtomicBool>, access: Acces
             open.fetch_sub(1, Ordering::Relaxed);
         }
     }
-}
-
-/// The control listener's descriptor (-1 when none), passed on by a hand-off.
-static LISTENER_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
-
-/// The control listener's descriptor, if the runtime has one.
-pub(crate) fn listener_fd() -> Option<std::os::fd::RawFd> {
-    // Relaxed: set once, before any update can run.
-    let fd = LISTENER_FD.load(Ordering::Relaxed);
-    (fd >= 0).then_some(fd)
 }
 
 /// Most control connections served at once (each has a thread); more are told to retry.
@@ -322,7 +312,7 @@ fn handle(conn: UnixStream, access: &Access) {
 }
 
 fn execute(req: Request) -> Response {
-    let manager = &crate::context::ctx().manager;
+    let manager = manager();
     match req {
         Request::Status => Response {
             ok: true,

@@ -14,8 +14,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Policy;
-use crate::signing::{self, PublicKey, SecretKey};
+use super::policy::Policy;
+use super::signing::{self, PublicKey, SecretKey};
 
 /// The magic bytes every package starts with (the last byte is the container version).
 pub const MAGIC: &[u8; 8] = b"DSUPKG\0\x01";
@@ -131,10 +131,10 @@ impl Manifest {
             program: program.to_string(),
             from: from.to_string(),
             to: to.to_string(),
-            rustc: crate::build::RUSTC.to_string(),
-            target: crate::build::TARGET.to_string(),
-            dsu_rt: crate::build::DSU_RT.to_string(),
-            debug_assertions: crate::build::DEBUG_ASSERTIONS,
+            rustc: crate::abi::build::RUSTC.to_string(),
+            target: crate::abi::build::TARGET.to_string(),
+            dsu_rt: crate::abi::build::DSU_RT.to_string(),
+            debug_assertions: crate::abi::build::DEBUG_ASSERTIONS,
             base: Vec::new(),
             changes: Vec::new(),
             constraints: Constraints::default(),

@@ -2,9 +2,13 @@
 
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use crate::context::ctx;
-use crate::desc::GlobalDesc;
-use crate::thread::lock;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::incoming;
+use super::thread::lock;
+use crate::abi::desc::GlobalDesc;
+use crate::abi::shared::Shared;
 
 /// A runtime-owned global. `#[dsu::global] static X: T = init;` expands to a `Global<T>`,
 /// which dereferences to the one instance of the process.
@@ -25,6 +29,14 @@ pub(crate) struct GlobalEntry {
 // SAFETY: the pointee is a `T: Send + Sync` that lives for the rest of the process.
 unsafe impl Send for GlobalEntry {}
 
+/// Every global's value, by id (the host's, also in a patch).
+static GLOBALS: Shared<Mutex<HashMap<String, GlobalEntry>>> =
+    Shared::new("globals", || Mutex::new(HashMap::new()));
+
+pub(crate) fn registry() -> &'static Mutex<HashMap<String, GlobalEntry>> {
+    GLOBALS.get()
+}
+
 impl<T: Send + Sync + 'static> Global<T> {
     #[doc(hidden)]
     pub const fn new(desc: &'static GlobalDesc, init: fn() -> T) -> Self {
@@ -38,9 +50,7 @@ impl<T: Send + Sync + 'static> Global<T> {
     #[cold]
     fn resolve(&self) -> &T {
         let id = self.desc.id();
-        let existing = lock(&ctx().globals)
-            .get(&id)
-            .map(|e| (e.fingerprint, e.ptr));
+        let existing = lock(registry()).get(&id).map(|e| (e.fingerprint, e.ptr));
         let ptr = match existing {
             Some((fp, ptr)) => {
                 assert_eq!(
@@ -53,11 +63,11 @@ impl<T: Send + Sync + 'static> Global<T> {
             None => {
                 // Initialise outside the lock: an initialiser may use other globals. A process
                 // started by a hand-off takes the value its predecessor had.
-                let fresh = match crate::handoff::take_global(self.desc) {
+                let fresh = match incoming::take_global(self.desc) {
                     Some(p) => p as *mut T,
                     None => Box::into_raw(Box::new((self.init)())),
                 };
-                let mut map = lock(&ctx().globals);
+                let mut map = lock(registry());
                 let entry = map.entry(id).or_insert(GlobalEntry {
                     fingerprint: self.desc.fingerprint,
                     ptr: fresh as *mut (),

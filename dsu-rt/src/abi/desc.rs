@@ -6,9 +6,9 @@
 //! this crate: the loader checks all three before it reads a single descriptor.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use crate::fingerprint;
+use super::fingerprint;
 
 /// A panic payload carried across the host/patch boundary.
 pub type Payload = Box<dyn Any + Send + 'static>;
@@ -106,7 +106,24 @@ pub struct MethodDesc {
     pub trap: ErasedFn,
     pub cell: &'static IndexCell,
     pub protocol: ProtocolRole,
-    pub protocol_state: Option<&'static crate::protocol::ProtocolRef>,
+    pub protocol_state: Option<&'static ProtocolRef>,
+}
+
+/// A version's reference to a protocol, resolved lazily to the runtime's shared state (its
+/// behaviour is in `call/protocol.rs`).
+pub struct ProtocolRef {
+    pub(crate) name: &'static str,
+    /// The `ProtocolState` it resolved to.
+    pub(crate) resolved: AtomicPtr<()>,
+}
+
+impl ProtocolRef {
+    pub const fn new(name: &'static str) -> Self {
+        ProtocolRef {
+            name,
+            resolved: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
 }
 
 /// What kind of type a state type is.

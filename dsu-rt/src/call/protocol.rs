@@ -5,12 +5,14 @@
 //! idle, new `begin` calls from outside any dsu call wait; calls that continue or end an
 //! instance go on, so the count can reach zero.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use crate::context::ctx;
-use crate::thread::{self, lock};
+use super::thread::{self, lock};
+use crate::abi::desc::ProtocolRef;
+use crate::abi::shared::Shared;
 
 /// The runtime-owned state of one protocol (shared by host and patches).
 pub struct ProtocolState {
@@ -69,20 +71,8 @@ impl ProtocolState {
     }
 }
 
-/// A version's reference to a protocol, resolved lazily to the runtime's shared state.
-pub struct ProtocolRef {
-    name: &'static str,
-    resolved: AtomicPtr<ProtocolState>,
-}
-
+// `ProtocolRef` is declared with the descriptors (`abi/desc.rs`); its behaviour is here.
 impl ProtocolRef {
-    pub const fn new(name: &'static str) -> Self {
-        ProtocolRef {
-            name,
-            resolved: AtomicPtr::new(std::ptr::null_mut()),
-        }
-    }
-
     pub fn name(&self) -> &'static str {
         self.name
     }
@@ -90,9 +80,9 @@ impl ProtocolRef {
     /// The shared state.
     pub fn state(&self) -> &'static ProtocolState {
         // Acquire: pairs with the Release below, so the pointee is initialised.
-        let p = self.resolved.load(Ordering::Acquire);
+        let p = self.resolved.load(Ordering::Acquire) as *const ProtocolState;
         if !p.is_null() {
-            // SAFETY: only ever set to a leaked `Arc` owned by the context, never freed.
+            // SAFETY: only ever set to a leaked `Arc` owned by the registry, never freed.
             return unsafe { &*p };
         }
         let st = state(self.name);
@@ -144,14 +134,18 @@ impl ProtocolRef {
     }
 }
 
+/// Every protocol's state, by name (the host's, also in a patch).
+static PROTOCOLS: Shared<Mutex<HashMap<String, Arc<ProtocolState>>>> =
+    Shared::new("protocols", || Mutex::new(HashMap::new()));
+
 /// The shared state of the protocol `name`, created on first use.
 pub fn state(name: &str) -> &'static ProtocolState {
-    let mut map = lock(&ctx().protocols);
+    let mut map = lock(PROTOCOLS.get());
     let st = map
         .entry(name.to_string())
         .or_insert_with(|| Arc::new(ProtocolState::new(name)))
         .clone();
-    // The context owns the Arc for the life of the process.
-    // SAFETY: the context and its map entries are never dropped, so the pointee lives forever.
+    // The registry owns the Arc for the life of the process.
+    // SAFETY: the registry and its entries are never dropped, so the pointee lives forever.
     unsafe { &*Arc::as_ptr(&st) }
 }

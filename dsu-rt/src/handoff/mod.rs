@@ -37,10 +37,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::desc::{payload_message, GlobalDesc, StateLayout};
+use crate::abi::artifact::{COMPONENTS, GLOBALS, GLOBAL_TRANSFERS, TRANSFERS};
+use crate::abi::desc::{payload_message, GlobalDesc, StateLayout};
+use crate::call::incoming;
+use crate::call::thread::lock;
 use crate::manager::UpdateRecord;
 use crate::sockets::{self, SavedConnection};
-use crate::thread::lock;
 
 /// The variable that tells a process it was started by a hand-off (the descriptor number of
 /// its end of the channel).
@@ -409,6 +411,22 @@ pub(crate) fn exit_if_superseded() {
     }
 }
 
+/// The control listener's descriptor (-1 when none), passed on by a hand-off.
+static CONTROL_SOCKET: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Called by the control server once it listens.
+pub(crate) fn set_control_socket(fd: RawFd) {
+    // Relaxed: set once, before any update can run.
+    CONTROL_SOCKET.store(fd, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The control listener's descriptor, if the runtime has one.
+pub(crate) fn control_socket() -> Option<RawFd> {
+    // Relaxed: as above.
+    let fd = CONTROL_SOCKET.load(std::sync::atomic::Ordering::Relaxed);
+    (fd >= 0).then_some(fd)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The new process's side.
 
@@ -472,6 +490,10 @@ pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
         globals: Mutex::new(HashMap::new()),
     };
     let _ = incoming().set(inc);
+    incoming::install(incoming::Incoming {
+        component: take_component,
+        global: take_global,
+    });
     let got = (|| -> Result<_, String> {
         let fds = sockets::recv_fds(&chan).map_err(|e| format!("receiving the sockets: {e}"))?;
         let mut len = [0u8; 8];
@@ -549,7 +571,7 @@ fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut
     // A transfer from the streamed form comes first: `cargo dsu diff` generates one whenever
     // the type changed, also deep inside (a field's type's definition), which the schema
     // fingerprint of the outer type alone does not show.
-    let transfer = crate::__private::TRANSFERS.iter().find(|t| {
+    let transfer = TRANSFERS.iter().find(|t| {
         t.new.fingerprint() == new.fingerprint()
             && t.old.schema() == saved.schema
             && t.old.load.is_some()
@@ -617,7 +639,7 @@ pub(crate) fn take_global(desc: &'static GlobalDesc) -> Option<*mut ()> {
         .expect("only streamed values are kept");
     // A transfer first: the schema is the type's tokens (`Stats`), which stay the same when
     // the type's definition changes; `cargo dsu diff` generates the transfer when it does.
-    let t = crate::__private::GLOBAL_TRANSFERS.iter().find(|t| {
+    let t = GLOBAL_TRANSFERS.iter().find(|t| {
         t.id() == id
             && t.new_fingerprint == desc.fingerprint
             && t.old_schema == saved.schema
@@ -660,7 +682,7 @@ pub(crate) fn report_ready() -> Option<UpdateRecord> {
     lock(&inc.chan).as_ref()?;
     // Globals nobody has touched yet take their streamed values now.
     let pending: Vec<String> = lock(&inc.globals).keys().cloned().collect();
-    for g in crate::__private::GLOBALS.iter() {
+    for g in GLOBALS.iter() {
         if pending.contains(&g.id()) {
             (g.touch)();
         }
@@ -669,7 +691,7 @@ pub(crate) fn report_ready() -> Option<UpdateRecord> {
     // the removal); state of one it has but did not register is a mistake, not a removal.
     let mut missing = Vec::new();
     for (id, instance) in lock(&inc.components).keys() {
-        if crate::__private::COMPONENTS.iter().any(|c| c.id() == *id) {
+        if COMPONENTS.iter().any(|c| c.id() == *id) {
             missing.push(format!(
                 "the state of component `{id}` (instance {instance}) was not taken: this \
                  version registers fewer instances of it, or registers them after `ready`"

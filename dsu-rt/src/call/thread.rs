@@ -16,10 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::desc::MethodDesc;
+use crate::abi::desc::MethodDesc;
+use crate::abi::shared::Shared;
 
 /// How many nested calls per thread are tracked for reports (deeper calls still work).
 pub(crate) const TRACKED: usize = 8;
+
+/// Reader stripes per gate (`gate.rs`). Threads are assigned stripes round-robin, so up to this
+/// many threads calling at once never share a counter.
+pub(crate) const STRIPES: usize = 8;
 
 /// What the runtime knows about one thread.
 pub struct ThreadInfo {
@@ -58,7 +63,7 @@ impl ThreadInfo {
             seq: AtomicU64::new(0),
             registered: AtomicBool::new(false),
             // Relaxed: a round-robin ticket; any value is correct, distinct ones are faster.
-            stripe: NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % crate::gate::STRIPES,
+            stripe: NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES,
             quiescent: Cell::new(false),
         }
     }
@@ -185,8 +190,12 @@ struct ParkState {
     requested: bool,
 }
 
+/// The process's thread registry (the host's, also in a patch).
+static REGISTRY: Shared<Registry> = Shared::new("threads", Registry::new);
+
+#[inline]
 pub(crate) fn registry() -> &'static Registry {
-    &crate::context::ctx().threads
+    REGISTRY.get()
 }
 
 impl Registry {

@@ -4,7 +4,7 @@ use std::fmt::Display;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::desc::{payload_message, TransferFailure};
+use super::desc::{payload_message, TransferFailure};
 
 /// Runs a hand-written infallible transfer `f(&old) -> new`, catching a panic.
 ///

@@ -1,0 +1,219 @@
+//! The call itself: entering a method through an instance's gate and table, catching a panic
+//! on the callee's side of the boundary, and the hooks the update manager calls.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::component::{RawHandle, Slot};
+use super::gate::{self, Access, Gate};
+use super::thread::{self, ThreadInfo};
+use crate::abi::desc::{payload_message, CallResult, MethodDesc, Receiver};
+
+/// An entered call: holds the gate and the thread's call-stack entry until dropped.
+pub struct Call<'a> {
+    slot: &'a Slot,
+    thread: *const ThreadInfo,
+    depth: u32,
+    stripe: usize,
+    access: Access,
+}
+
+/// Whether rate-bound policies are sampling call counts (off: the counter is not touched).
+pub(crate) static COUNTING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+impl<'a> Call<'a> {
+    /// Enters `method` on the component behind `raw`.
+    #[inline(always)]
+    pub fn enter(raw: &'a RawHandle, method: &'static MethodDesc) -> Call<'a> {
+        Self::enter_with(raw, method, false)
+    }
+
+    /// `force_nested`: the update manager calling a `prepare_to_die` hook passes the pending
+    /// gate as a nested call would.
+    #[inline(always)]
+    pub(crate) fn enter_with(
+        raw: &'a RawHandle,
+        method: &'static MethodDesc,
+        force_nested: bool,
+    ) -> Call<'a> {
+        let slot = &*raw.slot;
+        let access = match method.receiver {
+            Receiver::Shared => Access::Shared,
+            Receiver::Exclusive => Access::Exclusive,
+        };
+        let thread = thread::current();
+        // SAFETY: `current()` returns null or this thread's live info.
+        let nested = force_nested || unsafe { thread.as_ref() }.is_some_and(|t| t.depth() > 0);
+        let stripe = gate::stripe_of(thread);
+        slot.gate.enter(access, thread, stripe, nested, method.name);
+        // SAFETY: as above.
+        let depth = match unsafe { thread.as_ref() } {
+            Some(t) => t.push(&slot.gate as *const Gate as *const (), method),
+            None => 0,
+        };
+        // Relaxed: a counter sampled by the policy loop; exactness is not needed.
+        if COUNTING.load(Ordering::Relaxed) {
+            slot.calls.fetch_add(1, Ordering::Relaxed);
+        }
+        let call = Call {
+            slot,
+            thread,
+            depth,
+            stripe,
+            access,
+        };
+        // Relaxed: set by a call that held the gate before this one entered it.
+        if !slot.poisoned.load(Ordering::Relaxed).is_null() {
+            call.poisoned(method);
+        }
+        call
+    }
+
+    /// A call on a poisoned component panics (the gate is released as the panic unwinds).
+    #[cold]
+    #[inline(never)]
+    fn poisoned(&self, method: &'static MethodDesc) -> ! {
+        // Relaxed: as in `enter_with`.
+        let by = self.slot.poisoned.load(Ordering::Relaxed);
+        // SAFETY: method descriptors are statics of the host or of a never-unloaded patch.
+        let by = unsafe { by.as_ref() }.map_or("?", |m| m.name);
+        panic!(
+            "dsu: component `{}` is poisoned: an earlier call of `{by}` (a `&mut self` method) \
+             panicked and may have left its state half-changed, so `{}` is not run; the program \
+             may check the state and call `Handle::clear_poison`",
+            self.slot.ty.id, method.name
+        )
+    }
+
+    /// The callee panicked (its panic was caught and is resumed by [`finish`] on the caller's
+    /// side): a panic in a `&mut self` method poisons the component (not one in a `&self`
+    /// method, nor a call that never ran because its version removed the method).
+    #[cold]
+    #[inline(never)]
+    pub fn panicked(&self, method: &'static MethodDesc, payload: &(dyn std::any::Any + Send)) {
+        let stale = payload
+            .downcast_ref::<String>()
+            .is_some_and(|m| m.starts_with(STALE_CALL));
+        if self.access == Access::Exclusive && !stale {
+            // Relaxed: published to later callers by the gate's release when the call drops.
+            self.slot.poisoned.store(
+                method as *const MethodDesc as *mut MethodDesc,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The running table's entry for `method`.
+    #[inline(always)]
+    pub fn entry(&self, method: &'static MethodDesc) -> unsafe fn() {
+        // Relaxed: the table is only swapped while the manager holds the gate, and entering
+        // the gate (Acquire) synchronised with the manager's release.
+        // SAFETY: table pointers always come from leaked `Table`s.
+        let table = unsafe { &*self.slot.table.load(Ordering::Relaxed) };
+        match table.entries.get(method.cell.get()) {
+            Some(f) => f.get(),
+            None => unresolved(method.name),
+        }
+    }
+
+    /// The state pointer, of the type the running table's entries expect.
+    #[inline(always)]
+    pub fn state(&self) -> *mut () {
+        // Relaxed: as for `entry`.
+        self.slot.state.load(Ordering::Relaxed)
+    }
+}
+
+#[cold]
+fn unresolved(name: &str) -> ! {
+    panic!("dsu: method `{name}` has no entry in the running table (its version was never loaded)")
+}
+
+impl Drop for Call<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: `thread` is null or this thread's live info (a Call never leaves its thread).
+        if let Some(t) = unsafe { self.thread.as_ref() } {
+            t.pop(self.depth);
+        }
+        self.slot.gate.leave(self.access, self.stripe);
+    }
+}
+
+/// Runs a method body on the callee's side of the boundary, catching a panic so it can be
+/// handed to the caller's copy of std (see [`finish`]).
+#[inline]
+pub fn catch<R>(f: impl FnOnce() -> R) -> CallResult<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+}
+
+/// Returns a table entry's value on the caller's side, resuming a panic caught on the callee's
+/// (after [`Call::panicked`] has seen it and the call has ended).
+#[inline]
+pub fn finish<R>(r: CallResult<R>) -> R {
+    match r {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// The body of every generated trap: a stale caller reached a method its version removed or
+/// changed.
+pub fn stale_call<R>(component: &'static str, method: &'static str) -> CallResult<R> {
+    Err(Box::new(format!(
+        "{STALE_CALL}`{component}::{method}` was removed or changed its signature in an \
+         update; this caller is running code of an older version"
+    )))
+}
+
+/// How the message of a call to a removed method starts (such a call does not poison).
+const STALE_CALL: &str = "dsu: stale call: ";
+
+/// Calls a `prepare_to_die` hook through the normal call path (the manager's thread counts as
+/// inside a call, so it passes the pending gate).
+pub(crate) fn call_hook(slot: &Arc<Slot>, index: usize) -> Result<(), String> {
+    let table = slot.current_table();
+    let method = &table.desc.methods[index];
+    let raw = RawHandle { slot: slot.clone() };
+    let call = Call::enter_with(&raw, method, true);
+    let f = call.entry(method);
+    // SAFETY: hooks take no arguments and return `()`: the macro only accepts that signature
+    // for `prepare_to_die`, so the entry has this type.
+    let f: unsafe fn(*mut ()) -> CallResult<()> = unsafe { std::mem::transmute(f) };
+    // SAFETY: the entry is called with the state of the version it belongs to, gate held.
+    let r = unsafe { f(call.state()) };
+    drop(call);
+    r.map_err(|p| payload_message(&*p))
+}
+
+/// Calls a `migrate` or `health_check` hook (`fn(&mut self | &self) -> Result<(), String>`) of
+/// the version installed in `slot`, while the update manager holds the slot's gate (so no gate
+/// is entered: the manager's hold is the exclusive access). A panic is an `Err`.
+pub(crate) fn call_check_locked(slot: &Slot, index: usize) -> Result<(), String> {
+    let table = slot.current_table();
+    let method = &table.desc.methods[index];
+    let Some(entry) = table.entries.get(method.cell.get()) else {
+        return Err(format!(
+            "the `{}` hook has no entry in the new table",
+            method.name
+        ));
+    };
+    // SAFETY: the macro accepts `migrate` and `health_check` only with this return type and no
+    // arguments, so the entry has this type (every entry takes the state as `*mut ()`).
+    let f: unsafe fn(*mut ()) -> CallResult<Result<(), String>> =
+        unsafe { std::mem::transmute(entry.get()) };
+    // Calls the hook makes are nested calls of the update.
+    // SAFETY: `current()` returns null or this thread's live info.
+    let info = unsafe { thread::current().as_ref() };
+    let depth = info.map(|t| t.push(&slot.gate as *const Gate as *const (), method));
+    // SAFETY: the state belongs to the installed version; the manager holds the gate exclusively.
+    let r = unsafe { f(slot.state.load(Ordering::Relaxed)) };
+    if let (Some(t), Some(d)) = (info, depth) {
+        t.pop(d);
+    }
+    match r {
+        Ok(r) => r,
+        Err(p) => Err(format!("panicked: {}", payload_message(&*p))),
+    }
+}
