@@ -72,10 +72,6 @@ pub use call::global::Global;
 pub use call::thread::{register_thread, ThreadRegistration};
 pub use dsu_macros::{component, global, protocol, state, transfer};
 pub use error::Error;
-#[cfg(not(dsu_off))]
-pub use manager::{
-    ApplyOptions, BusyCall, ComponentStatus, Outcome, Status, UpdateRecord, UpdateReport,
-};
 #[cfg(dsu_off)]
 pub use off::{
     register, register_thread, Component, Global, Handle, Runtime, RuntimeBuilder,
@@ -89,6 +85,10 @@ pub use package::{Constraints, Engine, Manifest, Package};
 #[cfg(not(dsu_off))]
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use sockets::{listener, Connection, Listener};
+#[cfg(not(dsu_off))]
+pub use update::record::{
+    ApplyOptions, BusyCall, ComponentStatus, Outcome, Status, UpdateRecord, UpdateReport,
+};
 
 /// A thread-level safe point. A thread registered with [`Runtime::register_thread`] parks here
 /// while an update that requires parked threads is applied; elsewhere it costs one relaxed load

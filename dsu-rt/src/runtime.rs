@@ -8,9 +8,10 @@ use std::sync::Arc;
 use crate::call::component::{register, Component, Handle};
 use crate::call::thread::{self, ThreadRegistration};
 use crate::error::Error;
-use crate::manager::{manager, ApplyOptions, Status, UpdateRecord};
+use crate::manager::manager;
 use crate::package::signing::PublicKey;
 use crate::package::Package;
+use crate::update::record::{ApplyOptions, Status, UpdateRecord};
 
 /// Configures and starts the runtime.
 #[derive(Default)]

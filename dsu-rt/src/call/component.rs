@@ -405,6 +405,11 @@ pub unsafe fn drop_state<T>(p: *mut ()) {
     drop(unsafe { Box::from_raw(p as *mut T) });
 }
 
+/// The registered component type `id`.
+pub(crate) fn find_type(id: &str) -> Option<Arc<ComponentType>> {
+    lock(types()).get(id).cloned()
+}
+
 /// Ids of all registered component types, for status reports.
 pub(crate) fn types_snapshot() -> Vec<Arc<ComponentType>> {
     let types = lock(types());

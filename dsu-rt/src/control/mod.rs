@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manager::{manager, ApplyOptions, Status, UpdateRecord};
+use crate::manager::manager;
 use crate::package::policy::Policy;
 use crate::package::Package;
+use crate::update::record::{ApplyOptions, Status, UpdateRecord};
 
 /// Version of the control protocol.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -3,7 +3,7 @@
 //! then its `adopt` is called with the host's context and its descriptors read. A library is
 //! never unloaded (DESIGN.md says why).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use abi_stable::library::lib_header_from_path;
@@ -13,6 +13,7 @@ use crate::abi::build;
 use crate::abi::root::{PatchDescriptors, PatchRootRef, PATCH_FORMAT};
 use crate::abi::shared;
 use crate::call::thread::{self, ThreadInfo};
+use crate::package::{Manifest, Package};
 
 /// What the host hands a patch at load: the process's shared registries (`abi/shared.rs`),
 /// its thread-local call tracking, its allocator and its logger.
@@ -84,7 +85,7 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
 
 /// Opens the library at `path` (a path no other library was loaded from), checks its root and
 /// adopts the host's context. The library is never unloaded.
-pub(crate) fn load(path: &Path) -> Result<Loaded, LoadError> {
+fn load(path: &Path) -> Result<Loaded, LoadError> {
     let header = lib_header_from_path(path).map_err(|e| LoadError::Root(one_line(&e)))?;
     let root = header
         .init_root_module::<PatchRootRef>()
@@ -130,4 +131,168 @@ pub(crate) fn load(path: &Path) -> Result<Loaded, LoadError> {
     // runtime version (checked above).
     let descriptors = unsafe { &*d };
     Ok(Loaded { descriptors })
+}
+
+/// A validated, loaded package.
+pub(crate) struct LoadedPatch {
+    pub(crate) manifest: Manifest,
+    pub(crate) descriptors: &'static PatchDescriptors,
+}
+
+/// Writes the package's library to a path of its own in `dir`, loads it, checks its root and
+/// adopts the host's context (the manifest was validated before).
+pub(crate) fn load_patch(pkg: Package, id: u64, dir: &Path) -> Result<LoadedPatch, String> {
+    // dlopen hands back the library it already has for a path it has seen, so every patch
+    // gets a path of its own.
+    let path = dir.join(format!("patch-{id}-{}.so", sanitize(&pkg.manifest.to)));
+    std::fs::write(&path, &pkg.library)
+        .map_err(|e| format!("cannot write the patch library to {}: {e}", path.display()))?;
+    let loaded = load(&path).map_err(|e| {
+        // Nothing will ever run from this file; a library that did get mapped stays mapped.
+        let _ = std::fs::remove_file(&path);
+        e.to_string()
+    })?;
+    Ok(LoadedPatch {
+        manifest: pkg.manifest,
+        descriptors: loaded.descriptors,
+    })
+}
+
+/// Writes a package's payload to a file of its own in `dir` (a hand-off's executable).
+pub(crate) fn write_payload(
+    dir: &Path,
+    pkg: &Package,
+    id: u64,
+    kind: &str,
+    mode: u32,
+) -> Result<PathBuf, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(format!("{kind}-{id}-{}", sanitize(&pkg.manifest.to)));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut f, &pkg.library)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The directory patches (and hand-off executables) are written to, created if needed: the
+/// configured one, or `$TMPDIR/dsu-PID`.
+pub(crate) fn patch_dir(configured: Option<PathBuf>) -> Result<PathBuf, String> {
+    let dir = configured.unwrap_or_else(|| {
+        let tmp = std::env::temp_dir();
+        sweep_stale_patch_dirs(&tmp);
+        tmp.join(format!("dsu-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("cannot create the patch directory {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+pub(crate) fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect()
+}
+
+/// Removes the default patch directories (`$TMPDIR/dsu-PID`) of processes that have ended.
+///
+/// A process keeps its patch libraries on disk while it runs (a backtrace through patched
+/// code reads them), and never knows when it is killed; so each process that loads a patch
+/// sweeps the directories its dead predecessors left. Only directories named `dsu-PID` whose
+/// process is gone are touched, only `patch-*.so` files are removed from them, and a directory
+/// with anything else in it is left alone.
+pub(crate) fn sweep_stale_patch_dirs(tmp: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("dsu-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        let Ok(files) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let n = f.file_name();
+            let n = n.to_string_lossy();
+            // Patch libraries, and the executables of hand-offs (a process started by one moves
+            // its executable into its own directory, so these are only failed ones').
+            if (n.starts_with("patch-") && n.ends_with(".so")) || n.starts_with("handoff-") {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+        // Fails, and leaves the directory, if anything else is in it.
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_files_get_paths_of_their_own() {
+        assert_eq!(sanitize("2.0.0-rc/1 x"), "2.0.0-rc_1_x");
+    }
+
+    #[test]
+    fn patch_dirs_of_ended_processes_are_swept_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            c.wait().unwrap();
+            c.id()
+        };
+        let mk = |name: &str, files: &[&str]| {
+            let d = tmp.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            for f in files {
+                std::fs::write(d.join(f), b"x").unwrap();
+            }
+            d
+        };
+        let stale = mk(&format!("dsu-{dead}"), &["patch-1-v2.so", "patch-2-v3.so"]);
+        let mine = mk(&format!("dsu-{}", std::process::id()), &["patch-1-v2.so"]);
+        let foreign = mk("dsu-notapid", &["patch-1-v2.so"]);
+        let kept = mk(
+            &format!("dsu-{}", dead + 1_000_000),
+            &["patch-1-v2.so", "notes.txt"],
+        );
+        sweep_stale_patch_dirs(tmp.path());
+        assert!(!stale.exists(), "a dead process's patches are removed");
+        assert!(
+            mine.join("patch-1-v2.so").exists(),
+            "this process's are kept"
+        );
+        assert!(
+            foreign.join("patch-1-v2.so").exists(),
+            "not a dsu-PID directory"
+        );
+        assert!(
+            kept.join("notes.txt").exists(),
+            "only patch libraries are removed"
+        );
+        assert!(!kept.join("patch-1-v2.so").exists());
+    }
 }

@@ -1,2 +1,17 @@
-//! The in-place engine, one file per stage of an update.
+//! The in-place engine, one file per stage of an update, in the order they run: `verify` (the
+//! signature), `validate` (toolchain, program, base), `load` (the library, at a path of its
+//! own), `plan` (what changes, checked against the running state), `wait` (the policy),
+//! `prepare` (prepare to die, until every affected component is ready), `transfer` (new states
+//! from the old), `swap` (new tables installed), `check` (`migrate`, then `health_check`), and
+//! `commit` (or roll back). `record` is what the history keeps of each update.
+pub(crate) mod check;
+pub(crate) mod commit;
 pub(crate) mod load;
+pub(crate) mod plan;
+pub(crate) mod prepare;
+pub(crate) mod record;
+pub(crate) mod swap;
+pub(crate) mod transfer;
+pub(crate) mod validate;
+pub(crate) mod verify;
+pub(crate) mod wait;

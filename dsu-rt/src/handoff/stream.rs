@@ -1,0 +1,131 @@
+//! The stream: what the old process passes besides descriptors, and how states are written
+//! into it and read back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::abi::desc::payload_message;
+use crate::sockets::SavedConnection;
+use crate::update::record::UpdateRecord;
+
+/// The variable that tells a process it was started by a hand-off (the descriptor number of
+/// its end of the channel).
+pub(crate) const FD_ENV: &str = crate::sockets::HANDOFF_FD_ENV;
+/// Descriptor name of the control socket.
+pub(crate) const CONTROL: &str = "K";
+/// Version of the stream format.
+pub(crate) const FORMAT: u32 = 1;
+
+/// Everything the old process passes besides descriptors.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Stream {
+    pub(crate) format: u32,
+    pub(crate) program: String,
+    pub(crate) version: String,
+    pub(crate) pid: u32,
+    pub(crate) components: Vec<SavedState>,
+    pub(crate) globals: Vec<SavedState>,
+    pub(crate) connections: Vec<SavedConnection>,
+    pub(crate) history: Vec<UpdateRecord>,
+    pub(crate) next_id: u64,
+}
+
+/// One component instance's or global's state.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct SavedState {
+    /// The component's (or global's) id.
+    pub(crate) id: String,
+    /// Which instance of the component, in registration order.
+    pub(crate) instance: usize,
+    /// The state type's id and schema fingerprint in the old process.
+    pub(crate) state: String,
+    pub(crate) schema: u64,
+    /// The serialized state; `None` for a `rebuild` state, which the new `main` builds.
+    #[serde(with = "bytes_opt")]
+    pub(crate) bytes: Option<Vec<u8>>,
+}
+
+/// Byte strings as MessagePack byte strings (not arrays of integers).
+mod bytes_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&Bytes(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<ByteBuf>::deserialize(d)?.map(|b| b.0))
+    }
+
+    struct Bytes<'a>(&'a [u8]);
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    struct ByteBuf(Vec<u8>);
+    impl<'de> Deserialize<'de> for ByteBuf {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a byte string")
+                }
+                fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v))
+                }
+            }
+            d.deserialize_byte_buf(V)
+        }
+    }
+}
+
+/// Serializes the value behind `p` (a `*const T`) for a hand-off.
+///
+/// # Safety
+/// `p` must point at a live `T`.
+pub unsafe fn save_state<T: Serialize>(p: *const ()) -> Result<Vec<u8>, String> {
+    // SAFETY: caller's contract.
+    let v = unsafe { &*(p as *const T) };
+    let mut out = Vec::new();
+    encode(v, &mut out)?;
+    Ok(out)
+}
+
+/// The stream's format: MessagePack with struct fields by name. Self-describing, so a value
+/// of another shape than the reader's type is an error ("missing field `x`"), not garbage; and
+/// the fastest such format measured for kvstore's keyspace (against CBOR with ciborium: 2.3x
+/// to read, 1.6x to write).
+pub(crate) fn encode<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    v.serialize(&mut rmp_serde::Serializer::new(out).with_struct_map())
+        .map_err(|e| e.to_string())
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(b).map_err(|e| match e {
+        rmp_serde::decode::Error::Syntax(msg) => msg,
+        e => e.to_string(),
+    })
+}
+
+/// Deserializes a boxed `T` written by [`save_state`]; returns the box's pointer.
+pub fn load_state<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<*mut (), String> {
+    let v: T = decode(b)?;
+    Ok(Box::into_raw(Box::new(v)) as *mut ())
+}
+
+/// Runs `f`, turning a panic into an error; both kinds of failure say `what` was being done.
+pub(crate) fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(p) => Err(format!("{what} panicked: {}", payload_message(&*p))),
+    }
+}

@@ -1,0 +1,255 @@
+//! The old process's side of the channel: the new process is started, fed the sockets and the
+//! stream, told to commit, or killed.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use super::stream::{CONTROL, FD_ENV};
+use crate::sockets;
+use crate::update::record::UpdateRecord;
+
+/// How long a new process has to report ready when the package does not say.
+pub(crate) const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The new process, started and fed, before it is told to commit.
+pub(crate) struct Successor {
+    pub(super) child: Child,
+    pub(super) chan: UnixStream,
+    pub(super) reader: BufReader<UnixStream>,
+}
+
+/// Starts `exe` with this process's arguments and environment. It runs up to its runtime's
+/// start, where it waits for [`Successor::feed`]: starting it before the service pauses keeps
+/// the exec and the program's own early start-up out of the pause.
+pub(crate) fn spawn_successor(exe: &Path) -> Result<Successor, String> {
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| format!("cannot create the hand-off channel: {e}"))?;
+    // The child's end must survive exec: a fresh duplicate without close-on-exec, closed here
+    // as soon as the child has it.
+    // SAFETY: F_DUPFD duplicates an open descriptor; the result is owned below.
+    let raw = unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_DUPFD, 3) };
+    if raw < 0 {
+        return Err(format!(
+            "cannot pass the hand-off channel: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+    let inheritable = unsafe { OwnedFd::from_raw_fd(raw) };
+    drop(theirs);
+    let child = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(FD_ENV, raw.to_string())
+        .spawn();
+    drop(inheritable);
+    let child =
+        child.map_err(|e| format!("cannot start the new version {}: {e}", exe.display()))?;
+    let reader = match ours.try_clone() {
+        Ok(r) => BufReader::new(r),
+        Err(e) => {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("cannot use the hand-off channel: {e}"));
+        }
+    };
+    Ok(Successor {
+        child,
+        reader,
+        chan: ours,
+    })
+}
+
+impl Successor {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Passes the sockets and the state, and waits until `ready_timeout` for the new process to
+    /// report ready. On any failure the new process is killed and reaped, and the reason
+    /// returned.
+    pub(crate) fn feed(
+        &mut self,
+        stream: &[u8],
+        snap: sockets::Snapshot,
+        control: Option<RawFd>,
+        ready_timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + ready_timeout;
+        let r = self.feed_until(stream, snap, control, deadline, ready_timeout);
+        if r.is_err() {
+            self.kill();
+        }
+        r
+    }
+
+    fn feed_until(
+        &mut self,
+        stream: &[u8],
+        snap: sockets::Snapshot,
+        control: Option<RawFd>,
+        deadline: Instant,
+        ready_timeout: Duration,
+    ) -> Result<(), String> {
+        let control = control.map(|fd| {
+            // SAFETY: the control listener stays open for the rest of this process.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+        });
+        let mut names: Vec<String> = Vec::new();
+        let mut fds = Vec::new();
+        for (name, fd) in &snap.listeners {
+            names.push(format!("L {name}"));
+            fds.push(fd.as_fd());
+        }
+        for (c, fd) in snap.connections.iter().zip(&snap.connection_fds) {
+            names.push(format!("C {}", c.name));
+            fds.push(fd.as_fd());
+        }
+        if let Some(fd) = control {
+            names.push(CONTROL.to_string());
+            fds.push(fd);
+        }
+        let pairs: Vec<(&str, std::os::fd::BorrowedFd<'_>)> =
+            names.iter().map(String::as_str).zip(fds).collect();
+        // A write to a child that died fails (EPIPE) instead of blocking forever; a child that
+        // lives but does not read is bounded by the ready timeout.
+        let _ = self.chan.set_write_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ));
+        if let Err(e) = sockets::send_fds(&self.chan, &pairs) {
+            return Err(self.lost(&format!("passing the sockets failed: {e}")));
+        }
+        let mut w = &self.chan;
+        if let Err(e) = w
+            .write_all(&(stream.len() as u64).to_le_bytes())
+            .and_then(|()| w.write_all(stream))
+        {
+            return Err(self.lost(&format!("streaming the state failed: {e}")));
+        }
+        let late = format!(
+            "the new process (pid {}) did not report ready within {} ms; it was killed",
+            self.child.id(),
+            ready_timeout.as_millis()
+        );
+        // Kept across timeouts: a line that arrives in pieces is not lost between two reads.
+        let mut line = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(late);
+            }
+            let _ = self.reader.get_ref().set_read_timeout(Some(left));
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return Err(self.lost("it closed the hand-off channel")),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(self.lost(&format!("reading its answer failed: {e}"))),
+            }
+            let line = line.trim_end();
+            if line == "ready" {
+                // The kernel rounds a receive timeout up to its clock tick (4-10 ms), so a read
+                // may return a `ready` that came after the deadline: that is too late all the same.
+                return if Instant::now() > deadline {
+                    Err(late)
+                } else {
+                    Ok(())
+                };
+            }
+            if let Some(reason) = line.strip_prefix("failed: ") {
+                return Err(format!("the new process failed: {reason}"));
+            }
+            return Err(format!(
+                "the new process said {line:?} instead of reporting ready"
+            ));
+        }
+    }
+
+    /// Why the channel broke: the child's exit status if it has exited.
+    fn lost(&mut self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return format!(
+                    "the new process (pid {}) exited ({status}) before it reported ready ({what})",
+                    self.child.id()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        format!(
+            "the hand-off channel to the new process (pid {}) broke: {what}",
+            self.child.id()
+        )
+    }
+
+    /// Tells the new process to go on serving; `record` is the update's record, appended to
+    /// its history. An error means it did not get the message: it must be killed.
+    pub(crate) fn commit(&mut self, record: &UpdateRecord) -> Result<(), String> {
+        let json = serde_json::to_string(record).map_err(|e| e.to_string())?;
+        let mut w = &self.chan;
+        w.write_all(format!("commit {json}\n").as_bytes())
+            .and_then(|()| w.flush())
+            .map_err(|e| format!("the new process did not take the commit: {e}"))?;
+        // It acknowledges once its sockets are open, so that this process exits only then.
+        let _ = self
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(5)));
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 && line.trim_end() == "serving" => Ok(()),
+            _ => Err("the new process did not confirm the commit".to_string()),
+        }
+    }
+
+    /// Kills and reaps the new process.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The pid of the process that replaced this one (0: not replaced).
+static SUPERSEDED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Marks this process as replaced by a committed hand-off: it exits once the initiator has
+/// its answer (`exit_if_superseded`), or after a short grace when the update was applied
+/// in-process and nobody waits for an answer. Its sockets and components stay held until then,
+/// and later updates are refused.
+pub(crate) fn superseded(new_pid: u32) {
+    SUPERSEDED.store(new_pid.max(1), std::sync::atomic::Ordering::SeqCst);
+    let _ = std::thread::Builder::new()
+        .name("dsu-superseded".into())
+        .spawn(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            std::process::exit(0);
+        });
+}
+
+/// The process that replaced this one, if a hand-off committed.
+pub(crate) fn superseded_by() -> Option<u32> {
+    match SUPERSEDED.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        pid => Some(pid),
+    }
+}
+
+/// Exits if a hand-off has replaced this process (see [`superseded`]).
+pub(crate) fn exit_if_superseded() {
+    if superseded_by().is_some() {
+        std::process::exit(0);
+    }
+}

@@ -1,0 +1,106 @@
+//! Swap: with every affected gate and type lock held, the new tables, the transferred states
+//! and the converted globals are installed. Until the update commits the swap can be undone:
+//! the old tables, states and globals are kept.
+
+use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
+
+use super::plan::Plan;
+use super::prepare::Ready;
+use super::transfer::Produced;
+use crate::call::component::{Table, TypeInner};
+use crate::call::global::{self, GlobalEntry};
+use crate::call::thread::lock;
+
+/// Every affected type's lock, taken in id order (the plan's) before the transfers run, so that
+/// no instance is registered between the transfer and the install.
+pub(crate) fn lock_types(plan: &Plan) -> Vec<MutexGuard<'_, TypeInner>> {
+    plan.types.iter().map(|t| lock(&t.ty.inner)).collect()
+}
+
+/// An installed swap that can still be undone.
+pub(crate) struct Swapped<'a> {
+    guards: Vec<MutexGuard<'a, TypeInner>>,
+    old_tables: Vec<&'static Table>,
+    /// Each converted global's id and the entry it replaced.
+    replaced_globals: Vec<(String, Option<GlobalEntry>)>,
+}
+
+/// Installs the plan's tables in each type and instance, the produced states and globals.
+pub(crate) fn install<'a>(
+    plan: &Plan,
+    ready: &Ready,
+    produced: &Produced,
+    mut guards: Vec<MutexGuard<'a, TypeInner>>,
+) -> Swapped<'a> {
+    let old_tables: Vec<&'static Table> = guards.iter().map(|g| g.table).collect();
+    for (t, inner) in plan.types.iter().zip(guards.iter_mut()) {
+        inner.table = t.new_table;
+        inner.version += 1;
+        if let Some(tr) = t.transfer {
+            inner.transfers.push(tr);
+        }
+    }
+    install_tables(ready, &|i| plan.types[i].new_table);
+    for (_, slot, _, new) in &produced.states {
+        slot.state.store(*new, Ordering::Release);
+    }
+    let mut replaced_globals = Vec::new();
+    let mut registry = lock(global::registry());
+    for (g, desc, new) in &produced.globals {
+        // The old value stays allocated: code of an older version may have cached a pointer.
+        let old = registry.insert(
+            g.id(),
+            GlobalEntry {
+                fingerprint: g.new_fingerprint,
+                ptr: *new,
+                desc,
+            },
+        );
+        replaced_globals.push((g.id(), old));
+    }
+    drop(registry);
+    Swapped {
+        guards,
+        old_tables,
+        replaced_globals,
+    }
+}
+
+fn install_tables(ready: &Ready, tables: &dyn Fn(usize) -> &'static Table) {
+    for (i, slot) in &ready.slots {
+        // Release: readers outside the gate (status) see a complete table; callers are ordered
+        // by the gate's release.
+        slot.table
+            .store(tables(*i) as *const Table as *mut Table, Ordering::Release);
+    }
+}
+
+impl Swapped<'_> {
+    /// Puts the old tables, states and globals back.
+    pub(crate) fn undo(mut self, plan: &Plan, ready: &Ready, produced: &Produced) {
+        for ((t, inner), old) in plan
+            .types
+            .iter()
+            .zip(self.guards.iter_mut())
+            .zip(&self.old_tables)
+        {
+            inner.table = old;
+            inner.version -= 1;
+            if t.transfer.is_some() {
+                inner.transfers.pop();
+            }
+        }
+        install_tables(ready, &|i| self.old_tables[i]);
+        for (_, slot, old, _) in &produced.states {
+            slot.state.store(*old, Ordering::Release);
+        }
+        let mut registry = lock(global::registry());
+        for (id, old) in self.replaced_globals {
+            match old {
+                Some(e) => registry.insert(id, e),
+                None => registry.remove(&id),
+            };
+        }
+    }
+}
