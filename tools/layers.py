@@ -2,7 +2,8 @@
 """Import graph of a crate's src/: one node per file, an edge A -> B when A names a path into
 B's module (`crate::`, `super::`, `self::`, or a child module by name), in `use` items and in
 code alike. Comments, generated code (`quote!` bodies, and `macro_rules!` bodies, which expand in
-the caller's crate) and `#[cfg(test)] mod tests` are left out. Prints the edges and fails on a cycle."""
+the caller's crate) and `#[cfg(test)] mod tests` are left out. Prints the edges and fails on a cycle,
+between files or between top-level folders (lib.rs and tests.rs files left out of the latter)."""
 import os, re, sys
 
 src = sys.argv[1] if len(sys.argv) > 1 else 'src'
@@ -102,6 +103,29 @@ for n in sorted(mods.values()):
     if not state.get(n): dfs(n)
 for c in cycles:
     print('CYCLE: ' + ' -> '.join(name(x) for x in c))
+# The same check between folders: a file stands for its top-level folder (or for itself at the
+# top). The crate root (lib.rs, whose re-exports name every layer) and test files stay out.
+def folder(p):
+    parts = name(p).split(os.sep)
+    return parts[0] if len(parts) > 1 else parts[0][:-3]
+fedges = {}
+for a, bs in edges.items():
+    if name(a) == 'lib.rs' or os.path.basename(a) == 'tests.rs':
+        continue
+    for b in bs:
+        if name(b) != 'lib.rs' and folder(a) != folder(b):
+            fedges.setdefault(folder(a), set()).add(folder(b))
+for a in sorted(fedges):
+    print(f'folder {a:25} -> ' + ', '.join(sorted(fedges[a])))
+fstate, fstack = {}, []
+def fdfs(n):
+    fstate[n] = 1; fstack.append(n)
+    for m in sorted(fedges.get(n, ())):
+        if fstate.get(m) == 1: cycles.append(fstack[fstack.index(m):] + [m]); print('CYCLE (folders): ' + ' -> '.join(fstack[fstack.index(m):] + [m]))
+        elif not fstate.get(m): fdfs(m)
+    fstack.pop(); fstate[n] = 2
+for n in sorted(fedges):
+    if not fstate.get(n): fdfs(n)
 big = [(name(p), n) for p in mods.values() if (n := sum(1 for _ in open(p))) > 600]
 for p, n in big: print(f'LONG: {p} {n} lines')
 sys.exit(1 if cycles else 0)
