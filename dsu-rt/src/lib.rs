@@ -38,7 +38,9 @@
 //!
 //! See DESIGN.md for the architecture.
 
-// The layers, bottom to top; each imports only from the layers below it (DESIGN.md, section 3).
+// The layers, bottom to top: abi, call, package, update, sockets, handoff, manager, control,
+// runtime; each imports only from the layers below it (DESIGN.md, section 3; checked by
+// tests/layers.rs).
 // With `--cfg dsu_off`, `off` stands in for everything but the error type, the build facts,
 // signing and the named descriptors.
 mod abi;

@@ -17,7 +17,12 @@ fn dsu_rt_has_no_import_circle_and_no_overlong_file() {
         .expect("python3 runs tools/layers.py: install python3");
     let report = String::from_utf8_lossy(&out.stdout);
     // The graph is read from the layers themselves: an empty report would pass the checks below.
-    for file in ["call/gate.rs", "update/swap.rs", "handoff/engine.rs", "manager.rs"] {
+    for file in [
+        "call/gate.rs",
+        "update/swap.rs",
+        "handoff/engine.rs",
+        "manager.rs",
+    ] {
         assert!(report.contains(file), "the graph names {file}:\n{report}");
     }
     assert!(out.status.success(), "import circle:\n{report}");
