@@ -27,25 +27,12 @@ fn fake_successor() -> (Successor, UnixStream) {
 }
 
 fn record() -> UpdateRecord {
-    UpdateRecord {
-        id: 7,
-        from: "1.0.0".into(),
-        to: "2.0.0".into(),
-        started_unix_ms: 0,
-        outcome: crate::Outcome::Committed,
-        reason: None,
-        components: Vec::new(),
-        changes: Vec::new(),
-        attempts: 1,
-        policy_wait_ms: 0.0,
-        prepare_ms: 0.0,
-        pause_ms: 0.0,
-        transfer_ms: 0.0,
-        total_ms: 0.0,
-        busy: Vec::new(),
-        engine: crate::package::Engine::Handoff,
-        new_pid: Some(42),
-    }
+    let mut rec = UpdateRecord::new(7, "1.0.0".into(), "2.0.0".into(), Vec::new());
+    rec.outcome = crate::Outcome::Committed;
+    rec.attempts = 1;
+    rec.engine = crate::package::Engine::Handoff;
+    rec.new_pid = Some(42);
+    rec
 }
 
 /// Plays a new process that takes the sockets and the stream, then answers `answer` after
