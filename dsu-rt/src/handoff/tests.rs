@@ -28,6 +28,7 @@ fn fake_successor() -> (Successor, UnixStream) {
 
 fn record() -> UpdateRecord {
     let mut rec = UpdateRecord::new(7, "1.0.0".into(), "2.0.0".into(), Vec::new());
+    rec.started_unix_ms = 0;
     rec.outcome = crate::Outcome::Committed;
     rec.attempts = 1;
     rec.engine = crate::package::Engine::Handoff;
