@@ -45,6 +45,8 @@ struct Method {
     args: Vec<Type>,
     ret: Type,
     protocol: Option<(ProtocolKind, LitStr)>,
+    /// An `async fn`: its entry returns the method's future, boxed.
+    is_async: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -237,11 +239,29 @@ fn parse_method(
         ok = false;
     }
     if let Some(a) = &sig.asyncness {
-        cx.error(
-            a,
-            "component methods cannot be `async`: a call must finish inside the component's gate",
-        );
-        ok = false;
+        let hook = [PREPARE_TO_DIE, MIGRATE, HEALTH_CHECK]
+            .iter()
+            .any(|h| sig.ident == h);
+        if hook {
+            cx.error(
+                a,
+                format!(
+                    "the `{}` hook cannot be `async`: the update manager runs it on its own \
+                     thread, outside any async runtime, while the component is held; make it a \
+                     plain `fn`",
+                    sig.ident
+                ),
+            );
+            ok = false;
+        }
+        if let Some((_, name)) = &protocol {
+            cx.error(
+                name,
+                "an `async fn` cannot begin or end a protocol yet: a protocol's begin waits for \
+                 a pending update by blocking the thread; make the method a plain `fn`",
+            );
+            ok = false;
+        }
     }
     if let Some(u) = &sig.unsafety {
         cx.error(
@@ -262,6 +282,18 @@ fn parse_method(
                     &pt.ty,
                     "`impl Trait` cannot cross a component's table; take a concrete type or a \
                      `Box<dyn Trait>`",
+                );
+                ok = false;
+            }
+            if sig.asyncness.is_some() && borrows(&pt.ty) {
+                cx.error(
+                    &pt.ty,
+                    format!(
+                        "an argument of `async fn {}` cannot be a borrow: the call's future \
+                         outlives the caller's stack frame in the table's type; take an owned \
+                         value (`String`, `Vec<u8>`, an `Arc`)",
+                        sig.ident
+                    ),
                 );
                 ok = false;
             }
@@ -346,6 +378,7 @@ fn parse_method(
         args,
         ret,
         protocol,
+        is_async: sig.asyncness.is_some(),
     })
 }
 
@@ -445,39 +478,70 @@ fn generate(c: &Component, code: u64) -> TokenStream {
             .collect();
         let arg_tys = &m.args;
         let ret = &m.ret;
-        let fn_ty = quote!(unsafe fn(*mut () #(, #arg_tys)*) -> ::dsu::__private::CallResult<#ret>);
-        let this = if m.exclusive {
-            quote! {
+        let fn_ty = if m.is_async {
+            quote!(unsafe fn(*mut () #(, #arg_tys)*) -> ::dsu::__private::CallFuture<#ret>)
+        } else {
+            quote!(unsafe fn(*mut () #(, #arg_tys)*) -> ::dsu::__private::CallResult<#ret>)
+        };
+        let this = match (m.exclusive, m.is_async) {
+            (true, false) => quote! {
                 // SAFETY: the runtime calls an entry only with a state of this version's type,
                 // holding the gate exclusively for a `&mut self` method.
                 let __dsu_this = unsafe { &mut *(__dsu_state as *mut #self_ty) };
-            }
-        } else {
-            quote! {
+            },
+            (false, false) => quote! {
                 // SAFETY: the runtime calls an entry only with a state of this version's type,
                 // holding the gate (shared) for a `&self` method.
                 let __dsu_this = unsafe { &*(__dsu_state as *const #self_ty) };
-            }
+            },
+            (true, true) => quote! {
+                // SAFETY: as for a sync `&mut self` entry; the runtime holds the gate until the
+                // returned future completes or is dropped, so the borrow lives as long as it.
+                let __dsu_this: &'static mut #self_ty = unsafe { &mut *(__dsu_state as *mut #self_ty) };
+            },
+            (false, true) => quote! {
+                // SAFETY: as for a sync `&self` entry; the runtime holds the gate until the
+                // returned future completes or is dropped, so the borrow lives as long as it.
+                let __dsu_this: &'static #self_ty = unsafe { &*(__dsu_state as *const #self_ty) };
+            },
         };
-        entries.push(quote! {
-            #[allow(non_snake_case, clippy::too_many_arguments)]
-            unsafe fn #entry(__dsu_state: *mut () #(, #arg_names: #arg_tys)*) -> ::dsu::__private::CallResult<#ret> {
-                ::dsu::__private::catch(move || {
+        let span = mname.span();
+        if m.is_async {
+            entries.push(quote_spanned! {span=>
+                #[allow(non_snake_case, clippy::too_many_arguments)]
+                unsafe fn #entry(__dsu_state: *mut () #(, #arg_names: #arg_tys)*) -> ::dsu::__private::CallFuture<#ret> {
                     #this
-                    <#self_ty>::#mname(__dsu_this #(, #arg_names)*)
-                })
-            }
-            #[allow(non_snake_case, clippy::too_many_arguments)]
-            unsafe fn #trap(_: *mut () #(, _: #arg_tys)*) -> ::dsu::__private::CallResult<#ret> {
-                ::dsu::__private::stale_call(#name_str, #mname_str)
-            }
-        });
+                    // The method's future must be `Send`: a table entry's future may be polled
+                    // on any thread of the runtime.
+                    ::dsu::__private::call_future(<#self_ty>::#mname(__dsu_this #(, #arg_names)*))
+                }
+                #[allow(non_snake_case, clippy::too_many_arguments)]
+                unsafe fn #trap(_: *mut () #(, _: #arg_tys)*) -> ::dsu::__private::CallFuture<#ret> {
+                    ::dsu::__private::stale_call_future(#name_str, #mname_str)
+                }
+            });
+        } else {
+            entries.push(quote! {
+                #[allow(non_snake_case, clippy::too_many_arguments)]
+                unsafe fn #entry(__dsu_state: *mut () #(, #arg_names: #arg_tys)*) -> ::dsu::__private::CallResult<#ret> {
+                    ::dsu::__private::catch(move || {
+                        #this
+                        <#self_ty>::#mname(__dsu_this #(, #arg_names)*)
+                    })
+                }
+                #[allow(non_snake_case, clippy::too_many_arguments)]
+                unsafe fn #trap(_: *mut () #(, _: #arg_tys)*) -> ::dsu::__private::CallResult<#ret> {
+                    ::dsu::__private::stale_call(#name_str, #mname_str)
+                }
+            });
+        }
         let receiver = if m.exclusive {
             quote!(::dsu::__private::Receiver::Exclusive)
         } else {
             quote!(::dsu::__private::Receiver::Shared)
         };
-        let sig_tokens = quote!(#receiver ; #(#arg_tys ;)* -> #ret);
+        let asyncness = if m.is_async { quote!(async) } else { quote!() };
+        let sig_tokens = quote!(#asyncness #receiver ; #(#arg_tys ;)* -> #ret);
         let sig_hash = token_hash(&sig_tokens);
         let (role, proto_ref, proto_static) = match &m.protocol {
             None => (
@@ -527,8 +591,29 @@ fn generate(c: &Component, code: u64) -> TokenStream {
                 }
             }
         };
-        let span = mname.span();
         let call_ty = quote_spanned!(span=> #fn_ty);
+        if m.is_async {
+            proxies.push(quote! {
+                impl #proxy {
+                    #(#docs)*
+                    #[allow(clippy::too_many_arguments)]
+                    #vis async fn #mname(&self #(, #arg_names: #arg_tys)*) -> #ret {
+                        let __dsu_method: &'static ::dsu::__private::MethodDesc = &__DSU_METHODS[#i];
+                        let __dsu_call = ::dsu::__private::AsyncCall::enter(&self.__dsu_raw, __dsu_method).await;
+                        // SAFETY: index cells resolve by name and signature fingerprint, so the
+                        // running table's entry for this method has exactly this type.
+                        let __dsu_f: #call_ty = unsafe { ::core::mem::transmute::<unsafe fn(), #fn_ty>(__dsu_call.entry(__dsu_method)) };
+                        // SAFETY: the state belongs to the running table's version; the gate is
+                        // held as the receiver requires until the future is driven to its end
+                        // or dropped.
+                        let __dsu_fut = unsafe { __dsu_f(__dsu_call.state() #(, #arg_names)*) };
+                        let __dsu_r = __dsu_call.drive(__dsu_fut).await;
+                        ::dsu::__private::finish(__dsu_r)
+                    }
+                }
+            });
+            continue;
+        }
         proxies.push(quote! {
             #proto_static
             impl #proxy {
@@ -632,6 +717,15 @@ fn generate_off(c: &Component, proxy: &Ident, id: &TokenStream) -> TokenStream {
     let self_ty = &c.self_ty;
     let name_str = c.name.to_string();
     let names = c.methods.iter().map(|m| &m.name);
+    // A component with an `async fn` method keeps its state behind tokio's lock (a std guard
+    // cannot be held across an `.await` by a `Send` future); its sync methods take that lock
+    // without blocking the runtime (see dsu-rt's `off.rs`).
+    let any_async = c.methods.iter().any(|m| m.is_async);
+    let lock = if any_async {
+        quote!(::dsu::__private::AsyncLock<#self_ty>)
+    } else {
+        quote!(::std::sync::RwLock<#self_ty>)
+    };
     let methods = c.methods.iter().map(|m| {
         let mname = &m.name;
         let arg_names: Vec<Ident> = (0..m.args.len())
@@ -641,10 +735,32 @@ fn generate_off(c: &Component, proxy: &Ident, id: &TokenStream) -> TokenStream {
         let ret = &m.ret;
         let vis = &m.vis;
         let docs = &m.docs;
-        let this = if m.exclusive {
-            quote!(&mut *::dsu::__private::write(&self.__dsu_state))
-        } else {
-            quote!(&*::dsu::__private::read(&self.__dsu_state))
+        if m.is_async {
+            let guard = if m.exclusive {
+                quote!(let mut __dsu_g = ::dsu::__private::write_async(&self.__dsu_state).await;)
+            } else {
+                quote!(let __dsu_g = ::dsu::__private::read_async(&self.__dsu_state).await;)
+            };
+            let this = if m.exclusive {
+                quote!(&mut *__dsu_g)
+            } else {
+                quote!(&*__dsu_g)
+            };
+            return quote! {
+                #(#docs)*
+                #[inline]
+                #[allow(clippy::too_many_arguments)]
+                #vis async fn #mname(&self #(, #arg_names: #arg_tys)*) -> #ret {
+                    #guard
+                    <#self_ty>::#mname(#this #(, #arg_names)*).await
+                }
+            };
+        }
+        let this = match (m.exclusive, any_async) {
+            (true, false) => quote!(&mut *::dsu::__private::write(&self.__dsu_state)),
+            (false, false) => quote!(&*::dsu::__private::read(&self.__dsu_state)),
+            (true, true) => quote!(&mut *::dsu::__private::write_sync(&self.__dsu_state)),
+            (false, true) => quote!(&*::dsu::__private::read_sync(&self.__dsu_state)),
         };
         quote! {
             #(#docs)*
@@ -660,7 +776,7 @@ fn generate_off(c: &Component, proxy: &Ident, id: &TokenStream) -> TokenStream {
         const _: () = {
             #[allow(non_camel_case_types)]
             pub struct #proxy {
-                __dsu_state: ::dsu::__private::Shared<#self_ty>,
+                __dsu_state: ::dsu::__private::Shared<#lock>,
             }
 
             #[automatically_derived]
@@ -672,10 +788,11 @@ fn generate_off(c: &Component, proxy: &Ident, id: &TokenStream) -> TokenStream {
 
             #[automatically_derived]
             impl ::dsu::__private::Proxy<#self_ty> for #proxy {
-                fn from_shared(state: ::dsu::__private::Shared<#self_ty>) -> Self {
+                type Lock = #lock;
+                fn from_shared(state: ::dsu::__private::Shared<#lock>) -> Self {
                     #proxy { __dsu_state: state }
                 }
-                fn shared(&self) -> &::dsu::__private::Shared<#self_ty> {
+                fn shared(&self) -> &::dsu::__private::Shared<#lock> {
                     &self.__dsu_state
                 }
             }

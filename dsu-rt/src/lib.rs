@@ -127,6 +127,7 @@ pub mod __private {
         generated_transfer, moved, user_transfer, user_transfer_fallible, Moved,
     };
     pub use crate::call::component::{drop_state, Component, Proxy, RawHandle, State};
+    pub use crate::call::future::{call_future, stale_call_future, AsyncCall, CallFuture};
     pub use crate::call::global::Global;
     pub use crate::call::invoke::{catch, finish, stale_call, Call};
     pub use crate::call::thread::update_point;

@@ -36,10 +36,46 @@ pub trait Component: Send + Sync + Sized + 'static {
 
 /// The generated proxy of a component (what a [`Handle`] dereferences to).
 pub trait Proxy<T>: Send + Sync + Sized {
+    /// The lock around the state: std's `RwLock`, or tokio's for a component with `async fn`
+    /// methods (a std guard cannot be held across an `.await` by a `Send` future).
     #[doc(hidden)]
-    fn from_shared(state: Arc<RwLock<T>>) -> Self;
+    type Lock: Lock<T>;
     #[doc(hidden)]
-    fn shared(&self) -> &Arc<RwLock<T>>;
+    fn from_shared(state: Arc<Self::Lock>) -> Self;
+    #[doc(hidden)]
+    fn shared(&self) -> &Arc<Self::Lock>;
+}
+
+/// What a `dsu_off` proxy's lock offers besides locking.
+#[doc(hidden)]
+pub trait Lock<T>: Send + Sync + Sized {
+    fn new(value: T) -> Self;
+    fn is_poisoned(&self) -> bool;
+    fn clear_poison(&self);
+}
+
+impl<T: Send + Sync> Lock<T> for RwLock<T> {
+    fn new(value: T) -> Self {
+        RwLock::new(value)
+    }
+    fn is_poisoned(&self) -> bool {
+        RwLock::is_poisoned(self)
+    }
+    fn clear_poison(&self) {
+        RwLock::clear_poison(self)
+    }
+}
+
+/// tokio's lock does not poison: under `dsu_off`, a panic in an `async fn` component's
+/// `&mut self` method leaves it usable (with dsu, it poisons it).
+impl<T: Send + Sync> Lock<T> for tokio::sync::RwLock<T> {
+    fn new(value: T) -> Self {
+        tokio::sync::RwLock::new(value)
+    }
+    fn is_poisoned(&self) -> bool {
+        false
+    }
+    fn clear_poison(&self) {}
 }
 
 /// A cloneable, `Send + Sync` handle to a component: an `Arc<RwLock<T>>` whose methods (through
@@ -121,7 +157,7 @@ impl<T: Component> std::fmt::Debug for Handle<T> {
 /// Wraps a component instance in its handle.
 pub fn register<T: Component>(state: T) -> Handle<T> {
     Handle {
-        proxy: T::Proxy::from_shared(Arc::new(RwLock::new(state))),
+        proxy: T::Proxy::from_shared(Arc::new(Lock::new(state))),
         _t: PhantomData,
     }
 }
@@ -249,11 +285,11 @@ impl Runtime {
 pub mod private {
     use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-    pub use crate::off::{Component, Global, Proxy};
+    pub use crate::off::{Component, Global, Lock, Proxy};
     pub use serde;
 
-    /// What a component's proxy holds.
-    pub type Shared<T> = std::sync::Arc<RwLock<T>>;
+    /// What a component's proxy holds (`L`: its lock, see `Proxy::Lock`).
+    pub type Shared<L> = std::sync::Arc<L>;
 
     /// Read access for a `&self` method: the lock a program would otherwise take.
     #[inline(always)]
@@ -276,6 +312,45 @@ pub mod private {
              may have left its state half-changed; the program may check the state and call \
              `Handle::clear_poison`"
         )
+    }
+
+    /// The lock of a component with `async fn` methods.
+    pub type AsyncLock<T> = tokio::sync::RwLock<T>;
+
+    /// Read access for an async `&self` method.
+    #[inline(always)]
+    pub async fn read_async<T>(state: &AsyncLock<T>) -> tokio::sync::RwLockReadGuard<'_, T> {
+        state.read().await
+    }
+
+    /// Exclusive access for an async `&mut self` method.
+    #[inline(always)]
+    pub async fn write_async<T>(state: &AsyncLock<T>) -> tokio::sync::RwLockWriteGuard<'_, T> {
+        state.write().await
+    }
+
+    /// Read access for a sync `&self` method of a component with `async fn` methods. tokio's
+    /// blocking lock panics inside a runtime, so this tries, and yields the thread while a
+    /// writer holds the lock.
+    #[inline]
+    pub fn read_sync<T>(state: &AsyncLock<T>) -> tokio::sync::RwLockReadGuard<'_, T> {
+        loop {
+            if let Ok(g) = state.try_read() {
+                return g;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Exclusive access for a sync `&mut self` method of such a component (see [`read_sync`]).
+    #[inline]
+    pub fn write_sync<T>(state: &AsyncLock<T>) -> tokio::sync::RwLockWriteGuard<'_, T> {
+        loop {
+            if let Ok(g) = state.try_write() {
+                return g;
+            }
+            std::thread::yield_now();
+        }
     }
 
     /// `dsu::update_point!()`: nothing to park for.

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::gate::Gate;
 use super::incoming;
+use super::tasks::TaskCalls;
 use super::thread::lock;
 use crate::abi::desc::{ComponentDesc, ErasedFn, MethodDesc, StateLayout, TransferDesc};
 use crate::abi::shared::Shared;
@@ -147,6 +148,8 @@ pub struct Slot {
     /// later calls panic too, as a poisoned `Mutex` or `RwLock` does, until the program clears
     /// it with [`Handle::clear_poison`].
     pub(crate) poisoned: AtomicPtr<MethodDesc>,
+    /// The async calls in flight, by method (for the report of an update that waits for them).
+    pub(crate) tasks: TaskCalls,
 }
 
 impl Slot {
@@ -390,6 +393,7 @@ pub(crate) unsafe fn register_raw(desc: &'static ComponentDesc, state: *mut ()) 
         ty: ty.clone(),
         calls: AtomicU64::new(0),
         poisoned: AtomicPtr::new(std::ptr::null_mut()),
+        tasks: TaskCalls::default(),
     });
     inner.slots.retain(|w| w.strong_count() > 0);
     inner.slots.push(Arc::downgrade(&slot));

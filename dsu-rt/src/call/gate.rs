@@ -35,8 +35,17 @@
 //! condition, then sleeps only if the word has not moved; a release changes the gate, then
 //! reads the bit, then bumps the word and wakes (all `SeqCst`). Either the waiter's re-check
 //! sees the release, or the release sees the bit and the sleep returns or is woken.
+//!
+//! **Async callers** never sleep on the futex: [`Gate::poll_enter`] registers the task's waker
+//! in a list beside the futex words, announces the wait with the same waiters bit, looks again,
+//! and returns `Pending`. Every wake (any of the three kinds) also wakes every registered
+//! waker; each woken task polls again and, if still kept out, registers again. A task that
+//! holds the gate across an `.await` is counted like a thread inside a call, so the update
+//! manager waits for it the same way.
 
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 
 use super::thread::{ThreadInfo, STRIPES};
 
@@ -108,6 +117,8 @@ fn futex_wake(word: &AtomicU32, n: i32) {
 pub struct Gate {
     state: Control,
     readers: [Stripe; STRIPES],
+    /// Tasks waiting to enter (see the module documentation); touched only by waits and wakes.
+    wakers: Mutex<Vec<Waker>>,
 }
 
 /// How a caller wants to enter.
@@ -145,6 +156,7 @@ impl Gate {
                 writers_seq: AtomicU32::new(0),
             },
             readers: Default::default(),
+            wakers: Mutex::new(Vec::new()),
         }
     }
 
@@ -287,7 +299,10 @@ impl Gate {
             let self_owned = s & WRITER != 0
                 && !me.is_null()
                 && std::ptr::eq(self.state.owner.load(Ordering::Relaxed), me);
-            if self_owned || (access == Access::Exclusive && inside()) {
+            // SAFETY: `me` is null or the live info of this thread.
+            let inside_exclusive = unsafe { me.as_ref() }
+                .is_some_and(|t| t.is_inside_exclusive(self as *const Gate as *const ()));
+            if self_owned || inside_exclusive || (access == Access::Exclusive && inside()) {
                 panic!(
                     "dsu: re-entrant call `{who}`: this thread is already inside a call on \
                      this component instance and would deadlock; call the method directly \
@@ -381,6 +396,71 @@ impl Gate {
             self.state.readers_seq.fetch_add(1, Ordering::SeqCst);
             futex_wake(&self.state.readers_seq, readers);
         }
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Enters the gate from a task: `Ready` once entered, `Pending` (with the task's waker
+    /// registered) while it is kept out. Never blocks the thread. The arguments are those of
+    /// [`enter`](Self::enter); `me` is the thread polling, which may differ from poll to poll.
+    pub(crate) fn poll_enter(
+        &self,
+        access: Access,
+        me: *const ThreadInfo,
+        stripe: usize,
+        nested: bool,
+        who: &str,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        if self.try_enter_task(access, me, stripe, nested) {
+            return Poll::Ready(());
+        }
+        let here = self as *const Gate as *const ();
+        // SAFETY: `me` is null or the live info of this thread.
+        let me_ref = unsafe { me.as_ref() };
+        let inside = me_ref.is_some_and(|t| t.is_inside(here));
+        let inside_exclusive = me_ref.is_some_and(|t| t.is_inside_exclusive(here));
+        if (inside && access == Access::Exclusive) || inside_exclusive {
+            // The call being polled on this thread holds this gate: waiting would never end.
+            panic!(
+                "dsu: re-entrant call `{who}`: this task is already inside a call on this \
+                 component instance and would deadlock; call the method directly on `self` \
+                 instead of through a handle"
+            );
+        }
+        {
+            let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+        }
+        // Announce, then look again (as `enter_slow` does): a release before the announcement is
+        // seen by this look; one after it sees the bit and wakes the registered waker.
+        self.state.word.fetch_or(WAITERS, Ordering::SeqCst);
+        if self.try_enter_task(access, me, stripe, nested) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// `try_enter` for a task: an exclusive hold belongs to no thread (the task may be polled on
+    /// another one, and a sync call on this thread must not take it for its own).
+    fn try_enter_task(
+        &self,
+        access: Access,
+        me: *const ThreadInfo,
+        stripe: usize,
+        nested: bool,
+    ) -> bool {
+        let entered = self.try_enter(access, me, stripe, nested);
+        if entered && access == Access::Exclusive {
+            self.state
+                .owner
+                .store(std::ptr::null_mut(), Ordering::Relaxed);
+        }
+        entered
     }
 
     /// Marks the gate pending: from now on new outer calls wait.

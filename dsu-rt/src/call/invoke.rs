@@ -74,16 +74,7 @@ impl<'a> Call<'a> {
     #[cold]
     #[inline(never)]
     fn poisoned(&self, method: &'static MethodDesc) -> ! {
-        // Relaxed: as in `enter_with`.
-        let by = self.slot.poisoned.load(Ordering::Relaxed);
-        // SAFETY: method descriptors are statics of the host or of a never-unloaded patch.
-        let by = unsafe { by.as_ref() }.map_or("?", |m| m.name);
-        panic!(
-            "dsu: component `{}` is poisoned: an earlier call of `{by}` (a `&mut self` method) \
-             panicked and may have left its state half-changed, so `{}` is not run; the program \
-             may check the state and call `Handle::clear_poison`",
-            self.slot.ty.id, method.name
-        )
+        panic_poisoned(self.slot, method)
     }
 
     /// The callee panicked (its panic was caught and is resumed by [`finish`] on the caller's
@@ -92,16 +83,7 @@ impl<'a> Call<'a> {
     #[cold]
     #[inline(never)]
     pub fn panicked(&self, method: &'static MethodDesc, payload: &(dyn std::any::Any + Send)) {
-        let stale = payload
-            .downcast_ref::<String>()
-            .is_some_and(|m| m.starts_with(STALE_CALL));
-        if self.access == Access::Exclusive && !stale {
-            // Relaxed: published to later callers by the gate's release when the call drops.
-            self.slot.poisoned.store(
-                method as *const MethodDesc as *mut MethodDesc,
-                Ordering::Relaxed,
-            );
-        }
+        poison_after_panic(self.slot, self.access, method, payload);
     }
 
     /// The running table's entry for `method`.
@@ -122,6 +104,44 @@ impl<'a> Call<'a> {
     pub fn state(&self) -> *mut () {
         // Relaxed: as for `entry`.
         self.slot.state.load(Ordering::Relaxed)
+    }
+}
+
+/// The panic of a call on a poisoned instance.
+#[cold]
+#[inline(never)]
+pub(crate) fn panic_poisoned(slot: &Slot, method: &'static MethodDesc) -> ! {
+    // Relaxed: set by a call that held the gate before this one entered it.
+    let by = slot.poisoned.load(Ordering::Relaxed);
+    // SAFETY: method descriptors are statics of the host or of a never-unloaded patch.
+    let by = unsafe { by.as_ref() }.map_or("?", |m| m.name);
+    panic!(
+        "dsu: component `{}` is poisoned: an earlier call of `{by}` (a `&mut self` method) \
+         panicked and may have left its state half-changed, so `{}` is not run; the program \
+         may check the state and call `Handle::clear_poison`",
+        slot.ty.id, method.name
+    )
+}
+
+/// A call's body panicked: a `&mut self` call poisons the instance (not a `&self` call, nor a
+/// call that never ran because its version removed the method).
+#[cold]
+#[inline(never)]
+pub(crate) fn poison_after_panic(
+    slot: &Slot,
+    access: Access,
+    method: &'static MethodDesc,
+    payload: &(dyn std::any::Any + Send),
+) {
+    let stale = payload
+        .downcast_ref::<String>()
+        .is_some_and(|m| m.starts_with(STALE_CALL));
+    if access == Access::Exclusive && !stale {
+        // Relaxed: published to later callers by the gate's release when the call ends.
+        slot.poisoned.store(
+            method as *const MethodDesc as *mut MethodDesc,
+            Ordering::Relaxed,
+        );
     }
 }
 

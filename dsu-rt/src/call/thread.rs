@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::abi::desc::MethodDesc;
+use crate::abi::desc::{MethodDesc, Receiver};
 use crate::abi::shared::Shared;
 
 /// How many nested calls per thread are tracked for reports (deeper calls still work).
@@ -93,6 +93,18 @@ impl ThreadInfo {
     #[inline]
     pub(crate) fn pop(&self, d: u32) {
         self.depth.store(d, Ordering::Relaxed);
+    }
+
+    /// Whether this thread is inside a `&mut self` call on `slot` (a task being polled holds it).
+    pub(crate) fn is_inside_exclusive(&self, slot: *const ()) -> bool {
+        let d = (self.depth() as usize).min(TRACKED);
+        (0..d).any(|i| {
+            std::ptr::eq(self.slots[i].load(Ordering::Relaxed), slot) && {
+                let m = self.methods[i].load(Ordering::Relaxed);
+                // SAFETY: method descriptors are statics of the host or a never-unloaded patch.
+                unsafe { m.as_ref() }.is_some_and(|m| m.receiver == Receiver::Exclusive)
+            }
+        })
     }
 
     /// Whether this thread is inside a call on `slot` (used to turn a self-deadlock into a panic).

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::plan::{all_slots, Plan};
 use super::record::{ms, BusyCall};
+use crate::abi::desc::MethodDesc;
 use crate::call::component::Slot;
 use crate::call::invoke;
 use crate::call::thread::{self, lock};
@@ -225,12 +226,15 @@ pub(crate) fn prepare(plan: &Plan) -> Result<Ready, Abort> {
             } else {
                 busy.iter()
                     .map(|b| {
+                        let on = if b.tid == 0 {
+                            b.thread.clone()
+                        } else {
+                            format!("thread `{}` (tid {})", b.thread, b.tid)
+                        };
                         format!(
-                            "`{}::{}` on thread `{}` (tid {}) for {:.0} ms",
+                            "`{}::{}` on {on} for {:.0} ms",
                             b.component,
                             b.method.as_deref().unwrap_or("?"),
-                            b.thread,
-                            b.tid,
                             b.busy_ms
                         )
                     })
@@ -276,6 +280,20 @@ fn note_busy(slots: &[(usize, Arc<Slot>)], first_seen: &mut HashMap<(i64, u64), 
                 .or_insert(now);
         }
     }
+    for (n, (_, s)) in slots.iter().enumerate() {
+        for (k, m) in s.tasks.snapshot().into_iter().enumerate() {
+            first_seen.entry(task_key(n, k, m)).or_insert(now);
+        }
+    }
+}
+
+/// The key under which an async call in flight is first seen: no thread holds it, so it is
+/// named by its instance, its place among that instance's async calls, and its method.
+fn task_key(slot: usize, k: usize, m: &'static MethodDesc) -> (i64, u64) {
+    (
+        -1 - (slot as i64),
+        ((k as u64) << 48) ^ (m as *const MethodDesc as u64),
+    )
 }
 
 fn busy_calls(
@@ -311,6 +329,25 @@ fn busy_calls(
             });
         }
     }
+    // Async calls, which are on no thread's stack while suspended at an `.await`; one being
+    // polled right now is on its thread's stack too and was listed above.
+    for (n, (_, s)) in slots.iter().enumerate() {
+        for (k, m) in s.tasks.snapshot().into_iter().enumerate() {
+            let since = first_seen.get(&task_key(n, k, m)).copied().unwrap_or(now);
+            let listed = out.iter().any(|b| {
+                b.tid != 0 && b.component == s.ty.id && b.method.as_deref() == Some(m.name)
+            });
+            if !listed {
+                out.push(BusyCall {
+                    component: s.ty.id.clone(),
+                    method: Some(m.name.to_string()),
+                    thread: "an async task".to_string(),
+                    tid: 0,
+                    busy_ms: ms(now - since),
+                });
+            }
+        }
+    }
     // Gates held by threads the registry does not track (deeper than TRACKED frames).
     for (_, s) in slots {
         let (readers, writer) = s.gate.in_flight();
@@ -319,7 +356,10 @@ fn busy_calls(
             out.push(BusyCall {
                 component: s.ty.id.clone(),
                 method: None,
-                thread: format!("{} call(s) in flight", readers.max(writer as usize)),
+                thread: format!(
+                    "threads too deep to track ({} call(s) in flight)",
+                    readers.max(writer as usize)
+                ),
                 tid: 0,
                 busy_ms: 0.0,
             });

@@ -1,13 +1,17 @@
 #[dsu::state]
 #[derive(Default)]
-pub struct Counter {
+pub struct Store {
     n: u64,
 }
 
 #[dsu::component]
-impl Counter {
+impl Store {
     pub async fn get(&self) -> u64 {
         self.n
+    }
+
+    pub async fn health_check(&self) -> Result<(), String> {
+        Ok(())
     }
 }
 
