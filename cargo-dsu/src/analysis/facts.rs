@@ -251,12 +251,15 @@ pub(super) fn facts(src: &CrateSource) -> Facts {
                         let inputs = &m.sig.inputs;
                         let output = &m.sig.output;
                         let name = &m.sig.ident;
+                        // `async` is part of the signature: the table entry's type differs.
+                        let asyncness = &m.sig.asyncness;
+                        let shown_async = if asyncness.is_some() { "async " } else { "" };
                         methods.insert(
                             m.sig.ident.to_string(),
                             MethodFacts {
-                                sig: canonical(&quote::quote!((#inputs) #output)),
+                                sig: canonical(&quote::quote!(#asyncness (#inputs) #output)),
                                 shown: format!(
-                                    "fn {name}({}){}",
+                                    "{shown_async}fn {name}({}){}",
                                     pretty(&inputs.to_token_stream()),
                                     match output {
                                         syn::ReturnType::Default => String::new(),
