@@ -71,13 +71,15 @@ pub use call::component::{register, Component, Handle, State};
 #[cfg(not(dsu_off))]
 pub use call::global::Global;
 #[cfg(not(dsu_off))]
-pub use call::thread::{register_thread, ThreadRegistration};
+pub use call::thread::{
+    register_task, register_thread, TaskRegistration, TaskUpdatePoint, ThreadRegistration,
+};
 pub use dsu_macros::{component, global, protocol, state, transfer};
 pub use error::Error;
 #[cfg(dsu_off)]
 pub use off::{
-    register, register_thread, Component, Global, Handle, Runtime, RuntimeBuilder,
-    ThreadRegistration,
+    register, register_task, register_thread, Component, Global, Handle, Runtime, RuntimeBuilder,
+    TaskRegistration, TaskUpdatePoint, ThreadRegistration,
 };
 #[cfg(not(dsu_off))]
 pub use package::policy::{Policy, TimeOfDay};

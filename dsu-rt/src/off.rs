@@ -186,6 +186,26 @@ pub struct ThreadRegistration {
     _not_send: PhantomData<*const ()>,
 }
 
+/// A registered task; with `--cfg dsu_off` its update point is always ready.
+pub struct TaskRegistration {
+    _private: (),
+}
+
+/// See [`TaskRegistration::update_point`].
+pub type TaskUpdatePoint<'a> = std::future::Ready<()>;
+
+impl TaskRegistration {
+    /// Ready at once: nothing to park for.
+    pub fn update_point(&self) -> TaskUpdatePoint<'_> {
+        std::future::ready(())
+    }
+}
+
+/// Registers a long-lived task: nothing to do with `--cfg dsu_off`.
+pub fn register_task(_name: impl Into<String>) -> TaskRegistration {
+    TaskRegistration { _private: () }
+}
+
 /// Does nothing but return the registration (no update ever waits for a thread).
 pub fn register_thread() -> ThreadRegistration {
     ThreadRegistration {

@@ -75,3 +75,55 @@ fn an_async_service_on_one_thread_is_updated_under_load_and_a_stuck_call_aborts_
     assert_eq!(c.cmd("add 1")?, (n + 1).to_string());
     Ok(())
 }
+
+#[test]
+fn a_long_lived_task_parks_at_its_update_point_and_its_next_iteration_runs_the_new_code(
+) -> Result<()> {
+    let exe = build_base(&tasks("v1"))?;
+    let pkg = build_patch(&tasks("v1"), &tasks("v2"))?;
+    // The update waits for registered threads and tasks (as one that changes a global's type
+    // would).
+    let pkg = with_manifest(&pkg, "tasks-park", |m| m.constraints.park_threads = true)?;
+    let p = Process::start(&exe)?;
+    let mut c = p.connect()?;
+    let ticks = |c: &mut Conn| -> Result<u64> { Ok(c.cmd("ticks")?.parse()?) };
+    let wait_for_ticks = |c: &mut Conn, above: u64| -> Result<u64> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let t = ticks(c)?;
+            if t > above {
+                return Ok(t);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the background task stopped at {t}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let t = wait_for_ticks(&mut c, 2)?;
+    assert!(t < 1000, "v1 ticks by 1: {t}");
+
+    // 1. The task sleeps 3 s before its next update point: the update gives up after its
+    //    timeout, naming the task, and the service serves on.
+    assert_eq!(c.cmd("stall 3000")?, "ok");
+    // The loop iterates every 10 ms: within 100 ms one iteration has taken the stall.
+    std::thread::sleep(Duration::from_millis(100));
+    let rec = p.apply(&pkg, Some(300))?;
+    assert_eq!(rec.outcome, Outcome::Aborted, "{rec:#?}");
+    let reason = rec.reason.clone().unwrap_or_default();
+    assert!(reason.contains("task `purge`"), "names the task: {reason}");
+    assert_eq!(c.cmd("add 2")?, "2");
+    assert_eq!(c.cmd("version")?, "v1");
+
+    // 2. Once it loops again it parks at its update point; the update commits, and its next
+    //    iteration runs v2's `tick` (which adds 1000).
+    let now = ticks(&mut c)?;
+    let before = wait_for_ticks(&mut c, now)?;
+    let rec = p.apply(&pkg, Some(5000))?;
+    assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
+    let after = wait_for_ticks(&mut c, before + 999)?;
+    assert!(after >= before + 1000, "{before} -> {after}");
+    assert_eq!(c.cmd("version")?, "v2");
+    Ok(())
+}

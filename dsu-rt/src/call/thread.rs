@@ -197,9 +197,21 @@ pub(crate) struct Parking {
 
 #[derive(Default)]
 struct ParkState {
+    /// Registered threads and tasks.
     registered: usize,
+    /// Of those, the ones parked at an update point.
     quiescent: usize,
     requested: bool,
+    /// Registered tasks (for the report of the ones that did not park).
+    tasks: Vec<Arc<TaskInfo>>,
+    /// Tasks parked at an update point, woken by `release`.
+    wakers: Vec<std::task::Waker>,
+}
+
+/// A registered task: its name, and whether it is parked (under the `Parking` mutex).
+struct TaskInfo {
+    name: String,
+    quiescent: AtomicBool,
 }
 
 /// The process's thread registry (the host's, also in a patch).
@@ -333,12 +345,25 @@ impl Parking {
         }
     }
 
-    /// Lets parked threads go.
+    /// Lets parked threads and tasks go.
     pub(crate) fn release(&self) {
         let mut st = lock(&self.state);
         st.requested = false;
         self.requested.store(false, Ordering::Relaxed);
         self.changed.notify_all();
+        for w in std::mem::take(&mut st.wakers) {
+            w.wake();
+        }
+    }
+
+    /// Registered tasks that are not parked, by name.
+    pub(crate) fn busy_tasks(&self) -> Vec<String> {
+        let st = lock(&self.state);
+        st.tasks
+            .iter()
+            .filter(|t| !t.quiescent.load(Ordering::Relaxed))
+            .map(|t| t.name.clone())
+            .collect()
     }
 
     /// Registered threads that are not parked, by name and tid.
@@ -348,5 +373,113 @@ impl Parking {
             .filter(|t| t.registered.load(Ordering::Relaxed) && !t.quiescent.get())
             .map(|t| (t.name.clone(), t.os_tid))
             .collect()
+    }
+}
+
+/// A registered task (see [`register_task`]); dropping it unregisters the task.
+///
+/// The async counterpart of [`ThreadRegistration`]: an update that requires registered threads
+/// to be parked also waits for every registered task to reach
+/// [`update_point`](Self::update_point), where it waits (through its waker, without blocking
+/// its thread) until the update has been applied or abandoned. A long-lived task, a loop that
+/// calls components, awaits its update point once per iteration: after the update, its next
+/// iteration calls the new version's code.
+pub struct TaskRegistration {
+    info: Arc<TaskInfo>,
+}
+
+/// Registers a long-lived task under `name` (what an update's report calls it when the task
+/// does not reach its update point in time).
+pub fn register_task(name: impl Into<String>) -> TaskRegistration {
+    let info = Arc::new(TaskInfo {
+        name: name.into(),
+        quiescent: AtomicBool::new(false),
+    });
+    let p = &registry().parking;
+    let mut st = lock(&p.state);
+    st.registered += 1;
+    st.tasks.push(info.clone());
+    TaskRegistration { info }
+}
+
+impl TaskRegistration {
+    /// The task's safe point: ready at once unless an update is waiting for registered tasks,
+    /// then ready once that update has been applied or abandoned. Not a safe point inside a
+    /// component call (it is ready at once there, as `update_point!()` returns at once).
+    pub fn update_point(&self) -> TaskUpdatePoint<'_> {
+        TaskUpdatePoint {
+            info: &self.info,
+            parked: false,
+        }
+    }
+}
+
+impl Drop for TaskRegistration {
+    fn drop(&mut self) {
+        let p = &registry().parking;
+        let mut st = lock(&p.state);
+        st.tasks.retain(|t| !Arc::ptr_eq(t, &self.info));
+        st.registered -= 1;
+        if self.info.quiescent.swap(false, Ordering::Relaxed) {
+            st.quiescent -= 1;
+        }
+        p.changed.notify_all();
+    }
+}
+
+/// See [`TaskRegistration::update_point`].
+pub struct TaskUpdatePoint<'a> {
+    info: &'a Arc<TaskInfo>,
+    parked: bool,
+}
+
+impl std::future::Future for TaskUpdatePoint<'_> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let p = &registry().parking;
+        // Relaxed: as in `update_point`; the slow path re-checks under the mutex.
+        if !self.parked && !p.requested.load(Ordering::Relaxed) {
+            return std::task::Poll::Ready(());
+        }
+        let t = current();
+        // SAFETY: `current()` returns null or this thread's live info.
+        if unsafe { t.as_ref() }.is_some_and(|t| t.depth() > 0) {
+            return std::task::Poll::Ready(());
+        }
+        let mut st = lock(&p.state);
+        if !st.requested {
+            if self.info.quiescent.swap(false, Ordering::Relaxed) {
+                st.quiescent -= 1;
+            }
+            self.parked = false;
+            return std::task::Poll::Ready(());
+        }
+        if !self.info.quiescent.swap(true, Ordering::Relaxed) {
+            st.quiescent += 1;
+            p.changed.notify_all();
+        }
+        self.parked = true;
+        if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            st.wakers.push(cx.waker().clone());
+        }
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for TaskUpdatePoint<'_> {
+    fn drop(&mut self) {
+        // A point dropped while parked (its task cancelled) no longer counts as parked.
+        if self.parked {
+            let p = &registry().parking;
+            let mut st = lock(&p.state);
+            if self.info.quiescent.swap(false, Ordering::Relaxed) {
+                st.quiescent -= 1;
+            }
+            p.changed.notify_all();
+        }
     }
 }

@@ -77,17 +77,20 @@ pub(crate) fn prepare(plan: &Plan) -> Result<Ready, Abort> {
         let reg = thread::registry();
         if let Err((busy, total)) = reg.parking.request_and_wait(deadline) {
             let all = lock(&reg.all).clone();
-            let names = reg.parking.busy_threads(&all);
+            let mut names = reg.parking.busy_threads(&all);
+            let tasks = reg.parking.busy_tasks();
+            let mut shown: Vec<String> = names
+                .iter()
+                .map(|(n, t)| format!("`{n}` (tid {t})"))
+                .collect();
+            shown.extend(tasks.iter().map(|n| format!("task `{n}`")));
+            names.extend(tasks.into_iter().map(|n| (format!("task {n}"), 0)));
             return Err(abort(
                 format!(
-                    "{busy} of {total} registered thread(s) did not reach an update point within \
-                     {} ms: {}",
+                    "{busy} of {total} registered thread(s) and task(s) did not reach an update \
+                     point within {} ms: {}",
                     plan.timeout.as_millis(),
-                    names
-                        .iter()
-                        .map(|(n, t)| format!("`{n}` (tid {t})"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    shown.join(", ")
                 ),
                 names
                     .into_iter()

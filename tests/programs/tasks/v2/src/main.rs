@@ -3,10 +3,21 @@
 //! that parked the thread would stall the whole service and the update waiting for it).
 //!
 //! `tasks --port PORT --socket PATH` prints `ready PORT` once it accepts connections. Commands
-//! (one per line, one reply line each): `add K`, `get`, `version`, `hold MS`.
+//! (one per line, one reply line each): `add K`, `get`, `version`, `hold MS`, `ticks`,
+//! `stall MS`.
+//!
+//! A background task (`purge`, registered with the runtime) loops: it awaits its update point,
+//! calls `Purger::tick`, and sleeps 10 ms (or the `stall` it was given once). Its loop body is
+//! a component call, so after an update its next iteration runs the new version's `tick`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+
+/// How long the background task's next sleep lasts (ms), set by `stall`; 0: 10 ms.
+#[dsu::global]
+static STALL_MS: AtomicU64 = AtomicU64::new(0);
 
 #[dsu::state]
 #[derive(Default)]
@@ -36,7 +47,37 @@ impl Counter {
     }
 }
 
-async fn handle(counter: &dsu::Handle<Counter>, line: &str) -> String {
+/// What the background task does each iteration.
+#[dsu::state]
+#[derive(Default)]
+pub struct Purger {
+    ticks: u64,
+}
+
+#[dsu::component]
+impl Purger {
+    pub async fn tick(&mut self) -> u64 {
+        self.ticks += 1000;
+        self.ticks
+    }
+
+    pub async fn ticks(&self) -> u64 {
+        self.ticks
+    }
+}
+
+async fn purge_loop(purger: dsu::Handle<Purger>) {
+    let task = dsu::register_task("purge");
+    loop {
+        task.update_point().await;
+        purger.tick().await;
+        let stall = STALL_MS.swap(0, Ordering::Relaxed);
+        let ms = if stall == 0 { 10 } else { stall };
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
+async fn handle(counter: &dsu::Handle<Counter>, purger: &dsu::Handle<Purger>, line: &str) -> String {
     let mut parts = line.split_whitespace();
     let cmd = parts.next().unwrap_or("");
     let a = parts.next().unwrap_or("");
@@ -45,6 +86,11 @@ async fn handle(counter: &dsu::Handle<Counter>, line: &str) -> String {
         "get" => counter.get().await.to_string(),
         "version" => counter.version().await,
         "hold" => counter.hold(a.parse().unwrap_or(0)).await,
+        "ticks" => purger.ticks().await.to_string(),
+        "stall" => {
+            STALL_MS.store(a.parse().unwrap_or(0), Ordering::Relaxed);
+            "ok".to_string()
+        }
         _ => format!("error unknown command `{cmd}`"),
     }
 }
@@ -67,6 +113,7 @@ fn main() {
         .start()
         .expect("start the dsu runtime");
     let counter = rt.register(Counter::default());
+    let purger = rt.register(Purger::default());
     let tokio_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -75,17 +122,19 @@ fn main() {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind the TCP port");
+        tokio::spawn(purge_loop(purger.clone()));
         println!("ready {}", listener.local_addr().expect("local address").port());
         loop {
             let Ok((conn, _)) = listener.accept().await else {
                 continue;
             };
             let counter = counter.clone();
+            let purger = purger.clone();
             tokio::spawn(async move {
                 let (read, mut write) = conn.into_split();
                 let mut lines = BufReader::new(read).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    let reply = handle(&counter, &line).await;
+                    let reply = handle(&counter, &purger, &line).await;
                     if write.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
                         break;
                     }
