@@ -80,6 +80,24 @@ pub fn toolchain_pin(dir: &Path) -> Option<(PathBuf, String)> {
     None
 }
 
+/// The cargo configuration file (`.cargo/config.toml`, or the older `.cargo/config`) that
+/// governs builds in `dir`: the nearest one in `dir` or an ancestor, with its text. It can
+/// set `rustflags` (a program that links `dsu-shared` sets `-C prefer-dynamic`), and a patch
+/// must be built with the flags its base was built with.
+pub fn cargo_config(dir: &Path) -> Option<(PathBuf, String)> {
+    let mut d = Some(dir);
+    while let Some(here) = d {
+        for name in ["config.toml", "config"] {
+            let p = here.join(".cargo").join(name);
+            if let Ok(text) = std::fs::read_to_string(&p) {
+                return Some((p, text));
+            }
+        }
+        d = here.parent();
+    }
+    None
+}
+
 /// Locked versions of every package in a Cargo.lock.
 pub fn locked(lock: &Path) -> Result<BTreeMap<String, BTreeSet<String>>> {
     let text = std::fs::read_to_string(lock)?;

@@ -62,6 +62,11 @@ pub mod sockets;
 #[cfg(not(dsu_off))]
 mod update;
 
+// With the `shared` feature, tokio, tracing and log come from the one dynamic library the
+// program and its patches share; naming it here is what links it.
+#[cfg(feature = "shared")]
+use dsu_shared as _;
+
 // The public API.
 pub use abi::build;
 #[cfg(not(dsu_off))]

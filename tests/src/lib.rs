@@ -112,7 +112,9 @@ pub fn build_base_with(dir: &Path, profile: &BuildProfile) -> Result<PathBuf> {
     if profile.release {
         cmd.arg("--release");
     }
+    // In the program's directory, as its author builds it: cargo reads its .cargo/config.toml.
     let out = cmd
+        .current_dir(dir)
         .env("CARGO_TARGET_DIR", &profile.target_dir)
         .stderr(Stdio::inherit())
         .output()
@@ -141,6 +143,14 @@ pub fn build_base_with(dir: &Path, profile: &BuildProfile) -> Result<PathBuf> {
     let tmp = own.join(format!(".{}.tmp", std::process::id()));
     std::fs::copy(&exe, &tmp).with_context(|| format!("copy {}", exe.display()))?;
     std::fs::rename(&tmp, &copy)?;
+    // A program that links dsu-shared finds it beside its executable (`-C rpath` records
+    // `$ORIGIN`); the copy gets the build's own, which the next build may replace.
+    let shared = exe.with_file_name("libdsu_shared.so");
+    if shared.is_file() {
+        let tmp = own.join(format!(".{}.so.tmp", std::process::id()));
+        std::fs::copy(&shared, &tmp).with_context(|| format!("copy {}", shared.display()))?;
+        std::fs::rename(&tmp, own.join("libdsu_shared.so"))?;
+    }
     cache.insert(key, copy.clone());
     Ok(copy)
 }

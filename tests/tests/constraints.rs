@@ -1,5 +1,6 @@
 //! Update constraints: protocols idle, registered threads parked at update points, the
-//! `prepare_to_die` hook; and log records from patched code reaching the host's logger.
+//! `prepare_to_die` hook; and log records and tracing events from patched code reaching the
+//! host's logger and subscriber.
 
 use std::sync::{Arc, Mutex};
 
@@ -104,5 +105,39 @@ fn log_records_from_patched_code_reach_the_hosts_logger() -> Result<()> {
     assert!(logs.contains("INFO note from v2, patched code"), "{logs}");
     // The runtime's own record of the update went to the same logger.
     assert!(logs.contains("committed"), "{logs}");
+    Ok(())
+}
+
+#[test]
+fn tracing_events_and_spans_from_patched_sync_code_reach_the_hosts_subscriber() -> Result<()> {
+    // ledger does not use dsu-shared: the patch has its own copy of tracing-core, which the
+    // runtime points at the host's dispatcher when it loads the patch.
+    let exe = build_base(&ledger("v1"))?;
+    let pkg = build_patch(&ledger("v1"), &ledger("v2"))?;
+    let p = Process::start(&exe)?;
+    let mut c = p.connect()?;
+    assert_eq!(c.cmd("trace")?, "v1");
+    assert_eq!(p.apply(&pkg, None)?.outcome, Outcome::Committed);
+    assert_eq!(c.cmd("trace")?, "v2");
+    let traces = c.cmd("traces")?;
+    let line = |needle: &str| -> String {
+        traces
+            .split('|')
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in {traces}"))
+            .to_string()
+    };
+    let v1 = line("traced from v1");
+    assert!(
+        v1.contains("request{cmd=\"trace\"}") && v1.contains("answer=1"),
+        "{v1}"
+    );
+    // The event's fields, the host's span it was called in, and the span patched code opened
+    // inside it, nested.
+    let v2 = line("traced from v2, patched code");
+    assert!(
+        v2.contains("request{cmd=\"trace\"}:inner{depth=1}") && v2.contains("answer=42"),
+        "{v2}"
+    );
     Ok(())
 }

@@ -116,6 +116,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
     environment::dependencies(old, new, &mut found)?;
     environment::allocator(&pair, &mut found);
     environment::toolchain(old, new, &mut found);
+    environment::cargo_configuration(old, new, &mut found);
 
     let Findings {
         mut changes,

@@ -66,10 +66,19 @@ pub fn load_version(path: &Path) -> Result<Version> {
         .filter(|d| d.kind == cargo_metadata::DependencyKind::Normal)
         .map(|d| {
             let name = d.rename.clone().unwrap_or_else(|| d.name.clone());
-            let what = match &d.path {
+            let mut what = match &d.path {
                 Some(_) => "path".to_string(),
                 None => d.req.to_string(),
             };
+            // Features too: another feature set is another build of the crate.
+            let mut features = d.features.clone();
+            features.sort();
+            if !features.is_empty() {
+                what.push_str(&format!(" features [{}]", features.join(", ")));
+            }
+            if !d.uses_default_features {
+                what.push_str(" without default features");
+            }
             (name, what)
         })
         .collect();

@@ -90,7 +90,8 @@ pub(in crate::patch) fn compile(
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf> {
     let mut cmd = tool("cargo", pinned.then_some(dir));
-    cmd.arg("rustc");
+    // In `dir`, so that cargo reads the configuration copied there (its `rustflags`).
+    cmd.arg("rustc").current_dir(dir);
     match artifact {
         Artifact::Patch => cmd.arg("--lib"),
         Artifact::Executable(bin) => cmd.args(["--bin", bin]),

@@ -17,4 +17,6 @@ pub(crate) mod root;
 #[cfg(not(dsu_off))]
 pub(crate) mod shared;
 #[cfg(not(dsu_off))]
+pub(crate) mod trace;
+#[cfg(not(dsu_off))]
 pub(crate) mod transfer;

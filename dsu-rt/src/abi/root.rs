@@ -16,7 +16,7 @@ use super::build;
 use super::desc::{ComponentDesc, GlobalDesc, GlobalTransferDesc, StateLayout, TransferDesc};
 
 /// Version of the loader/patch protocol. Bumped whenever what crosses the boundary changes.
-pub const PATCH_FORMAT: u32 = 1;
+pub const PATCH_FORMAT: u32 = 2;
 
 /// The loader-facing root of a patch.
 #[repr(C)]
@@ -29,6 +29,11 @@ pub struct PatchRoot {
     pub rustc: RStr<'static>,
     pub target: RStr<'static>,
     pub debug_assertions: bool,
+    /// Whether the patch links tokio, tracing and log from the shared library (dsu-shared).
+    pub shared_dependencies: bool,
+    /// The builds of tokio, tracing-core and log it was compiled against
+    /// ([`build::dependency_builds`]).
+    pub dependency_builds: RStr<'static>,
     /// Adopts the host's context (`*const HostContext`).
     pub adopt: unsafe extern "C" fn(*const ()),
     /// The patch's descriptors (`*const PatchDescriptors`, leaked).
@@ -65,6 +70,8 @@ pub fn patch_root_module(adopt: unsafe extern "C" fn(*const ())) -> PatchRootRef
         rustc: RStr::from_str(build::RUSTC),
         target: RStr::from_str(build::TARGET),
         debug_assertions: build::DEBUG_ASSERTIONS,
+        shared_dependencies: build::SHARED_DEPENDENCIES,
+        dependency_builds: RStr::from_str(Box::leak(build::dependency_builds().into_boxed_str())),
         adopt,
         descriptors,
     }

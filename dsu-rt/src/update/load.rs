@@ -12,17 +12,19 @@ use crate::abi::alloc::{ForwardAlloc, HostAlloc, HOST_ALLOC};
 use crate::abi::build;
 use crate::abi::root::{PatchDescriptors, PatchRootRef, PATCH_FORMAT};
 use crate::abi::shared;
+use crate::abi::trace::{self, WithDispatch};
 use crate::call::thread::{self, ThreadInfo};
 use crate::package::{Manifest, Package};
 
 /// What the host hands a patch at load: the process's shared registries (`abi/shared.rs`),
-/// its thread-local call tracking, its allocator and its logger.
+/// its thread-local call tracking, its allocator, its logger and its tracing dispatcher.
 pub struct HostContext {
     shared: *const (),
     thread_current: fn() -> *const ThreadInfo,
     alloc: &'static HostAlloc,
     logger: &'static dyn log::Log,
     max_level: log::LevelFilter,
+    with_dispatch: WithDispatch,
 }
 
 impl HostContext {
@@ -33,6 +35,7 @@ impl HostContext {
             alloc: &HOST_ALLOC,
             logger: log::logger(),
             max_level: log::max_level(),
+            with_dispatch: trace::host_with_dispatch,
         }
     }
 }
@@ -50,9 +53,13 @@ pub unsafe fn adopt(host: *const (), alloc: &ForwardAlloc) {
     // SAFETY: the table is the host's, of this crate's version (caller's contract), and nothing
     // of the patch has run yet, so none of its `Shared` statics is resolved.
     unsafe { shared::adopt(host.shared) };
-    // The patch's copy of `log` has its own (empty) logger slot: point it at the host's.
-    let _ = log::set_logger(host.logger);
-    log::set_max_level(host.max_level);
+    if !build::SHARED_DEPENDENCIES {
+        // The patch's copies of `log` and tracing-core have their own (empty) logger and
+        // dispatcher: point them at the host's. (With the shared library they are the host's.)
+        let _ = log::set_logger(host.logger);
+        log::set_max_level(host.max_level);
+        trace::adopt(host.with_dispatch);
+    }
 }
 
 /// A loaded, adopted patch.
@@ -71,6 +78,56 @@ pub enum LoadError {
         patch: String,
         host: String,
     },
+    #[error("the patch needs a symbol of `{krate}` that this process does not have: it was built against another build of `{krate}` (another version or feature set, or other rustflags), which this process shares with its patches; build the patch against the base's Cargo.lock, features and .cargo/config.toml, or update by hand-off ({error})")]
+    MissingSymbol { krate: String, error: String },
+    #[error("{}", shared_message(*patch))]
+    Shared { patch: bool },
+    #[error("the patch was built against another build of {0} than this process (another version or feature set): the two would read each other's values with different layouts; build the patch against the base's Cargo.lock and the same dependency features, or update by hand-off")]
+    DependencyBuild(String),
+}
+
+fn shared_message(patch: bool) -> String {
+    let (with, without) = if patch {
+        ("the patch", "this process")
+    } else {
+        ("this process", "the patch")
+    };
+    format!(
+        "{with} links tokio, tracing and log from the shared library (dsu's `shared` feature) and {without} has copies of its own: build both with the same `dsu` features"
+    )
+}
+
+/// The crate of the first undefined Rust symbol a loader error names: a patch linked against
+/// a shared library (dsu-shared) that this process has in another build needs symbols the
+/// process's copy does not define (a symbol's name carries its crate's build). Legacy mangling
+/// (`_ZN5tokio4sync…17h…E`) names the crate first; v0 (`_RNv…5tokio…`) is read the same way.
+fn missing_crate(error: &str) -> Option<String> {
+    let sym = error.split("undefined symbol: ").nth(1)?;
+    let sym = sym.split(|c: char| c.is_whitespace() || c == ',').next()?;
+    let rest = sym.strip_prefix("_ZN").or_else(|| {
+        sym.strip_prefix("_R")
+            .map(|r| r.trim_start_matches(|c: char| !c.is_ascii_digit()))
+    })?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let len: usize = digits.parse().ok()?;
+    let name = rest.get(digits.len()..digits.len() + len)?;
+    Some(name.trim_start_matches('_').to_string())
+}
+
+/// The crates whose build differs between two `dependency_builds` strings.
+fn differing_builds(patch: &str, host: &str) -> Vec<String> {
+    let of = |s: &str| -> Vec<(String, String)> {
+        s.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let host = of(host);
+    of(patch)
+        .into_iter()
+        .filter(|(k, v)| host.iter().find(|(hk, _)| hk == k).map(|(_, hv)| hv) != Some(v))
+        .map(|(k, _)| format!("`{k}`"))
+        .collect()
 }
 
 /// abi_stable's errors span several indented lines; a refusal reason is one.
@@ -86,7 +143,13 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
 /// Opens the library at `path` (a path no other library was loaded from), checks its root and
 /// adopts the host's context. The library is never unloaded.
 fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let header = lib_header_from_path(path).map_err(|e| LoadError::Root(one_line(&e)))?;
+    let header = lib_header_from_path(path).map_err(|e| {
+        let e = one_line(&e);
+        match missing_crate(&e) {
+            Some(krate) => LoadError::MissingSymbol { krate, error: e },
+            None => LoadError::Root(e),
+        }
+    })?;
     let root = header
         .init_root_module::<PatchRootRef>()
         .map_err(|e| LoadError::Root(one_line(&e)))?;
@@ -121,6 +184,16 @@ fn load(path: &Path) -> Result<Loaded, LoadError> {
         if patch != host {
             return Err(LoadError::Mismatch { what, patch, host });
         }
+    }
+    if root.shared_dependencies() != build::SHARED_DEPENDENCIES {
+        return Err(LoadError::Shared {
+            patch: root.shared_dependencies(),
+        });
+    }
+    let host_builds = build::dependency_builds();
+    let differ = differing_builds(root.dependency_builds().as_str(), &host_builds);
+    if !differ.is_empty() {
+        return Err(LoadError::DependencyBuild(differ.join(", ")));
     }
     let host = Box::leak(Box::new(HostContext::of_this_process()));
     // SAFETY: the toolchain and runtime version match (checked above), so the patch's copy of
@@ -249,6 +322,28 @@ pub(crate) fn sweep_stale_patch_dirs(tmp: &std::path::Path) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_undefined_symbol_names_its_crate() {
+        let e = "/tmp/dsu-1/patch-1-2.0.0.so: undefined symbol: _ZN5tokio4sync9semaphore9Semaphore3new17h0123456789abcdefE";
+        assert_eq!(super::missing_crate(e).as_deref(), Some("tokio"));
+        let e = "x.so: undefined symbol: _ZN12tracing_core10dispatcher11get_default17habcE";
+        assert_eq!(super::missing_crate(e).as_deref(), Some("tracing_core"));
+        assert_eq!(
+            super::missing_crate("x.so: cannot open shared object file"),
+            None
+        );
+    }
+
+    #[test]
+    fn builds_that_differ_are_named() {
+        let host = "tokio=01 tracing-core=02 log=03";
+        assert!(super::differing_builds(host, host).is_empty());
+        assert_eq!(
+            super::differing_builds("tokio=09 tracing-core=02 log=03", host),
+            ["`tokio`"]
+        );
+    }
+
     use super::*;
 
     #[test]

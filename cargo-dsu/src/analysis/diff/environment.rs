@@ -11,7 +11,29 @@ use super::super::facts::AllocatorFacts;
 use super::super::taxonomy::{change, Kind, Refusal, ENVIRONMENT, NOT_IN_PLACE, SAME_DEPENDENCIES};
 use super::super::version::Version;
 use super::{Findings, Pair};
-use crate::cargo::{locked, toolchain_pin};
+use crate::cargo::{cargo_config, locked, toolchain_pin};
+
+/// Crates that hold process-wide state, and what: a patch runs with the running build of
+/// each (shared through `dsu-shared`, or forwarded), so another version or feature set of one
+/// cannot be applied in place.
+const PROCESS_STATE: [(&str, &str); 6] = [
+    ("tokio", "its runtime context and timers"),
+    ("tracing", "its callsites and the current span"),
+    ("tracing-core", "the dispatcher"),
+    ("log", "the logger"),
+    ("dsu-shared", "the shared copies of tokio, tracing and log"),
+    ("dsu-rt", "the update manager and every component's table"),
+];
+
+/// Why a change of dependency `name` is refused in place.
+fn why_same(name: &str) -> String {
+    match PROCESS_STATE.iter().find(|(n, _)| *n == name) {
+        Some((_, what)) => format!(
+            "`{name}` holds process-wide state ({what}), and a patch's code runs against the running process's build of it; another version or feature set is another build"
+        ),
+        None => SAME_DEPENDENCIES.to_string(),
+    }
+}
 
 /// Compares the dependency requirements (Cargo.toml) and, when both have one, the locked
 /// versions (Cargo.lock).
@@ -36,8 +58,8 @@ pub(in crate::analysis) fn dependencies(
                 format!("dependency {d}"),
                 "Cargo.toml",
                 desc,
-                SAME_DEPENDENCIES,
-                "keep the base's dependency versions for this update, or restart the process on the new version",
+                &why_same(d),
+                "keep the base's dependency versions and features for this update, or apply it by hand-off (`--engine handoff`)",
             );
         }
     }
@@ -63,7 +85,7 @@ pub(in crate::analysis) fn dependencies(
                             format!("dependency {name}"),
                             "Cargo.lock",
                             desc,
-                            SAME_DEPENDENCIES,
+                            &why_same(name),
                             "build the patch against the base's Cargo.lock (cargo dsu uses OLD's), or restart the process",
                         );
                     }
@@ -139,6 +161,32 @@ pub(in crate::analysis) fn toolchain(old: &Version, new: &Version, a: &mut Findi
             desc,
             "a patch must be built by the rustc that built the running process",
             "keep the base's toolchain for this update, or restart the process on the new version",
+        );
+    }
+}
+
+/// Compares the cargo configurations (`.cargo/config.toml`): the patch is built with the
+/// base's, so another one (its `rustflags`, say) would not be the one NEW asked for.
+pub(in crate::analysis) fn cargo_configuration(old: &Version, new: &Version, a: &mut Findings) {
+    let (oc, nc) = (cargo_config(&old.dir), cargo_config(&new.dir));
+    if oc.as_ref().map(|(_, t)| t.trim()) != nc.as_ref().map(|(_, t)| t.trim()) {
+        let show = |c: &Option<(PathBuf, String)>| match c {
+            Some((p, _)) => p.display().to_string(),
+            None => "none".to_string(),
+        };
+        let desc = format!(
+            "cargo configuration changed: {} -> {}",
+            show(&oc),
+            show(&nc)
+        );
+        refuse_environment(
+            a,
+            ".cargo/config.toml",
+            "cargo configuration".into(),
+            ".cargo/config.toml",
+            desc,
+            "a patch is built with the running build's configuration (its rustflags decide how the patch links)",
+            "keep the base's .cargo/config.toml for this update, or apply it by hand-off (`--engine handoff`)",
         );
     }
 }

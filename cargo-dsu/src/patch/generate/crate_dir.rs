@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use super::plan::Crate;
 use super::splice::{resolve, splice, Edit};
-use crate::cargo::toolchain_pin;
+use crate::cargo::{cargo_config, toolchain_pin};
 use crate::patch::build::Artifact;
 use crate::source::CrateSource;
 
@@ -282,4 +282,19 @@ pub(in crate::patch) fn copy_pin(new: &Crate, dir: &Path) -> Result<bool> {
         }
         None => false,
     })
+}
+
+/// The generated crate is built with the cargo configuration of the version whose build it
+/// must match (the base's for a patch, NEW's for a hand-off): it is copied into `dir`, and
+/// cargo runs there. A configuration in an ancestor of `from` is found too; the copy is of
+/// the nearest one only.
+pub(in crate::patch) fn copy_cargo_config(from: &Path, dir: &Path) -> Result<()> {
+    if let Some((path, text)) = cargo_config(from) {
+        let to = dir.join(".cargo");
+        std::fs::create_dir_all(&to)?;
+        let name = path.file_name().expect("a config is a file");
+        std::fs::write(to.join(name), text)
+            .with_context(|| format!("cannot copy {}", path.display()))?;
+    }
+    Ok(())
 }

@@ -109,6 +109,7 @@ pub fn generate_reporting(
         waiting,
     )?;
     crate_dir::copy_lock(&lock.path, &dir)?;
+    crate_dir::copy_cargo_config(if in_place { &old.dir } else { &new.dir }, &dir)?;
     let pinned = !in_place && crate_dir::copy_pin(&new, &dir)?;
 
     let (rustc, target) = rustc_version(pinned.then_some(dir.as_path()))?;

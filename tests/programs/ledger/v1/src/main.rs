@@ -1,7 +1,8 @@
 //! A ledger with multi-call transactions (a protocol), a registered worker thread that must not
 //! be split by an update, a `prepare_to_die` hook, and a logger.
 //!
-//! Commands: `begin`, `write X`, `commit`, `prepared`, `splits`, `iters`, `log`, `logs`.
+//! Commands: `begin`, `write X`, `commit`, `prepared`, `splits`, `iters`, `log`, `logs`,
+//! `trace`, `traces`.
 
 mod server;
 
@@ -52,6 +53,11 @@ impl Ledger {
         "v1".to_string()
     }
 
+    pub fn trace(&self) -> String {
+        tracing::info!(answer = 1, "traced from v1");
+        "v1".to_string()
+    }
+
     /// Called by the update manager before the component is updated.
     pub fn prepare_to_die(&mut self) {
         self.prepared += 1;
@@ -77,9 +83,29 @@ impl log::Log for Memory {
 
 static LOGGER: Memory = Memory(Mutex::new(Vec::new()));
 
+/// Keeps every line the tracing subscriber writes, for the same reason.
+static TRACES: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct TraceLines;
+
+impl std::io::Write for TraceLines {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        TRACES.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn main() {
     log::set_logger(&LOGGER).expect("set the logger");
     log::set_max_level(log::LevelFilter::Info);
+    tracing_subscriber::fmt()
+        .with_writer(|| TraceLines)
+        .with_ansi(false)
+        .without_time()
+        .init();
     let args = server::Args::parse();
     let rt = dsu::Runtime::builder()
         .program(env!("CARGO_PKG_NAME"))
@@ -118,6 +144,11 @@ fn main() {
             "iters" => ITERS.load(Ordering::Relaxed).to_string(),
             "log" => ledger.note(),
             "logs" => LOGGER.0.lock().unwrap().join("|"),
+            "trace" => {
+                let _request = tracing::info_span!("request", cmd = "trace").entered();
+                ledger.trace()
+            }
+            "traces" => String::from_utf8_lossy(&TRACES.lock().unwrap()).replace('\n', "|"),
             _ => format!("error unknown command `{cmd}`"),
         }
     });
