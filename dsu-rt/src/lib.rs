@@ -94,6 +94,8 @@ pub use package::{Constraints, Engine, Manifest, Package};
 #[cfg(not(dsu_off))]
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use sockets::{listener, Connection, Listener};
+#[cfg(feature = "tokio")]
+pub use sockets::{AsyncConnection, AsyncListener, HandoffSignal};
 #[cfg(not(dsu_off))]
 pub use update::record::{
     ApplyOptions, BusyCall, ComponentStatus, Outcome, Status, UpdateRecord, UpdateReport,

@@ -18,6 +18,9 @@ pub(crate) struct Gate {
     cv: std::sync::Condvar,
     /// An eventfd, readable while the gate is closed: wakes the threads polling their sockets.
     wake: OwnedFd,
+    /// The same state for async tasks (tokio sockets, `sockets/tokio_net.rs`), which wait for a
+    /// change through it without parking a thread.
+    state: tokio::sync::watch::Sender<bool>,
 }
 
 pub(crate) fn gate() -> &'static Gate {
@@ -37,6 +40,7 @@ pub(crate) fn gate() -> &'static Gate {
             cv: std::sync::Condvar::new(),
             // SAFETY: as above.
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
+            state: tokio::sync::watch::Sender::new(false),
         }
     })
 }
@@ -117,6 +121,32 @@ impl Gate {
         // SAFETY: writes 8 bytes to the eventfd. (It cannot overflow: it is read back to 0 on
         // every open.)
         unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+        self.wake_tasks();
+    }
+
+    /// Counts an async caller busy (as `enter` does, without polling a descriptor: tokio
+    /// does). `false` if the gate closed meanwhile: then it is not counted.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn try_enter_busy(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        // As in `enter`: either the closer sees this task busy, or this task sees it closed.
+        self.busy.fetch_add(1, SeqCst);
+        if self.closed.load(SeqCst) {
+            self.leave();
+            return false;
+        }
+        true
+    }
+
+    /// The gate's state for async tasks: `true` while it is closed.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.state.subscribe()
+    }
+
+    fn wake_tasks(&self) {
+        self.state
+            .send_replace(self.closed.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     /// Waits until no thread is busy (every connection between two requests), until
@@ -153,5 +183,6 @@ impl Gate {
                 .store(false, std::sync::atomic::Ordering::SeqCst);
         }
         self.cv.notify_all();
+        self.wake_tasks();
     }
 }

@@ -75,7 +75,7 @@ pub fn listener(
 #[derive(Debug)]
 pub struct Listener {
     name: String,
-    inner: TcpListener,
+    pub(super) inner: TcpListener,
 }
 
 impl Listener {
@@ -124,23 +124,17 @@ impl Listener {
     /// a second call returns nothing. Serve them as freshly accepted ones: a process started
     /// by a hand-off reports ready only once every handed-over connection was taken.
     pub fn handed_over(&self) -> Vec<Connection> {
-        let mut all = lock(handed_connections());
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < all.len() {
-            if all[i].listener == self.name {
-                let h = all.remove(i);
-                out.push(Connection::register(
+        take_handed(&self.name)
+            .into_iter()
+            .map(|h| {
+                Connection::register(
                     TcpStream::from(h.fd),
                     &self.name,
                     Some(h.name),
                     h.unconsumed,
-                ));
-            } else {
-                i += 1;
-            }
-        }
-        out
+                )
+            })
+            .collect()
     }
 }
 
@@ -184,12 +178,48 @@ pub struct Connection {
 }
 
 #[derive(Debug)]
-struct ConnShared {
+pub(super) struct ConnShared {
     id: u64,
     name: String,
     listener: String,
     fd: RawFd,
     unconsumed: Mutex<Vec<u8>>,
+}
+
+impl ConnShared {
+    /// Registers the connection on descriptor `fd`, so that a hand-off passes it on; the
+    /// caller keeps `fd` open until [`unregister`](Self::unregister).
+    pub(super) fn register(fd: RawFd, listener: &str, name: Option<String>) -> Arc<ConnShared> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        // Relaxed: a unique number, nothing published with it.
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shared = Arc::new(ConnShared {
+            id,
+            name: name.unwrap_or_else(|| format!("{listener}#{id}")),
+            listener: listener.to_string(),
+            fd,
+            unconsumed: Mutex::new(Vec::new()),
+        });
+        lock(connections()).push(shared.clone());
+        shared
+    }
+
+    /// Unregisters it (before its descriptor is closed): a hand-off collecting connections
+    /// holds this lock, so it sees the connection with its descriptor open or not at all.
+    pub(super) fn unregister(&self) {
+        lock(connections()).retain(|c| c.id != self.id);
+    }
+
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Notes the bytes read from the connection and not consumed, which a hand-off passes on.
+    pub(super) fn set_unconsumed(&self, bytes: &[u8]) {
+        let mut u = lock(&self.unconsumed);
+        u.clear();
+        u.extend_from_slice(bytes);
+    }
 }
 
 impl Connection {
@@ -199,17 +229,7 @@ impl Connection {
         name: Option<String>,
         inherited: Vec<u8>,
     ) -> Connection {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        // Relaxed: a unique number, nothing published with it.
-        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let shared = Arc::new(ConnShared {
-            id,
-            name: name.unwrap_or_else(|| format!("{listener}#{id}")),
-            listener: listener.to_string(),
-            fd: stream.as_raw_fd(),
-            unconsumed: Mutex::new(Vec::new()),
-        });
-        lock(connections()).push(shared.clone());
+        let shared = ConnShared::register(stream.as_raw_fd(), listener, name);
         Connection {
             stream,
             shared,
@@ -276,9 +296,7 @@ impl io::Write for Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        // Unregister first: a hand-off collecting connections holds this lock, so it either
-        // sees this connection with its descriptor still open or not at all.
-        lock(connections()).retain(|c| c.id != self.shared.id);
+        self.shared.unregister();
         if self.busy {
             gate().leave();
         }
@@ -306,6 +324,16 @@ pub(crate) struct HandedConnection {
     pub(crate) name: String,
     pub(crate) fd: OwnedFd,
     pub(crate) unconsumed: Vec<u8>,
+}
+
+/// Takes the handed-over connections of listener `name`.
+pub(super) fn take_handed(name: &str) -> Vec<HandedConnection> {
+    let mut all = lock(handed_connections());
+    let (mine, rest) = std::mem::take(&mut *all)
+        .into_iter()
+        .partition(|h| h.listener == name);
+    *all = rest;
+    mine
 }
 
 pub(crate) fn handed_connections() -> &'static Mutex<Vec<HandedConnection>> {

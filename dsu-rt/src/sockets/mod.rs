@@ -14,7 +14,8 @@
 //!
 //! `transport.rs` sends and receives named descriptors; `inherit.rs` keeps the ones this
 //! process was started with; `listener.rs` is the program's side (listeners, connections, the
-//! snapshot a hand-off passes); `gate.rs` holds every socket still while a hand-off runs.
+//! snapshot a hand-off passes); `gate.rs` holds every socket still while a hand-off runs;
+//! `tokio_net.rs` (feature `tokio`) is the same for a tokio server.
 
 mod fd;
 mod gate;
@@ -22,6 +23,8 @@ mod inherit;
 mod listener;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "tokio")]
+mod tokio_net;
 mod transport;
 
 // Used by the runtime's other layers, which `dsu_off` leaves out.
@@ -36,4 +39,6 @@ pub(crate) use listener::{
     handed_connections, snapshot, HandedConnection, SavedConnection, Snapshot,
 };
 pub use listener::{listener, Connection, Listener};
+#[cfg(feature = "tokio")]
+pub use tokio_net::{AsyncConnection, AsyncListener, HandoffSignal};
 pub use transport::{recv_fds, send_fds, NamedFd, MAX_FDS_PER_FRAME};
