@@ -14,8 +14,14 @@
 //! # async fn run(router: impl tower_service::Service<hyper::Request<hyper::body::Incoming>,
 //! #     Response = hyper::Response<String>, Error = std::convert::Infallible,
 //! #     Future: Send> + Clone + Send + Sync + 'static) -> std::io::Result<()> {
+//! # let rt: dsu::Runtime = todo!();
 //! let listener = dsu::listener("http", || std::net::TcpListener::bind("127.0.0.1:8080"))?;
-//! dsu_hyper::serve(listener.into_tokio()?, router).await
+//! let listener = listener.into_tokio()?;
+//! // After a hand-off: the connections the old process passed on. Take them, then report
+//! // ready (which, after a hand-off, is when the update commits).
+//! let handed = listener.handed_over()?;
+//! rt.ready();
+//! dsu_hyper::serve(listener, handed, router).await
 //! # }
 //! ```
 
@@ -30,10 +36,14 @@ use hyper_util::rt::TokioIo;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// Serves `service` on every connection of `listener`: first the connections a hand-off
-/// brought (if this process was started by one), then each one it accepts. Returns only on an
-/// error accepting.
-pub async fn serve<S, B>(listener: AsyncListener, service: S) -> std::io::Result<()>
+/// Serves `service` on every connection of `listener`: first `handed`, the connections a
+/// hand-off brought ([`AsyncListener::handed_over`], taken before `Runtime::ready`), then each
+/// one it accepts. Returns only on an error accepting.
+pub async fn serve<S, B>(
+    listener: AsyncListener,
+    handed: Vec<AsyncConnection>,
+    service: S,
+) -> std::io::Result<()>
 where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>>
         + Clone
@@ -46,7 +56,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    for conn in listener.handed_over()? {
+    for conn in handed {
         tokio::spawn(serve_connection(conn, service.clone()));
     }
     loop {

@@ -549,6 +549,8 @@ pub fn assert_recorded(
 }
 
 /// A minimal RESP (Redis protocol) client, for driving examples/kvstore.
+pub mod shop;
+
 pub mod resp {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpStream;

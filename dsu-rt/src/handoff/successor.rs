@@ -41,10 +41,13 @@ pub(crate) fn spawn_successor(exe: &Path) -> Result<Successor, String> {
     // SAFETY: `raw` is a fresh descriptor owned by nobody else.
     let inheritable = unsafe { OwnedFd::from_raw_fd(raw) };
     drop(theirs);
-    let child = Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(FD_ENV, raw.to_string())
-        .spawn();
+    let mut cmd = Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(FD_ENV, raw.to_string());
+    if let Some(path) = shared_library_path() {
+        cmd.env("LD_LIBRARY_PATH", path);
+    }
+    let child = cmd.spawn();
     drop(inheritable);
     let child =
         child.map_err(|e| format!("cannot start the new version {}: {e}", exe.display()))?;
@@ -62,6 +65,37 @@ pub(crate) fn spawn_successor(exe: &Path) -> Result<Successor, String> {
         reader,
         chan: ours,
     })
+}
+
+/// For a program that links dsu-shared: `LD_LIBRARY_PATH` with the directories this process
+/// loaded `libdsu_shared.so` and the toolchain's `libstd-*.so` from, in front. The package
+/// carries the new executable only, written to the patch directory, where its `$ORIGIN`
+/// run path finds neither; the new version must link the same builds of them (the same tokio
+/// features and toolchain), or it cannot start and the hand-off fails with this process
+/// serving on.
+fn shared_library_path() -> Option<std::ffi::OsString> {
+    if !crate::abi::build::SHARED_DEPENDENCIES {
+        return None;
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    for line in maps.lines() {
+        let Some(path) = line.split_whitespace().nth(5).map(Path::new) else {
+            continue;
+        };
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let ours =
+            name == "libdsu_shared.so" || (name.starts_with("libstd-") && name.ends_with(".so"));
+        if let (true, Some(dir)) = (ours, path.parent()) {
+            if !dirs.iter().any(|d| d == dir) {
+                dirs.push(dir.to_path_buf());
+            }
+        }
+    }
+    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+        dirs.extend(std::env::split_paths(&old));
+    }
+    std::env::join_paths(dirs).ok()
 }
 
 impl Successor {

@@ -210,11 +210,13 @@ impl ConnShared {
         lock(connections()).retain(|c| c.id != self.id);
     }
 
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(super) fn name(&self) -> &str {
         &self.name
     }
 
     /// Notes the bytes read from the connection and not consumed, which a hand-off passes on.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(super) fn set_unconsumed(&self, bytes: &[u8]) {
         let mut u = lock(&self.unconsumed);
         u.clear();

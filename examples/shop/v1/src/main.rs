@@ -19,9 +19,20 @@ use axum::Router;
 
 use shop::{Api, Carts, Counters, Items, Orders, Shop};
 
-async fn dispatch(api: dsu::Handle<Api>, shop: Shop, method: Method, uri: Uri, body: Bytes) -> impl IntoResponse {
+async fn dispatch(
+    api: dsu::Handle<Api>,
+    shop: Shop,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> impl IntoResponse {
     let (status, body) = api
-        .handle(shop, method.to_string(), uri.path().to_string(), body.to_vec())
+        .handle(
+            shop,
+            method.to_string(),
+            uri.path().to_string(),
+            body.to_vec(),
+        )
         .await;
     (
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -36,7 +47,12 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--port" => port = args.next().and_then(|p| p.parse().ok()).expect("--port PORT"),
+            "--port" => {
+                port = args
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .expect("--port PORT")
+            }
             "--socket" => socket = args.next().expect("--socket PATH"),
             other => panic!("unknown argument `{other}`"),
         }
@@ -64,10 +80,16 @@ fn main() {
             .expect("bind the HTTP port");
         let port = listener.local_addr().expect("local address").port();
         let listener = listener.into_tokio().expect("a tokio listener");
+        // After a hand-off: take the connections the old process passed on, then report
+        // ready (the moment the hand-off commits).
+        let handed = listener.handed_over().expect("the handed-over connections");
+        rt.ready();
         let app = Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
             dispatch(api.clone(), shop.clone(), method, uri, body)
         });
         println!("ready {port}");
-        dsu_hyper::serve(listener, app).await.expect("serve HTTP");
+        dsu_hyper::serve(listener, handed, app)
+            .await
+            .expect("serve HTTP");
     });
 }

@@ -154,7 +154,13 @@ impl Api {
     }
 
     /// Answers one request: `(status, JSON body)`.
-    pub async fn handle(&self, shop: Shop, method: String, path: String, body: Vec<u8>) -> (u16, String) {
+    pub async fn handle(
+        &self,
+        shop: Shop,
+        method: String,
+        path: String,
+        body: Vec<u8>,
+    ) -> (u16, String) {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let id = |i: usize| segments.get(i).and_then(|s| s.parse::<u64>().ok());
         let json_body = || serde_json::from_slice::<Value>(&body).ok();
@@ -179,14 +185,20 @@ impl Api {
                 let item = json_body().and_then(|b| b["item"].as_u64());
                 match (id(1), item) {
                     (Some(cart), Some(item)) => match shop.items.price(item).await {
-                        Some(_) => reply(200, json!({ "cart": cart, "items": shop.carts.add(cart, item).await })),
+                        Some(_) => reply(
+                            200,
+                            json!({ "cart": cart, "items": shop.carts.add(cart, item).await }),
+                        ),
                         None => not_found(),
                     },
                     _ => bad_request("POST /carts/ID/items takes {\"item\": ID}"),
                 }
             }
             ("GET", ["carts", _]) => match id(1) {
-                Some(cart) => reply(200, json!({ "cart": cart, "items": shop.carts.items(cart).await })),
+                Some(cart) => reply(
+                    200,
+                    json!({ "cart": cart, "items": shop.carts.items(cart).await }),
+                ),
                 None => bad_request("a cart id is a number"),
             },
             ("POST", ["carts", _, "checkout"]) => match id(1) {
@@ -201,7 +213,11 @@ impl Api {
                 None => bad_request("a cart id is a number"),
             },
             ("GET", ["orders", _]) => match id(1) {
-                Some(o) => shop.orders.get(o).await.map_or_else(not_found, |v| reply(200, v)),
+                Some(o) => shop
+                    .orders
+                    .get(o)
+                    .await
+                    .map_or_else(not_found, |v| reply(200, v)),
                 None => bad_request("an order id is a number"),
             },
             ("GET", ["stats"]) => reply(200, shop.counters.stats().await),
