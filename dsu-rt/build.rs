@@ -24,6 +24,36 @@ fn main() {
         "cargo:rustc-env=DSU_TARGET={}",
         std::env::var("TARGET").unwrap_or_default()
     );
+    shared_needs_prefer_dynamic();
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=RUSTC");
+}
+
+/// With the `shared` feature the program links dsu-shared, a Rust dylib, and a Rust dylib
+/// cannot be linked beside the toolchain's `libstd.so` unless std is a shared library too
+/// (`-C prefer-dynamic`): rustc would say "cannot satisfy dependencies so `std` only shows up
+/// once", once per std crate. Say what to do instead, once, before rustc does.
+fn shared_needs_prefer_dynamic() {
+    println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
+    if std::env::var_os("CARGO_FEATURE_SHARED").is_none() {
+        return;
+    }
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let flags: Vec<&str> = flags.split('\x1f').collect();
+    let prefer_dynamic = flags
+        .windows(2)
+        .any(|w| w[0] == "-C" && w[1] == "prefer-dynamic")
+        || flags.contains(&"-Cprefer-dynamic");
+    if !prefer_dynamic {
+        eprintln!(
+            "error: dsu's `shared` feature links tokio, tracing and log as one Rust dylib \
+             (dsu-shared), and a program that links a Rust dylib must be built with \
+             `-C prefer-dynamic` (std is then a shared library too).\n\
+             Add this to the program's .cargo/config.toml (cargo dsu builds its patches with the \
+             same file):\n\n\
+             [build]\n\
+             rustflags = [\"-C\", \"prefer-dynamic\", \"-C\", \"rpath\"]\n"
+        );
+        std::process::exit(1);
+    }
 }

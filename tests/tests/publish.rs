@@ -9,7 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const DSU_CRATES: [&str; 4] = ["dsu-syntax", "dsu-macros", "dsu-rt", "cargo-dsu"];
+const DSU_CRATES: [&str; 5] = [
+    "dsu-syntax",
+    "dsu-shared",
+    "dsu-macros",
+    "dsu-rt",
+    "cargo-dsu",
+];
 
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
