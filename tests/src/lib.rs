@@ -219,6 +219,10 @@ impl Process {
         let mut child = Command::new(exe)
             .args(["--port", "0", "--socket"])
             .arg(&socket)
+            // `cargo test` points LD_LIBRARY_PATH at the workspace's own target directory,
+            // which holds a libdsu_shared.so of the workspace's build; the dynamic loader
+            // would take it before the program's own (RUNPATH comes after LD_LIBRARY_PATH).
+            .env_remove("LD_LIBRARY_PATH")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

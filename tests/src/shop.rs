@@ -305,6 +305,9 @@ impl Server {
         let mut child = Command::new(exe)
             .args(["--port", "0", "--socket"])
             .arg(socket)
+            // Not the libdsu_shared.so of the workspace's build that `cargo run`/`cargo test`
+            // put on LD_LIBRARY_PATH: the shop's own, beside it (its RUNPATH).
+            .env_remove("LD_LIBRARY_PATH")
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("start {}", exe.display()))?;

@@ -71,6 +71,10 @@ pub struct AsyncCall<'a> {
     method: &'static MethodDesc,
     access: Access,
     stripe: usize,
+    /// Whether it is in the instance's async calls (`call/tasks.rs`): from the first time its
+    /// body returned `Pending`. A call that completes in one poll is on the polling thread's
+    /// stack the whole time, which names it, and never pays for the record.
+    recorded: bool,
 }
 
 /// Enters the gate of the instance behind a handle: see [`AsyncCall::enter`].
@@ -141,12 +145,12 @@ impl<'a> Future for Enter<'a> {
         {
             return Poll::Pending;
         }
-        slot.tasks.add(stripe, method);
         let call = AsyncCall {
             slot,
             method,
             access,
             stripe,
+            recorded: false,
         };
         if !slot
             .poisoned
@@ -162,7 +166,9 @@ impl<'a> Future for Enter<'a> {
 
 impl Drop for AsyncCall<'_> {
     fn drop(&mut self) {
-        self.slot.tasks.remove(self.stripe, self.method);
+        if self.recorded {
+            self.slot.tasks.remove(self.stripe, self.method);
+        }
         self.slot.gate.leave(self.access, self.stripe);
     }
 }
@@ -198,7 +204,14 @@ impl<R> Future for Drive<'_, R> {
             t.pop(d);
         }
         match r {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // Suspended: on no thread's stack until polled again.
+                if !this.call.recorded {
+                    this.call.slot.tasks.add(this.call.stripe, this.call.method);
+                    this.call.recorded = true;
+                }
+                Poll::Pending
+            }
             Poll::Ready(r) => {
                 if let Err(p) = &r {
                     poison_after_panic(this.call.slot, this.call.access, this.call.method, &**p);

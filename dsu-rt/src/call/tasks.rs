@@ -1,6 +1,7 @@
 //! The async calls in flight on one instance, by method: a thread's call stack names the
 //! sync calls an update waits for, but a task suspended at an `.await` is on no thread's
-//! stack, so each async call also leaves its method here from its first poll to its end.
+//! stack, so each async call that suspends leaves its method here from its first `Pending`
+//! to its end.
 //!
 //! Sharded like the gate's reader counts: a call records itself in the shard of the thread
 //! that first polled it, so calls from different threads rarely touch the same cache line.

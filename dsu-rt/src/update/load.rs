@@ -110,8 +110,21 @@ fn missing_crate(error: &str) -> Option<String> {
     })?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     let len: usize = digits.parse().ok()?;
-    let name = rest.get(digits.len()..digits.len() + len)?;
-    Some(name.trim_start_matches('_').to_string())
+    let mut name = rest.get(digits.len()..digits.len() + len)?;
+    // A trait impl's path begins `<Type as Trait>`: `_$LT$tokio..task..Task$u20$as$u20$...`,
+    // with `$RF$` (`&`), `$BP$` (`*`) or `$u5b$` (`[`) before the type's own path.
+    name = name.trim_start_matches('_');
+    while let Some(r) = ["$LT$", "$RF$", "$BP$", "$u5b$"]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+    {
+        name = r;
+    }
+    let krate: String = name
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (!krate.is_empty() && !krate.starts_with(|c: char| c.is_ascii_digit())).then_some(krate)
 }
 
 /// The crates whose build differs between two `dependency_builds` strings.
@@ -328,6 +341,12 @@ mod tests {
         assert_eq!(super::missing_crate(e).as_deref(), Some("tokio"));
         let e = "x.so: undefined symbol: _ZN12tracing_core10dispatcher11get_default17habcE";
         assert_eq!(super::missing_crate(e).as_deref(), Some("tracing_core"));
+        // A trait impl: `<tokio::runtime::task::Task<S> as core::ops::drop::Drop>::drop`.
+        let e = "x.so: undefined symbol: _ZN77_$LT$tokio..runtime..task..Task$LT$S$GT$$u20$as$u20$core..ops..drop..Drop$GT$4drop17ha3b21071dd4ac48fE";
+        assert_eq!(super::missing_crate(e).as_deref(), Some("tokio"));
+        // `<&tracing::Span as core::fmt::Debug>::fmt`
+        let e = "x.so: undefined symbol: _ZN53_$LT$$RF$tracing..span..Span$u20$as$u20$core..fmt..Debug$GT$3fmt17h0123456789abcdefE";
+        assert_eq!(super::missing_crate(e).as_deref(), Some("tracing"));
         assert_eq!(
             super::missing_crate("x.so: cannot open shared object file"),
             None
