@@ -199,6 +199,11 @@ impl TaskRegistration {
     pub fn update_point(&self) -> TaskUpdatePoint<'_> {
         std::future::ready(())
     }
+
+    /// Awaits `fut`: nothing to park for.
+    pub async fn idle<F: std::future::Future>(&self, fut: F) -> F::Output {
+        fut.await
+    }
 }
 
 /// Registers a long-lived task: nothing to do with `--cfg dsu_off`.

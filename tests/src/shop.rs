@@ -83,6 +83,9 @@ pub struct Step {
     pub record: dsu::UpdateRecord,
     pub category: u8,
     pub took: Duration,
+    /// The background sweeper's run count and last report, once the new version's code ran it.
+    pub sweeps: u64,
+    pub report: String,
 }
 
 /// What a run found.
@@ -182,6 +185,7 @@ pub fn run(items: usize, window: Duration, log: &mut dyn FnMut(String)) -> Resul
     let started = Instant::now();
     std::thread::sleep(window);
     let mut steps = Vec::new();
+    let mut last_sweeps = sweeper_after(&mut c, "1.0.0", 0)?.0;
     for pkg in &packages {
         std::thread::sleep(window);
         let m = dsu::Package::read(pkg)?.manifest;
@@ -220,10 +224,21 @@ pub fn run(items: usize, window: Duration, log: &mut dyn FnMut(String)) -> Resul
             took.as_secs_f64() * 1000.0,
             record.pause_ms
         ));
+        // The background task keeps running through the update (its count goes on from where
+        // it was, across the hand-off too) and its next runs are the new version's: from v4 the
+        // sweep also counts the open carts.
+        let (sweeps, report) = sweeper_after(&mut c, &record.to, last_sweeps)?;
+        last_sweeps = sweeps;
+        log(format!(
+            "{:>12} the sweeper task: run {sweeps}, reporting {report:?}",
+            "Checked"
+        ));
         steps.push(Step {
             record,
             category,
             took,
+            sweeps,
+            report,
         });
     }
     ensure!(
@@ -288,6 +303,36 @@ pub fn run(items: usize, window: Duration, log: &mut dyn FnMut(String)) -> Resul
         items_checked: created.len(),
         version: version["version"].as_str().unwrap_or("?").to_string(),
     })
+}
+
+/// Waits (up to 5 s) for the background sweeper to report as version `to` does (`4.0.0` and
+/// later count open carts) with a run count above `after`: `(runs, report)`.
+fn sweeper_after(c: &mut Http, to: &str, after: u64) -> Result<(u64, String)> {
+    let major: u64 = to
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("a version `{to}`"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = c.call("GET", "/stats", "")?;
+        ensure!(status == 200, "GET /stats: {status} {body}");
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        let sweeps = v["sweeps"].as_u64().context("stats name the sweeps")?;
+        let report = v["report"].as_str().unwrap_or_default().to_string();
+        ensure!(
+            sweeps >= after,
+            "the sweeper's count went back from {after} to {sweeps}: its state was lost"
+        );
+        if sweeps > after && report.contains("open carts") == (major >= 4) {
+            return Ok((sweeps, report));
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the sweeper did not run {to}'s code within 5 s: run {sweeps}, report {report:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The shop's process, and the one a hand-off started: both stopped on drop.

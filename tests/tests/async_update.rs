@@ -113,11 +113,16 @@ fn a_long_lived_task_parks_at_its_update_point_and_its_next_iteration_runs_the_n
     assert_eq!(rec.outcome, Outcome::Aborted, "{rec:#?}");
     let reason = rec.reason.clone().unwrap_or_default();
     assert!(reason.contains("task `purge`"), "names the task: {reason}");
+    assert!(
+        !reason.contains("idler"),
+        "an idle task is parked: {reason}"
+    );
     assert_eq!(c.cmd("add 2")?, "2");
     assert_eq!(c.cmd("version")?, "v1");
 
-    // 2. Once it loops again it parks at its update point; the update commits, and its next
-    //    iteration runs v2's `tick` (which adds 1000).
+    // 2. Once it loops again it parks at its update point; the update commits (the other
+    //    task, `idler`, sleeps for an hour inside `idle`, where it counts as parked), and its
+    //    next iteration runs v2's `tick` (which adds 1000).
     let now = ticks(&mut c)?;
     let before = wait_for_ticks(&mut c, now)?;
     let rec = p.apply(&pkg, Some(5000))?;

@@ -3,7 +3,8 @@
 //! route, a changed protocol between two components, all in place; then a change to `main` by
 //! hand-off) while wrk drives it with 64 keep-alive connections. wrk sees no socket error and
 //! no error status, and every item created before the first update reads back after the last,
-//! from the new process. The same run as `cargo run -p dsu-tests --bin shop-demo`, shorter.
+//! from the new process. A background task (the sweeper) runs through every update and its
+//! next run after each is the new version's code. The same run as `cargo run -p dsu-tests --bin shop-demo`, shorter.
 
 use std::time::Duration;
 
@@ -30,5 +31,15 @@ fn the_shop_is_updated_five_times_under_wrk_with_no_error_and_no_item_lost() -> 
     assert_eq!(run.non_2xx_3xx, 0, "{}", run.wrk);
     assert_eq!(run.items_checked, 200);
     assert_eq!(run.version, "v6");
+    // The background task ran on through every update, the hand-off included, and ran each new
+    // version's sweep: v4 changed what it reports.
+    let sweeps: Vec<u64> = run.steps.iter().map(|s| s.sweeps).collect();
+    assert!(sweeps.windows(2).all(|w| w[0] < w[1]), "{sweeps:?}");
+    let counts_carts: Vec<bool> = run
+        .steps
+        .iter()
+        .map(|s| s.report.contains("open carts"))
+        .collect();
+    assert_eq!(counts_carts, [false, false, true, true, true]);
     Ok(())
 }

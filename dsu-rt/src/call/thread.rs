@@ -412,6 +412,31 @@ impl TaskRegistration {
             parked: false,
         }
     }
+
+    /// Awaits `fut` (a sleep between two iterations, a wait for the next job) with the task
+    /// counted as parked: an update that waits for registered tasks goes ahead while the task
+    /// is in here, instead of waiting for `fut` to end. When `fut` completes during such an
+    /// update, the task waits for the update as at [`update_point`](Self::update_point), so
+    /// its next iteration runs the new code. `fut` must not call components (they may be in
+    /// the middle of an update); a call from inside it is not prevented, only not safe.
+    pub async fn idle<F: std::future::Future>(&self, fut: F) -> F::Output {
+        let point = {
+            let p = &registry().parking;
+            let mut st = lock(&p.state);
+            if !self.info.quiescent.swap(true, Ordering::Relaxed) {
+                st.quiescent += 1;
+                p.changed.notify_all();
+            }
+            // Counted as parked from here; dropped mid-way (the task cancelled), it is not.
+            TaskUpdatePoint {
+                info: &self.info,
+                parked: true,
+            }
+        };
+        let out = fut.await;
+        point.await;
+        out
+    }
 }
 
 impl Drop for TaskRegistration {

@@ -34,6 +34,10 @@ fn item_json(id: u64, item: &Item) -> Value {
 
 #[dsu::component]
 impl Items {
+    pub async fn count(&self) -> usize {
+        self.items.len()
+    }
+
     pub async fn create(&mut self, name: String, price_cents: u64) -> Value {
         self.next += 1;
         let item = Item { name, price_cents };
@@ -63,6 +67,10 @@ pub struct Carts {
 
 #[dsu::component]
 impl Carts {
+    pub async fn count(&self) -> usize {
+        self.carts.len()
+    }
+
     pub async fn add(&mut self, cart: u64, item: u64) -> Vec<u64> {
         let items = self.carts.entry(cart).or_default();
         items.push(item);
@@ -114,6 +122,9 @@ impl Orders {
 pub struct Counters {
     requests: u64,
     errors: u64,
+    /// The background sweeper's runs, and what its last run found.
+    sweeps: u64,
+    report: String,
 }
 
 #[dsu::component]
@@ -125,8 +136,18 @@ impl Counters {
         }
     }
 
+    pub async fn swept(&mut self, report: String) {
+        self.sweeps += 1;
+        self.report = report;
+    }
+
     pub async fn stats(&self) -> Value {
-        json!({ "requests": self.requests, "errors": self.errors })
+        json!({
+            "requests": self.requests,
+            "errors": self.errors,
+            "sweeps": self.sweeps,
+            "report": self.report,
+        })
     }
 }
 
@@ -151,6 +172,12 @@ fn bad_request(why: &str) -> (u16, String) {
 impl Api {
     pub async fn version(&self) -> String {
         "v1".to_string()
+    }
+
+    /// One run of the background sweeper: what the catalog holds, into the counters.
+    pub async fn sweep(&self, shop: Shop) {
+        let items = shop.items.count().await;
+        shop.counters.swept(format!("{items} items")).await;
     }
 
     /// Answers one request: `(status, JSON body)`.

@@ -41,6 +41,20 @@ async fn dispatch(
     )
 }
 
+/// A long-lived background task: one run of `Api::sweep` every 100 ms. Its loop body is a
+/// component call, so after an update its next run is the new version's code. Between two runs
+/// it sleeps counted as parked (`idle`): an update that needs every task parked (the hand-off)
+/// does not wait for the sleep to end, and a run does not begin while such an update is
+/// applied.
+async fn sweeper(api: dsu::Handle<Api>, shop: Shop) {
+    let task = dsu::register_task("sweeper");
+    loop {
+        api.sweep(shop.clone()).await;
+        task.idle(tokio::time::sleep(std::time::Duration::from_millis(100)))
+            .await;
+    }
+}
+
 fn main() {
     let mut port = 0u16;
     let mut socket = String::from("shop.sock");
@@ -84,6 +98,7 @@ fn main() {
         // ready (the moment the hand-off commits).
         let handed = listener.handed_over().expect("the handed-over connections");
         rt.ready();
+        tokio::spawn(sweeper(api.clone(), shop.clone()));
         let app = Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
             dispatch(api.clone(), shop.clone(), method, uri, body)
         });

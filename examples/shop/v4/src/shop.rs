@@ -36,6 +36,10 @@ fn item_json(id: u64, item: &Item) -> Value {
 
 #[dsu::component]
 impl Items {
+    pub async fn count(&self) -> usize {
+        self.items.len()
+    }
+
     pub async fn create(&mut self, name: String, price_cents: u64, stock: u64) -> Value {
         self.next += 1;
         let item = Item {
@@ -69,6 +73,10 @@ pub struct Carts {
 
 #[dsu::component]
 impl Carts {
+    pub async fn count(&self) -> usize {
+        self.carts.len()
+    }
+
     pub async fn add(&mut self, cart: u64, item: u64) -> Vec<u64> {
         let items = self.carts.entry(cart).or_default();
         items.push(item);
@@ -120,6 +128,9 @@ impl Orders {
 pub struct Counters {
     requests: u64,
     errors: u64,
+    /// The background sweeper's runs, and what its last run found.
+    sweeps: u64,
+    report: String,
 }
 
 #[dsu::component]
@@ -131,8 +142,18 @@ impl Counters {
         }
     }
 
+    pub async fn swept(&mut self, report: String) {
+        self.sweeps += 1;
+        self.report = report;
+    }
+
     pub async fn stats(&self) -> Value {
-        json!({ "requests": self.requests, "errors": self.errors })
+        json!({
+            "requests": self.requests,
+            "errors": self.errors,
+            "sweeps": self.sweeps,
+            "report": self.report,
+        })
     }
 }
 
@@ -157,6 +178,16 @@ fn bad_request(why: &str) -> (u16, String) {
 impl Api {
     pub async fn version(&self) -> String {
         "v4".to_string()
+    }
+
+    /// One run of the background sweeper: what the catalog holds and how many carts are
+    /// open (since v4), into the counters.
+    pub async fn sweep(&self, shop: Shop) {
+        let items = shop.items.count().await;
+        let carts = shop.carts.count().await;
+        shop.counters
+            .swept(format!("{items} items, {carts} open carts"))
+            .await;
     }
 
     /// Answers one request: `(status, JSON body)`.

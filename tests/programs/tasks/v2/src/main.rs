@@ -9,6 +9,7 @@
 //! A background task (`purge`, registered with the runtime) loops: it awaits its update point,
 //! calls `Purger::tick`, and sleeps 10 ms (or the `stall` it was given once). Its loop body is
 //! a component call, so after an update its next iteration runs the new version's `tick`.
+//! Another (`idler`) only ever waits, inside `idle`, where it counts as parked.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -63,6 +64,17 @@ impl Purger {
 
     pub async fn ticks(&self) -> u64 {
         self.ticks
+    }
+}
+
+/// A second registered task that spends its life waiting for work that never comes, counted
+/// as parked while it waits (`idle`): an update that needs every task parked does not wait
+/// for it.
+async fn idle_loop() {
+    let task = dsu::register_task("idler");
+    loop {
+        task.idle(tokio::time::sleep(std::time::Duration::from_secs(3600)))
+            .await;
     }
 }
 
@@ -123,6 +135,7 @@ fn main() {
             .await
             .expect("bind the TCP port");
         tokio::spawn(purge_loop(purger.clone()));
+        tokio::spawn(idle_loop());
         println!("ready {}", listener.local_addr().expect("local address").port());
         loop {
             let Ok((conn, _)) = listener.accept().await else {
