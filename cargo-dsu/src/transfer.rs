@@ -7,7 +7,9 @@
 //! changed are converted recursively through `Option`, `Box`, `Vec`, `VecDeque`, `HashMap`,
 //! `BTreeMap`, `HashSet`, `BTreeSet` and tuples, with nested changed state types converted by
 //! their own generated function and anything else by `From`. Conversions run first and moves
-//! last, so a panic in a conversion leaves the old state untouched.
+//! last, so a panic in a conversion leaves the old state untouched. If the update fails after
+//! the transfer (another transfer, a health check, `migrate`), the new state is freed without
+//! its moved fields, which the old state still owns.
 
 use std::collections::HashSet;
 
@@ -371,6 +373,7 @@ pub fn component_transfer(
     let mut moves = Vec::new();
     let mut assemble = Vec::new();
     let mut moved_names = HashSet::new();
+    let mut owned_new = Vec::new();
     for nf in &new_fields {
         let (f, nty) = (&nf.name, &nf.ty);
         let local = format_ident!("__dsu_f_{}", f);
@@ -385,6 +388,7 @@ pub fn component_transfer(
                 moved_names.insert(from.to_string());
             }
             Some(of) => {
+                owned_new.push(f.clone());
                 let from = &of.name;
                 let e = convert(
                     &of.ty,
@@ -398,6 +402,7 @@ pub fn component_transfer(
                 assemble.push(quote!(#f: #local));
             }
             None => {
+                owned_new.push(f.clone());
                 conversions.push(quote!(let #local: #nty = ::core::default::Default::default();));
                 assemble.push(quote!(#f: #local));
             }
@@ -413,6 +418,13 @@ pub fn component_transfer(
                 unsafe { ::core::ptr::drop_in_place(::core::ptr::addr_of_mut!((*__old).#f)) };
             }
         });
+    let discards = owned_new.iter().map(|f| {
+        quote! {
+            // SAFETY: converted or defaulted, so owned by the new state alone.
+            unsafe { ::core::ptr::drop_in_place(::core::ptr::addr_of_mut!((*__new).#f)) };
+        }
+    });
+    let discard_fn = format_ident!("__dsu_discard_new_{}", name);
     let gen_fn = format_ident!("__dsu_generated_transfer_{}", name);
     let transfer_fn = format_ident!("__dsu_transfer_{}", name);
     let release_fn = format_ident!("__dsu_release_old_{}", name);
@@ -439,6 +451,19 @@ pub fn component_transfer(
                 }
             }
 
+            /// Frees a new state that is not installed after all (a later step of the update
+            /// failed, and the old state runs on): the fields moved from the old state still
+            /// belong to it, so only the converted and defaulted ones are dropped.
+            #[doc(hidden)]
+            pub(crate) unsafe fn #discard_fn(p: *mut ()) {
+                let __new = p as *mut #ty;
+                #(#discards)*
+                if ::core::mem::size_of::<#ty>() != 0 {
+                    // SAFETY: `p` is the new state's box, allocated with this layout.
+                    unsafe { ::std::alloc::dealloc(__new as *mut u8, ::std::alloc::Layout::new::<#ty>()) };
+                }
+            }
+
             #[doc(hidden)]
             unsafe fn #transfer_fn(old: *const ()) -> ::core::result::Result<*mut (), ::dsu::__private::TransferFailure> {
                 // SAFETY: the runtime passes the running state, whose layout is the old type's.
@@ -451,7 +476,7 @@ pub fn component_transfer(
                     new: &<#ty as ::dsu::__private::State>::LAYOUT,
                     transfer: #transfer_fn,
                     release_old: #release_fn,
-                    drop_new: ::dsu::__private::drop_state::<#ty>,
+                    drop_new: #discard_fn,
                     generated: true,
                 };
                 #[::dsu::__private::linkme::distributed_slice(::dsu::__private::TRANSFERS)]

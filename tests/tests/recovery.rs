@@ -14,6 +14,39 @@ fn app(v: &str) -> std::path::PathBuf {
     program("app", v)
 }
 
+/// A generated transfer moves the fields it keeps (`map` here) into the new state. When the
+/// update then rolls back, the new state is freed without them: the old state still owns the
+/// map. (Dropping the whole new state freed the running map's table and strings: the lookups
+/// below then read freed memory.)
+#[test]
+fn a_rollback_after_a_generated_transfer_leaves_the_moved_fields_to_the_old_state() -> Result<()> {
+    let exe = build_base(&app("v1"))?;
+    let unhealthy = build_patch(&app("v1"), &app("v2-storehealth"))?;
+    let p = Process::start(&exe)?;
+    let mut c = p.connect()?;
+    let value = |i: usize| format!("value-{i:04}-long-enough-to-be-on-the-heap");
+    for i in 0..1000 {
+        c.cmd(&format!("set k{i} {}", value(i)))?;
+    }
+    let rec = p.apply(&unhealthy, None)?;
+    assert_eq!(rec.outcome, Outcome::RolledBack, "{rec:#?}");
+    let reason = rec.reason.unwrap_or_default();
+    assert!(
+        reason.contains("store self-test failed with 1000 keys"),
+        "{reason}"
+    );
+    // Allocate and free (the map grows past its old table), then read every value back.
+    for i in 1000..5000 {
+        c.cmd(&format!("set k{i} {}", value(i)))?;
+    }
+    for i in 0..5000 {
+        assert_eq!(c.cmd(&format!("lookup k{i}"))?, value(i), "key k{i}");
+    }
+    assert_eq!(c.cmd("len")?, "5000");
+    assert_eq!(c.cmd("version")?, "v1");
+    Ok(())
+}
+
 #[test]
 fn a_failed_health_check_rolls_back_to_the_old_code_and_the_old_state() -> Result<()> {
     let exe = build_base(&app("v1"))?;

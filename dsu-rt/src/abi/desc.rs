@@ -294,7 +294,9 @@ pub struct TransferDesc {
     pub transfer: unsafe fn(*const ()) -> Result<*mut (), TransferFailure>,
     /// Releases the old boxed state after a successful transfer.
     pub release_old: unsafe fn(*mut ()),
-    /// Drops a new boxed state (when a later step of the same update fails).
+    /// Frees a new boxed state that is not installed after all (a later step of the same update
+    /// failed). A generated transfer's leaves the fields it moved alone: the old state, which
+    /// runs on, still owns them.
     pub drop_new: unsafe fn(*mut ()),
     /// `true` when `cargo dsu` generated it, `false` for a `#[dsu::transfer]`.
     pub generated: bool,
@@ -334,7 +336,7 @@ pub struct GlobalTransferDesc {
     pub new_fingerprint: u64,
     /// Reads the old value (`*const Old`) and returns a new boxed value (`*mut New`).
     pub transfer: unsafe fn(*const ()) -> Result<*mut (), TransferFailure>,
-    /// Drops a new boxed value (when a later step of the same update fails).
+    /// Frees a new boxed value that is not installed after all (see [`TransferDesc::drop_new`]).
     pub drop_new: unsafe fn(*mut ()),
     /// The old type's tokens hash: the serialized form a hand-off streams (see
     /// [`GlobalDesc::schema`]).

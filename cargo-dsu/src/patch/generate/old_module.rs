@@ -55,6 +55,7 @@ pub(in crate::patch) fn old_modules(
         let ty = format_ident!("{}", g.ty);
         let name = &g.name;
         let transfer = format_ident!("__dsu_transfer_{}", g.ty);
+        let discard = format_ident!("__dsu_discard_new_{}", g.ty);
         let (oh, nh) = (g.old_hash, g.new_hash);
         generated.entry(g.module.clone()).or_default().push(quote! {
             const _: () = {
@@ -70,7 +71,7 @@ pub(in crate::patch) fn old_modules(
                         ::core::mem::align_of::<#ty>() as u64,
                     ]),
                     transfer: #transfer,
-                    drop_new: ::dsu::__private::drop_state::<#ty>,
+                    drop_new: #discard,
                     old_schema: #oh,
                     load_old: <old::#ty as ::dsu::__private::State>::LAYOUT.load,
                 };
