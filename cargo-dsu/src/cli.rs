@@ -108,6 +108,11 @@ enum Command {
         /// Stop after this many applied updates (for scripts and tests).
         #[arg(long, value_name = "N", hide = true)]
         max_updates: Option<u32>,
+        /// After each update, print where its time went: the quiet wait after the save,
+        /// analysis, generating the patch crate, cargo and rustc, the link, packing, loading
+        /// and applying in the process.
+        #[arg(long)]
+        timings: bool,
     },
 }
 
@@ -166,6 +171,14 @@ fn execute(cmd: Command, shell: &Shell) -> Result<i32> {
             manifest_path,
             target_dir,
             max_updates,
-        } => cmd::watch::watch(shell, socket, manifest_path, target_dir, max_updates),
+            timings,
+        } => cmd::watch::watch(
+            shell,
+            socket,
+            manifest_path,
+            target_dir,
+            max_updates,
+            timings,
+        ),
     }
 }

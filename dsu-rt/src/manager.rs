@@ -168,6 +168,7 @@ impl Manager {
             Ok(p) => p,
             Err(reason) => return self.end(rec, Some(reason), started),
         };
+        rec.load_ms = ms(started.elapsed());
         let policy = opts
             .policy
             .clone()

@@ -20,7 +20,11 @@ use anyhow::{anyhow, ensure, Context, Result};
 use kv::{bench_target, kvstore, machine, Client, Opts, Server};
 
 const OPTIONS: &[kv::Spec] = &[
-    ("updates", "100", "updates applied, alternating v1 -> v2 and v2 -> v1"),
+    (
+        "updates",
+        "100",
+        "updates applied, alternating v1 -> v2 and v2 -> v1",
+    ),
     ("keys", "100000", "keys loaded before the first update"),
 ];
 
@@ -58,7 +62,10 @@ fn library_size(p: &Path) -> Result<usize> {
 }
 
 fn main() -> Result<()> {
-    let o = Opts::parse("kvstore's memory across a streak of in-place updates", OPTIONS)?;
+    let o = Opts::parse(
+        "kvstore's memory across a streak of in-place updates",
+        OPTIONS,
+    )?;
     let updates: usize = o.get("updates")?;
     let keys: usize = o.get("keys")?;
     ensure!(updates >= 2, "--updates must be at least 2");
@@ -94,10 +101,7 @@ fn main() -> Result<()> {
         after.push(rss_kib(pid)?);
     }
     // The state came through every update.
-    ensure!(
-        c.dbsize()? == keys as i64,
-        "keys were lost in the streak"
-    );
+    ensure!(c.dbsize()? == keys as i64, "keys were lost in the streak");
     let lost = kv::check(
         &mut c,
         &(0..keys)
@@ -106,8 +110,15 @@ fn main() -> Result<()> {
             .collect::<Vec<_>>(),
     )?;
     ensure!(lost.total() == 0, "values changed in the streak: {lost:?}");
-    let expected = if updates.is_multiple_of(2) { "1.0.0" } else { "2.0.0" };
-    ensure!(server.version()? == expected, "the streak ended on another version");
+    let expected = if updates.is_multiple_of(2) {
+        "1.0.0"
+    } else {
+        "2.0.0"
+    };
+    ensure!(
+        server.version()? == expected,
+        "the streak ended on another version"
+    );
 
     let per_update = (after[updates - 1] as f64 - after[0] as f64) / (updates - 1) as f64;
     println!("{}", machine());

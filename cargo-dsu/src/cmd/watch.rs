@@ -28,6 +28,7 @@ pub(crate) fn watch(
     manifest_path: Option<PathBuf>,
     target_dir: Option<PathBuf>,
     max_updates: Option<u32>,
+    timings: bool,
 ) -> Result<i32> {
     let pkg = manifest_path.unwrap_or(std::env::current_dir()?);
     let current = analysis::load_version(&pkg)?;
@@ -81,7 +82,9 @@ pub(crate) fn watch(
         }
         let saved_at = Instant::now();
         while rx.recv_timeout(DEBOUNCE).is_ok() {}
+        let quiet = saved_at.elapsed();
         attempt += 1;
+        let mut t = Timings::default();
         match one_update(
             shell,
             &current.dir,
@@ -91,6 +94,7 @@ pub(crate) fn watch(
             &target,
             &socket,
             attempt,
+            &mut t,
         ) {
             Ok(true) => {
                 snapshot(&candidate, &base)?;
@@ -99,6 +103,9 @@ pub(crate) fn watch(
                     "Live",
                     format!("in {:.2}s from the save", saved_at.elapsed().as_secs_f64()),
                 );
+                if timings {
+                    shell.status("Timings", t.line(quiet, saved_at.elapsed()));
+                }
                 if max_updates.is_some_and(|m| applied >= m) {
                     return Ok(exit::SUCCESS);
                 }
@@ -118,8 +125,64 @@ pub(crate) fn watch(
     }
 }
 
-/// Waits between polls of the file watcher.
-const DEBOUNCE: Duration = Duration::from_millis(150);
+/// How long the sources must stay quiet after a change before the build starts: an editor
+/// writes a file in several steps (a temporary file, a rename, a chmod), within a few
+/// milliseconds of each other.
+const DEBOUNCE: Duration = Duration::from_millis(40);
+
+/// Where one update's time went, from the first file event on (`--timings`).
+#[derive(Default)]
+struct Timings {
+    /// Snapshot of the sources and the analysis against the running version.
+    analysis: Duration,
+    /// Writing the patch crate (the `old` modules, the transfers).
+    generate: Duration,
+    build: Option<patch::BuildTimings>,
+    /// Writing the `.dsu` file.
+    write: Duration,
+    /// The apply request, from sending it to the reply.
+    request: Duration,
+    /// The process's own record: checking and loading the library, then the update.
+    load_ms: f64,
+    apply_ms: f64,
+    pause_ms: f64,
+}
+
+impl Timings {
+    fn line(&self, quiet: Duration, total: Duration) -> String {
+        let s = |d: Duration| format!("{:.3}s", d.as_secs_f64());
+        let mut parts = vec![
+            format!("quiet wait {}", s(quiet)),
+            format!("analysis {}", s(self.analysis)),
+            format!("generate {}", s(self.generate)),
+        ];
+        if let Some(b) = &self.build {
+            match b.link {
+                Some(link) => {
+                    parts.push(format!("cargo+rustc {}", s(b.cargo.saturating_sub(link))));
+                    parts.push(format!("link {}", s(link)));
+                }
+                None => parts.push(format!(
+                    "cargo+rustc+link {} (the linker is not lld: no split)",
+                    s(b.cargo)
+                )),
+            }
+            parts.push(format!("pack {}", s(b.pack + self.write)));
+        }
+        let ms = |v: f64| Duration::from_secs_f64(v / 1e3);
+        let elsewhere = self
+            .request
+            .saturating_sub(ms(self.load_ms) + ms(self.apply_ms));
+        parts.push(format!("load {}", s(ms(self.load_ms))));
+        parts.push(format!(
+            "apply {} (pause {:.3} ms)",
+            s(ms(self.apply_ms)),
+            self.pause_ms
+        ));
+        parts.push(format!("request {}", s(elsewhere)));
+        format!("{}; total {}", parts.join(", "), s(total))
+    }
+}
 
 /// Builds and applies one update; `Ok(true)` when the process committed it.
 #[allow(clippy::too_many_arguments)]
@@ -132,7 +195,9 @@ fn one_update(
     target: &Path,
     socket: &Path,
     attempt: u32,
+    t: &mut Timings,
 ) -> Result<bool> {
+    let t0 = Instant::now();
     snapshot(dir, candidate)?;
     let old = analysis::load_version(base)?;
     let new = analysis::load_version(candidate)?;
@@ -152,19 +217,27 @@ fn one_update(
         });
         return Ok(false);
     }
+    t.analysis = t0.elapsed();
     shell.status("Compiling", format!("patch #{attempt}"));
     let mut opts = PatchOptions::new(base, candidate);
     opts.target_dir = Some(target.to_path_buf());
     opts.base_lock = Some(lock.to_path_buf());
     opts.timeout_ms = a.constraints.timeout_ms;
+    let t1 = Instant::now();
     let g = patch::generate_reporting(&opts, &mut |dir| shell.waiting_for(dir))?;
-    let mut built = patch::build_generated(g, &mut |name| shell.status("Compiling", name))?;
+    t.generate = t1.elapsed();
+    let (mut built, bt) =
+        patch::build_generated_timed(g, &mut |name| shell.status("Compiling", name))?;
+    t.build = Some(bt);
+    let t2 = Instant::now();
     package::describe(&mut built.package.manifest, &a);
     let file = target
         .join("dsu")
         .join("watch")
         .join(format!("update-{attempt}.dsu"));
     built.package.write(&file)?;
+    t.write = t2.elapsed();
+    let t3 = Instant::now();
     let resp = request(
         socket,
         &Request::Apply {
@@ -176,6 +249,10 @@ fn one_update(
     let rec = resp
         .report
         .ok_or_else(|| anyhow!("apply failed: {}", resp.error.unwrap_or_default()))?;
+    t.request = t3.elapsed();
+    t.load_ms = rec.load_ms;
+    t.apply_ms = (rec.total_ms - rec.load_ms).max(0.0);
+    t.pause_ms = rec.pause_ms;
     if rec.outcome == Outcome::Committed {
         shell.status(
             "Applied",

@@ -80,7 +80,9 @@ fn tool(name: &str, pinned_dir: Option<&Path>) -> Command {
 }
 
 /// Builds `artifact` from the crate in `dir` into `target_dir`; `pinned`: with the toolchain
-/// pinned in `dir`. `progress` sees the name of every crate cargo compiles.
+/// pinned in `dir`. `progress` sees the name of every crate cargo compiles. `link_trace`: have
+/// the linker (lld, rustc's default on x86_64 Linux) write a time trace of the final link
+/// there; only the crate itself gets the flag (`cargo rustc`), so no dependency is rebuilt.
 pub(in crate::patch) fn compile(
     dir: &Path,
     target_dir: &Path,
@@ -88,6 +90,7 @@ pub(in crate::patch) fn compile(
     artifact: &Artifact,
     pinned: bool,
     progress: &mut dyn FnMut(&str),
+    link_trace: Option<&Path>,
 ) -> Result<PathBuf> {
     let mut cmd = tool("cargo", pinned.then_some(dir));
     // In `dir`, so that cargo reads the configuration copied there (its `rustflags`).
@@ -102,8 +105,12 @@ pub(in crate::patch) fn compile(
     if release {
         cmd.arg("--release");
     }
-    cmd.args(["--", "--cfg", "dsu_patch"])
-        .env("CARGO_TARGET_DIR", target_dir)
+    cmd.args(["--", "--cfg", "dsu_patch"]);
+    if let Some(trace) = link_trace {
+        cmd.arg("-C")
+            .arg(format!("link-arg=-Wl,--time-trace={}", trace.display()));
+    }
+    cmd.env("CARGO_TARGET_DIR", target_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd

@@ -25,6 +25,9 @@ mod generate;
 mod options;
 pub mod package;
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, Result};
 use dsu::package::Package;
 
@@ -48,7 +51,91 @@ pub fn build_generated(g: Generated, progress: &mut dyn FnMut(&str)) -> Result<B
         &g.artifact,
         g.pinned,
         progress,
+        None,
     )?;
+    pack(g, artifact)
+}
+
+/// Where a build's time went (`cargo dsu watch --timings`).
+#[derive(Clone, Copy, Debug)]
+pub struct BuildTimings {
+    /// cargo's run, start to end: its check of the dependencies, rustc, and the link.
+    pub cargo: Duration,
+    /// Of it, the linker's own time, from lld's time trace; `None` when the linker is not lld
+    /// (it refused the flag, and the build ran again without it).
+    pub link: Option<Duration>,
+    /// Reading the library and packing it with its manifest.
+    pub pack: Duration,
+}
+
+/// [`build_generated`], measuring where the time goes.
+pub fn build_generated_timed(
+    g: Generated,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Built, BuildTimings)> {
+    let trace = g.dir.join("link-time-trace.json");
+    let _ = std::fs::remove_file(&trace);
+    let t0 = Instant::now();
+    let compiled = build::compile(
+        &g.dir,
+        &g.target_dir,
+        g.release,
+        &g.artifact,
+        g.pinned,
+        progress,
+        Some(&trace),
+    );
+    let (artifact, link) = match compiled {
+        Ok(a) => {
+            let link = link_time(&trace);
+            (a, link)
+        }
+        // Another linker: measure without the link's share.
+        Err(e) if format!("{e:#}").contains("time-trace") => {
+            let a = build::compile(
+                &g.dir,
+                &g.target_dir,
+                g.release,
+                &g.artifact,
+                g.pinned,
+                progress,
+                None,
+            )?;
+            (a, None)
+        }
+        Err(e) => return Err(e),
+    };
+    let cargo = t0.elapsed();
+    let t1 = Instant::now();
+    let built = pack(g, artifact)?;
+    Ok((
+        built,
+        BuildTimings {
+            cargo,
+            link,
+            pack: t1.elapsed(),
+        },
+    ))
+}
+
+/// The link's duration in an lld time trace (Chrome's trace format, microseconds).
+fn link_time(trace: &Path) -> Option<Duration> {
+    let text = std::fs::read_to_string(trace).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let events = v.get("traceEvents")?.as_array()?;
+    ["Total ExecuteLinker", "Total Link"]
+        .iter()
+        .find_map(|name| {
+            events
+                .iter()
+                .find(|e| e.get("name").and_then(|n| n.as_str()) == Some(name))
+                .and_then(|e| e.get("dur")?.as_f64())
+                .map(|us| Duration::from_secs_f64(us / 1e6))
+        })
+}
+
+/// Reads the built artifact and packs it with the manifest.
+fn pack(g: Generated, artifact: PathBuf) -> Result<Built> {
     let bytes =
         std::fs::read(&artifact).with_context(|| format!("cannot read {}", artifact.display()))?;
     // The artifact is read: another run of the same pair may now rewrite the work directory.

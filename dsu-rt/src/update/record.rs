@@ -62,6 +62,9 @@ pub struct UpdateRecord {
     pub pause_ms: f64,
     pub transfer_ms: f64,
     pub total_ms: f64,
+    /// Checking the package and loading its library (in place), before any component is held.
+    #[serde(default)]
+    pub load_ms: f64,
     pub busy: Vec<BusyCall>,
     /// The engine that applied (or tried to apply) the update.
     #[serde(default)]
@@ -142,6 +145,7 @@ impl UpdateRecord {
             pause_ms: 0.0,
             transfer_ms: 0.0,
             total_ms: 0.0,
+            load_ms: 0.0,
             busy: Vec::new(),
             engine: Engine::InPlace,
             new_pid: None,
