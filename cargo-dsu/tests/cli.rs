@@ -673,6 +673,7 @@ fn watch_turns_a_save_into_a_live_patch() {
             "watch",
             "--max-updates",
             "1",
+            "--timings",
             "--socket",
             p.socket(),
             "--manifest-path",
@@ -719,13 +720,33 @@ fn watch_turns_a_save_into_a_live_patch() {
         pkg.join("src/main.rs"),
     )
     .unwrap();
-    let live = wait_for("Live", &mut log);
+    let live = wait_for("Timings", &mut log);
     let _ = watch.kill();
     let _ = watch.wait();
     assert!(
-        live && log.contains("Applied"),
+        live && log.contains("Applied") && log.contains("Live"),
         "watch did not apply the change:\n{log}"
     );
+    // `--timings`: where the update's time went, each part with its seconds. rustc links with
+    // lld on this target, so the link is split out.
+    let timings = log.lines().find(|l| l.contains("Timings")).unwrap();
+    for part in [
+        "quiet wait ",
+        "analysis ",
+        "generate ",
+        "cargo+rustc ",
+        "link ",
+        "pack ",
+        "load ",
+        "apply ",
+        "total ",
+    ] {
+        let at = timings
+            .find(part)
+            .unwrap_or_else(|| panic!("no `{part}` in {timings}"));
+        let secs = timings[at + part.len()..].split('s').next().unwrap();
+        assert!(secs.parse::<f64>().is_ok(), "`{part}{secs}` in {timings}");
+    }
     // The fixed withdraw runs: no underflow.
     assert_eq!(p.ask("withdraw 10"), "0");
 }
