@@ -125,6 +125,18 @@ impl Changed<'_> {
 }
 
 impl Changed<'_> {
+    /// The path of the generated helper `PREFIX{name}` of the changed type `name`.
+    fn helper_path(&self, prefix: &str, name: &str) -> TokenStream {
+        let f = format_ident!("{}{}", prefix, name);
+        match self.homes.and_then(|h| h.get(name)) {
+            Some(module) => {
+                let segs = module.iter().map(|m| format_ident!("{}", m));
+                quote!(crate #(:: #segs)* :: #f)
+            }
+            None => quote!(#f),
+        }
+    }
+
     pub fn mentions_changed(&self, ty: &Type) -> bool {
         holds_any(ty, self.names)
     }
@@ -355,6 +367,170 @@ fn source_field<'a>(old: &'a [Field], new: &Field) -> Option<&'a Field> {
     old.iter().find(|o| o.name == from.as_str())
 }
 
+/// How a struct's fields go from the old definition to the new one, as statements of a
+/// generated function whose argument is `old: &old::T` and whose frees see `__old: *mut old::T`
+/// and `__new: *mut T`.
+struct FieldPlan {
+    /// `let __dsu_f_x: X = ...;` for every converted or defaulted field (these may panic).
+    conversions: Vec<TokenStream>,
+    /// `let __dsu_f_x = moved(&old.x);` for every field taken over as it is.
+    moves: Vec<TokenStream>,
+    /// `x: ...` of the new struct expression.
+    assemble: Vec<TokenStream>,
+    /// Frees what the old value still owns alone once the new one is in use.
+    drops: Vec<TokenStream>,
+    /// Frees what the new value owns alone when it is given up (the moved fields are the old
+    /// value's).
+    discards: Vec<TokenStream>,
+}
+
+/// The [`FieldPlan`] of `old_fields` -> `new_fields`. `move_maps`: a `HashMap<K, V>` field whose
+/// `K` is unchanged and whose `V` is a changed state type moves its keys and `V`'s unchanged
+/// fields instead of cloning them (see [`moving_map`]).
+fn field_plan(
+    old_fields: &[Field],
+    new_fields: &[Field],
+    changed: &Changed,
+    needs: &mut Vec<String>,
+    move_maps: bool,
+) -> Result<FieldPlan> {
+    let mut plan = FieldPlan {
+        conversions: Vec::new(),
+        moves: Vec::new(),
+        assemble: Vec::new(),
+        drops: Vec::new(),
+        discards: Vec::new(),
+    };
+    let mut moved_names = HashSet::new();
+    // Old fields converted by moving entries: freed entry by entry, without what was moved.
+    let mut entry_moved: Vec<(Ident, TokenStream)> = Vec::new();
+    for nf in new_fields {
+        let (f, nty) = (&nf.name, &nf.ty);
+        let local = format_ident!("__dsu_f_{}", f);
+        let discard = quote! {
+            // SAFETY: converted or defaulted, so owned by the new value alone.
+            unsafe { ::core::ptr::drop_in_place(::core::ptr::addr_of_mut!((*__new).#f)) };
+        };
+        match source_field(old_fields, nf) {
+            Some(of) if same(&of.ty, nty) && !changed.mentions_changed(&of.ty) => {
+                let from = &of.name;
+                plan.moves.push(quote! {
+                    // SAFETY: moved into the new value; the old one is freed without it.
+                    let #local = unsafe { ::dsu::__private::moved(&old.#from) };
+                });
+                plan.assemble.push(quote!(#f: #local.into_inner()));
+                moved_names.insert(from.to_string());
+            }
+            Some(of) => {
+                let from = &of.name;
+                match moving_map(&of.ty, nty, changed).filter(|_| move_maps) {
+                    Some(v) => {
+                        if !needs.contains(&v) {
+                            needs.push(v.clone());
+                        }
+                        let mv = changed.helper_path("__dsu_move_convert_", &v);
+                        let release = changed.helper_path("__dsu_release_moved_", &v);
+                        let give_up = changed.helper_path("__dsu_discard_moved_", &v);
+                        plan.conversions.push(quote! {
+                            let #local = {
+                                let __m = &old.#from;
+                                let mut __n = <#nty>::with_capacity_and_hasher(
+                                    __m.len(),
+                                    ::core::clone::Clone::clone(__m.hasher()),
+                                );
+                                // On a panic, the entries taken so far leave the new map without
+                                // being dropped: the old map still owns them.
+                                let mut __g = ::dsu::__private::MovedEntries::new(&mut __n, #give_up);
+                                for (__k, __v) in __m.iter() {
+                                    // The value first: its conversion may panic, and a key
+                                    // taken by then would be dropped by the unwinding.
+                                    // SAFETY: the value's unchanged fields are moved into the
+                                    // new map, and the old map is freed without them
+                                    // (`free_moved_entries`).
+                                    let __v = unsafe { #mv(__v) };
+                                    // SAFETY: likewise for the key.
+                                    let __k = unsafe { ::dsu::__private::moved(__k) }.into_inner();
+                                    __g.insert(__k, __v);
+                                }
+                                __g.done();
+                                // Freed without what it moved if a later conversion panics.
+                                ::dsu::__private::MovedMap::new(__n, #give_up)
+                            };
+                        });
+                        plan.assemble.push(quote!(#f: #local.into_inner()));
+                        plan.discards.push(quote! {
+                            // SAFETY: the keys and the values' unchanged fields are the old map's.
+                            unsafe {
+                                ::dsu::__private::free_moved_entries(
+                                    ::core::ptr::read(::core::ptr::addr_of!((*__new).#f)),
+                                    #give_up,
+                                )
+                            };
+                        });
+                        entry_moved.push((from.clone(), release));
+                        moved_names.insert(from.to_string());
+                    }
+                    None => {
+                        let e = convert(
+                            &of.ty,
+                            nty,
+                            quote!(&old.#from),
+                            changed,
+                            needs,
+                            &f.to_string(),
+                        )?;
+                        plan.conversions.push(quote!(let #local: #nty = #e;));
+                        plan.assemble.push(quote!(#f: #local));
+                        plan.discards.push(discard);
+                    }
+                }
+            }
+            None => {
+                plan.conversions
+                    .push(quote!(let #local: #nty = ::core::default::Default::default();));
+                plan.assemble.push(quote!(#f: #local));
+                plan.discards.push(discard);
+            }
+        }
+    }
+    for of in old_fields {
+        let f = &of.name;
+        if let Some((_, release)) = entry_moved.iter().find(|(n, _)| n == f) {
+            plan.drops.push(quote! {
+                // SAFETY: the keys and the values' unchanged fields were moved into the new map.
+                unsafe {
+                    ::dsu::__private::free_moved_entries(
+                        ::core::ptr::read(::core::ptr::addr_of!((*__old).#f)),
+                        #release,
+                    )
+                };
+            });
+        } else if !moved_names.contains(&f.to_string()) {
+            plan.drops.push(quote! {
+                // SAFETY: not moved into the new value, so the old one still owns it.
+                unsafe { ::core::ptr::drop_in_place(::core::ptr::addr_of_mut!((*__old).#f)) };
+            });
+        }
+    }
+    Ok(plan)
+}
+
+/// A field that converts by moving entries: `HashMap<K, V>` -> `HashMap<K, V>` where `K` is
+/// the same and holds no changed type, and `V` is a changed state type (named alike on both
+/// sides). Returns `V`'s name. Keys are unique in the old map and hash alike with its cloned
+/// hasher, so every insert into the new map is of a new key.
+fn moving_map(old: &Type, new: &Type, ch: &Changed) -> Option<String> {
+    let ((oc, oa), (nc, na)) = (container(old)?, container(new)?);
+    if oc != "HashMap" || nc != "HashMap" || oa.len() != 2 || na.len() != 2 {
+        return None;
+    }
+    if !same(&oa[0], &na[0]) || ch.mentions_changed(&oa[0]) {
+        return None;
+    }
+    let (o, n) = (plain_name(&oa[1])?, plain_name(&na[1])?);
+    (o == n && ch.names.contains(&o)).then_some(o)
+}
+
 /// The generated transfer of a component state type `name` (old: `old::Name`), registered
 /// with the runtime, and the nested changed types it needs a converter for.
 pub fn component_transfer(
@@ -369,61 +545,13 @@ pub fn component_transfer(
         bail!("state type `{name}` is not a struct with named fields; write a `#[dsu::transfer]` for it");
     };
     let mut needs = Vec::new();
-    let mut conversions = Vec::new();
-    let mut moves = Vec::new();
-    let mut assemble = Vec::new();
-    let mut moved_names = HashSet::new();
-    let mut owned_new = Vec::new();
-    for nf in &new_fields {
-        let (f, nty) = (&nf.name, &nf.ty);
-        let local = format_ident!("__dsu_f_{}", f);
-        match source_field(&old_fields, nf) {
-            Some(of) if same(&of.ty, nty) && !changed.mentions_changed(&of.ty) => {
-                let from = &of.name;
-                moves.push(quote! {
-                    // SAFETY: moved into the new state; `release_old` leaves it undropped.
-                    let #local = unsafe { ::dsu::__private::moved(&old.#from) };
-                });
-                assemble.push(quote!(#f: #local.into_inner()));
-                moved_names.insert(from.to_string());
-            }
-            Some(of) => {
-                owned_new.push(f.clone());
-                let from = &of.name;
-                let e = convert(
-                    &of.ty,
-                    nty,
-                    quote!(&old.#from),
-                    changed,
-                    &mut needs,
-                    &f.to_string(),
-                )?;
-                conversions.push(quote!(let #local: #nty = #e;));
-                assemble.push(quote!(#f: #local));
-            }
-            None => {
-                owned_new.push(f.clone());
-                conversions.push(quote!(let #local: #nty = ::core::default::Default::default();));
-                assemble.push(quote!(#f: #local));
-            }
-        }
-    }
-    let drops = old_fields
-        .iter()
-        .filter(|of| !moved_names.contains(&of.name.to_string()))
-        .map(|of| {
-            let f = &of.name;
-            quote! {
-                // SAFETY: not moved into the new state, so the old state still owns it.
-                unsafe { ::core::ptr::drop_in_place(::core::ptr::addr_of_mut!((*__old).#f)) };
-            }
-        });
-    let discards = owned_new.iter().map(|f| {
-        quote! {
-            // SAFETY: converted or defaulted, so owned by the new state alone.
-            unsafe { ::core::ptr::drop_in_place(::core::ptr::addr_of_mut!((*__new).#f)) };
-        }
-    });
+    let FieldPlan {
+        conversions,
+        moves,
+        assemble,
+        drops,
+        discards,
+    } = field_plan(&old_fields, &new_fields, changed, &mut needs, true)?;
     let discard_fn = format_ident!("__dsu_discard_new_{}", name);
     let gen_fn = format_ident!("__dsu_generated_transfer_{}", name);
     let transfer_fn = format_ident!("__dsu_transfer_{}", name);
@@ -521,6 +649,18 @@ pub fn converter(
         };
         parts.push(quote!(#fname: #e));
     }
+    // The same conversion moving the unchanged fields, for the entries of a map that is moved
+    // (see `moving_map`); its nested maps are cloned (`move_maps: false`).
+    let FieldPlan {
+        conversions,
+        moves,
+        assemble,
+        drops,
+        discards,
+    } = field_plan(&old_fields, &new_fields, changed, needs, false)?;
+    let mv = format_ident!("__dsu_move_convert_{}", name);
+    let release = format_ident!("__dsu_release_moved_{}", name);
+    let give_up = format_ident!("__dsu_discard_moved_{}", name);
     let doc =
         format!(" Generated by `cargo dsu`: converts an `old::{name}` (by reference) to `{name}`.");
     Ok(quote! {
@@ -528,6 +668,31 @@ pub fn converter(
         #[doc(hidden)]
         pub(crate) fn #f(old: &old::#ty) -> #ty {
             #ty { #(#parts),* }
+        }
+
+        /// The same conversion, taking the unchanged fields over (bitwise): the old value must
+        /// then be freed with the release below, and the new one, if it is given up, with the
+        /// discard below.
+        #[doc(hidden)]
+        #[allow(dead_code)]
+        pub(crate) unsafe fn #mv(old: &old::#ty) -> #ty {
+            #(#conversions)*
+            #(#moves)*
+            #ty { #(#assemble),* }
+        }
+
+        /// Frees in place what an old value still owns alone after the moving conversion.
+        #[doc(hidden)]
+        #[allow(dead_code)]
+        pub(crate) unsafe fn #release(__old: *mut old::#ty) {
+            #(#drops)*
+        }
+
+        /// Frees in place what a new value made by the moving conversion owns alone.
+        #[doc(hidden)]
+        #[allow(dead_code)]
+        pub(crate) unsafe fn #give_up(__new: *mut #ty) {
+            #(#discards)*
         }
     })
 }

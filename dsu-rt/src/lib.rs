@@ -133,7 +133,8 @@ pub mod __private {
     pub use crate::abi::fingerprint;
     pub use crate::abi::root::{patch_root_module, PatchDescriptors, PatchRoot, PatchRootRef};
     pub use crate::abi::transfer::{
-        generated_transfer, moved, user_transfer, user_transfer_fallible, Moved,
+        free_moved_entries, generated_transfer, moved, user_transfer, user_transfer_fallible,
+        Moved, MovedEntries, MovedMap,
     };
     pub use crate::call::component::{drop_state, Component, Proxy, RawHandle, State};
     pub use crate::call::future::{call_future, stale_call_future, AsyncCall, CallFuture};

@@ -1,6 +1,8 @@
 //! Helpers for state transfers (hand-written and generated).
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::fmt::Display;
+use std::hash::{BuildHasher, Hash};
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -80,5 +82,110 @@ impl<T> Moved<T> {
     /// The value, for the infallible assembly of the new state.
     pub fn into_inner(self) -> T {
         ManuallyDrop::into_inner(self.0)
+    }
+}
+
+/// The new map of a generated transfer that moves a map's entries (their keys and their values'
+/// unchanged fields), while it is filled. Until [`done`](MovedEntries::done), a panic (a
+/// conversion of one value failed) empties it without dropping what was moved: the old map
+/// still owns that, and the update rolls back to it.
+pub struct MovedEntries<'a, K, V, S> {
+    map: &'a mut HashMap<K, V, S>,
+    /// Frees in place what a new value owns alone (its converted and defaulted fields).
+    discard: unsafe fn(*mut V),
+}
+
+impl<'a, K: Eq + Hash, V, S: BuildHasher> MovedEntries<'a, K, V, S> {
+    pub fn new(map: &'a mut HashMap<K, V, S>, discard: unsafe fn(*mut V)) -> Self {
+        MovedEntries { map, discard }
+    }
+
+    /// Inserts a moved entry. The old map's keys are unique and the new map hashes with a clone
+    /// of its hasher, so the key is new; if it is not (a key whose `Hash` or `Eq` is not
+    /// deterministic), the transfer fails rather than drop a key the old map owns.
+    pub fn insert(&mut self, k: K, v: V) {
+        match self.map.entry(k) {
+            Entry::Vacant(e) => {
+                e.insert(v);
+            }
+            Entry::Occupied(e) => {
+                // The entry holds the moved key: it must not be dropped.
+                std::mem::forget(e);
+                let mut v = ManuallyDrop::new(v);
+                // SAFETY: `v` was made by the moving conversion `discard` belongs to.
+                unsafe { (self.discard)(&mut *v) };
+                panic!(
+                    "two keys of the old map are equal in the new one: the key type's `Hash` or \
+                     `Eq` is not deterministic"
+                );
+            }
+        }
+    }
+
+    /// Every entry is in: the new map owns them from now on, with the old one (see
+    /// [`free_moved_entries`]).
+    pub fn done(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl<K, V, S> Drop for MovedEntries<'_, K, V, S> {
+    fn drop(&mut self) {
+        for (k, v) in self.map.drain() {
+            std::mem::forget(k);
+            let mut v = ManuallyDrop::new(v);
+            // SAFETY: every value in the map was made by the moving conversion of `discard`.
+            unsafe { (self.discard)(&mut *v) };
+        }
+    }
+}
+
+/// Frees a map whose entries were moved into (or out of) another: the keys are not dropped, each
+/// value is freed with `free` (which drops only what it owns alone), then the table itself.
+/// If `free` panics, the remaining entries are leaked rather than dropped.
+///
+/// # Safety
+/// The keys and the values' parts `free` leaves alone must be owned by another map that stays
+/// live; `free` must match how the values were made.
+pub unsafe fn free_moved_entries<K, V, S>(map: HashMap<K, V, S>, free: unsafe fn(*mut V)) {
+    let mut it = ManuallyDrop::new(map.into_iter());
+    for (k, v) in it.by_ref() {
+        std::mem::forget(k);
+        let mut v = ManuallyDrop::new(v);
+        // SAFETY: caller's contract.
+        unsafe { free(&mut *v) };
+    }
+    // SAFETY: `it` is not used again; every entry was taken out of it, so this frees the table.
+    unsafe { ManuallyDrop::drop(&mut it) };
+}
+
+/// A map filled by moving entries (see [`MovedEntries`]), held until the new state is assembled:
+/// if a later conversion of the same transfer panics, it is freed without what it moved.
+pub struct MovedMap<K, V, S> {
+    map: ManuallyDrop<HashMap<K, V, S>>,
+    discard: unsafe fn(*mut V),
+}
+
+impl<K, V, S> MovedMap<K, V, S> {
+    pub fn new(map: HashMap<K, V, S>, discard: unsafe fn(*mut V)) -> Self {
+        MovedMap {
+            map: ManuallyDrop::new(map),
+            discard,
+        }
+    }
+
+    /// The map, for the new state (which is then freed by the generated `drop_new` or kept).
+    pub fn into_inner(self) -> HashMap<K, V, S> {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so the map is taken exactly once.
+        unsafe { ManuallyDrop::take(&mut this.map) }
+    }
+}
+
+impl<K, V, S> Drop for MovedMap<K, V, S> {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; its keys and moved fields belong to the old map, and its
+        // values were made by the conversion `discard` belongs to.
+        unsafe { free_moved_entries(ManuallyDrop::take(&mut self.map), self.discard) };
     }
 }
