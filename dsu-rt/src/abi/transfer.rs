@@ -1,6 +1,6 @@
 //! Helpers for state transfers (hand-written and generated).
 
-use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::hash::{BuildHasher, Hash};
 use std::mem::ManuallyDrop;
@@ -104,22 +104,19 @@ impl<'a, K: Eq + Hash, V, S: BuildHasher> MovedEntries<'a, K, V, S> {
     /// of its hasher, so the key is new; if it is not (a key whose `Hash` or `Eq` is not
     /// deterministic), the transfer fails rather than drop a key the old map owns.
     pub fn insert(&mut self, k: K, v: V) {
-        match self.map.entry(k) {
-            Entry::Vacant(e) => {
-                e.insert(v);
-            }
-            Entry::Occupied(e) => {
-                // The entry holds the moved key: it must not be dropped.
-                std::mem::forget(e);
-                let mut v = ManuallyDrop::new(v);
-                // SAFETY: `v` was made by the moving conversion `discard` belongs to.
-                unsafe { (self.discard)(&mut *v) };
-                panic!(
-                    "two keys of the old map are equal in the new one: the key type's `Hash` or \
-                     `Eq` is not deterministic"
-                );
-            }
+        // `insert` and `entry` both drop the key they are given when it is already there, and
+        // this key belongs to the old map: look first.
+        if self.map.contains_key(&k) {
+            std::mem::forget(k);
+            let mut v = ManuallyDrop::new(v);
+            // SAFETY: `v` was made by the moving conversion `discard` belongs to.
+            unsafe { (self.discard)(&mut *v) };
+            panic!(
+                "two keys of the old map are equal in the new one: the key type's `Hash` or \
+                 `Eq` is not deterministic"
+            );
         }
+        self.map.insert(k, v);
     }
 
     /// Every entry is in: the new map owns them from now on, with the old one (see
