@@ -104,7 +104,8 @@ fn the_generated_transfer_moves_kept_fields_defaults_new_ones_and_converts_chang
     )
     .unwrap();
     let code = prettyplease::unparse(&syn::parse2(tokens).unwrap());
-    // `hits` is unchanged: moved. `added` is new: default. `map` holds a changed type: converted.
+    // `hits` is unchanged: moved. `added` is new: default. `map` holds a changed type: its
+    // entries are moved, each value converted with its unchanged fields taken over.
     assert!(
         code.contains("let __dsu_f_hits = unsafe { ::dsu::__private::moved(&old.hits) };"),
         "{code}"
@@ -113,18 +114,22 @@ fn the_generated_transfer_moves_kept_fields_defaults_new_ones_and_converts_chang
         code.contains("let __dsu_f_added: Vec<u8> = ::core::default::Default::default();"),
         "{code}"
     );
-    assert!(code.contains("__dsu_convert_Entry(__v)"), "{code}");
+    assert!(code.contains("__dsu_move_convert_Entry(__v)"), "{code}");
     assert_eq!(needs, vec!["Entry".to_string()]);
-    // The removed field and the converted one are dropped with the old state; moved ones are not.
+    // The removed field is dropped with the old state, the map freed without what it moved,
+    // moved fields not at all.
     assert!(code.contains("addr_of_mut!((* __old).gone)"), "{code}");
-    assert!(code.contains("addr_of_mut!((* __old).map)"), "{code}");
+    assert!(code.contains("free_moved_entries"), "{code}");
+    assert!(code.contains("addr_of!((* __old).map)"), "{code}");
     assert!(!code.contains("addr_of_mut!((* __old).hits)"), "{code}");
     assert!(
         code.contains("transfers the running `old::Store` to `Store`"),
         "{code}"
     );
     // Conversions come before moves, so a panicking conversion leaves the old state intact.
-    assert!(code.find("__dsu_convert_Entry").unwrap() < code.find("moved(&old.hits)").unwrap());
+    assert!(
+        code.find("__dsu_move_convert_Entry").unwrap() < code.find("moved(&old.hits)").unwrap()
+    );
 }
 
 #[test]
