@@ -59,20 +59,6 @@ pub struct Changed<'a> {
 }
 
 impl Changed<'_> {
-    /// The path of the by-reference converter of the changed type `name`.
-    fn converter_path(&self, name: &str) -> TokenStream {
-        let f = format_ident!("__dsu_convert_{}", name);
-        match self.homes.and_then(|h| h.get(name)) {
-            Some(module) => {
-                let segs = module.iter().map(|m| format_ident!("{}", m));
-                quote!(crate #(:: #segs)* :: #f)
-            }
-            None => quote!(#f),
-        }
-    }
-}
-
-impl Changed<'_> {
     /// The path of the generated helper `PREFIX{name}` of the changed type `name`.
     fn helper_path(&self, prefix: &str, name: &str) -> TokenStream {
         let f = format_ident!("{}{}", prefix, name);
@@ -111,7 +97,7 @@ fn convert(
             if !needs.contains(&o) {
                 needs.push(o.clone());
             }
-            let f = ch.converter_path(&o);
+            let f = ch.helper_path("__dsu_convert_", &o);
             return Ok(quote!(#f(#src)));
         }
     }

@@ -44,15 +44,7 @@ pub fn build(opts: &PatchOptions) -> Result<Built> {
 
 /// Builds and packs a generated crate; `progress` sees the name of every crate cargo compiles.
 pub fn build_generated(g: Generated, progress: &mut dyn FnMut(&str)) -> Result<Built> {
-    let artifact = build::compile(
-        &g.dir,
-        &g.target_dir,
-        g.release,
-        &g.artifact,
-        g.pinned,
-        progress,
-        None,
-    )?;
+    let artifact = compile(&g, progress, None)?;
     pack(g, artifact)
 }
 
@@ -76,15 +68,7 @@ pub fn build_generated_timed(
     let trace = g.dir.join("link-time-trace.json");
     let _ = std::fs::remove_file(&trace);
     let t0 = Instant::now();
-    let compiled = build::compile(
-        &g.dir,
-        &g.target_dir,
-        g.release,
-        &g.artifact,
-        g.pinned,
-        progress,
-        Some(&trace),
-    );
+    let compiled = compile(&g, progress, Some(&trace));
     let (artifact, link) = match compiled {
         Ok(a) => {
             let link = link_time(&trace);
@@ -92,15 +76,7 @@ pub fn build_generated_timed(
         }
         // Another linker: measure without the link's share.
         Err(e) if format!("{e:#}").contains("time-trace") => {
-            let a = build::compile(
-                &g.dir,
-                &g.target_dir,
-                g.release,
-                &g.artifact,
-                g.pinned,
-                progress,
-                None,
-            )?;
+            let a = compile(&g, progress, None)?;
             (a, None)
         }
         Err(e) => return Err(e),
@@ -132,6 +108,23 @@ fn link_time(trace: &Path) -> Option<Duration> {
                 .and_then(|e| e.get("dur")?.as_f64())
                 .map(|us| Duration::from_secs_f64(us / 1e6))
         })
+}
+
+/// Builds the generated crate (see [`build::compile`]).
+fn compile(
+    g: &Generated,
+    progress: &mut dyn FnMut(&str),
+    link_trace: Option<&Path>,
+) -> Result<PathBuf> {
+    build::compile(
+        &g.dir,
+        &g.target_dir,
+        g.release,
+        &g.artifact,
+        g.pinned,
+        progress,
+        link_trace,
+    )
 }
 
 /// Reads the built artifact and packs it with the manifest.
