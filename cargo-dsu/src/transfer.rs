@@ -18,9 +18,10 @@ use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote, ToTokens};
 use syn::{Fields, Type};
 
+mod lazy;
 mod types;
 
-use types::{container, lossless, plain_name};
+use types::{container, lossless, plain_name, same};
 pub use types::{field_types, holds_any};
 
 /// The state types that must be transferred: those whose definition changed, and those that
@@ -76,10 +77,6 @@ impl Changed<'_> {
     }
 }
 
-fn same(a: &Type, b: &Type) -> bool {
-    dsu_syntax::canonical(&a.to_token_stream()) == dsu_syntax::canonical(&b.to_token_stream())
-}
-
 /// An expression converting `src` (a reference to a value of `old`) to an owned `new`.
 fn convert(
     old: &Type,
@@ -130,7 +127,7 @@ fn convert(
                         __n
                     }));
                 }
-                ("HashMap", 2) => {
+                ("HashMap" | "LazyMap", 2) => {
                     let k = convert(&oa[0], &na[0], quote!(__k), ch, needs, field)?;
                     let v = convert(&oa[1], &na[1], quote!(__v), ch, needs, field)?;
                     return Ok(quote!({
@@ -267,7 +264,8 @@ fn field_plan(
     };
     let mut moved_names = HashSet::new();
     // Old fields converted by moving entries: freed entry by entry, without what was moved.
-    let mut entry_moved: Vec<(Ident, TokenStream)> = Vec::new();
+    // `None`: a lazy map taken over whole, forgotten once the new one owns the table.
+    let mut entry_moved: Vec<(Ident, Option<TokenStream>)> = Vec::new();
     for nf in new_fields {
         let (f, nty) = (&nf.name, &nf.ty);
         let local = format_ident!("__dsu_f_{}", f);
@@ -283,6 +281,21 @@ fn field_plan(
                     let #local = unsafe { ::dsu::__private::moved(&old.#from) };
                 });
                 plan.assemble.push(quote!(#f: #local.into_inner()));
+                moved_names.insert(from.to_string());
+            }
+            Some(of) if move_maps && lazy::lazy_map(&of.ty, nty, changed.names).is_some() => {
+                let v = lazy::lazy_map(&of.ty, nty, changed.names).expect("checked by the guard");
+                if !needs.contains(&v) {
+                    needs.push(v.clone());
+                }
+                let from = &of.name;
+                let step = changed.helper_path("__dsu_lazy_step_", &v);
+                let e = lazy::adopt(from, nty, &step);
+                plan.conversions.push(quote!(let #local: #nty = #e;));
+                plan.assemble.push(quote!(#f: #local));
+                // Dropped in place, a map that took an old one over frees only what it made.
+                plan.discards.push(discard);
+                entry_moved.push((from.clone(), None));
                 moved_names.insert(from.to_string());
             }
             Some(of) => {
@@ -331,7 +344,7 @@ fn field_plan(
                                 )
                             };
                         });
-                        entry_moved.push((from.clone(), release));
+                        entry_moved.push((from.clone(), Some(release)));
                         moved_names.insert(from.to_string());
                     }
                     None => {
@@ -359,7 +372,9 @@ fn field_plan(
     }
     for of in old_fields {
         let f = &of.name;
-        if let Some((_, release)) = entry_moved.iter().find(|(n, _)| n == f) {
+        if let Some((_, None)) = entry_moved.iter().find(|(n, _)| n == f) {
+            plan.drops.push(lazy::forget_old(f));
+        } else if let Some((_, Some(release))) = entry_moved.iter().find(|(n, _)| n == f) {
             plan.drops.push(quote! {
                 // SAFETY: the keys and the values' unchanged fields were moved into the new map.
                 unsafe {
@@ -416,6 +431,12 @@ pub fn component_transfer(
         drops,
         discards,
     } = field_plan(&old_fields, &new_fields, changed, &mut needs, true)?;
+    let maps: Vec<&Ident> = new_fields
+        .iter()
+        .filter(|f| lazy::is_lazy_map(&f.ty))
+        .map(|f| &f.name)
+        .collect();
+    let (hook_fns, settle, convert_some) = lazy::hooks(name, &maps);
     let discard_fn = format_ident!("__dsu_discard_new_{}", name);
     let gen_fn = format_ident!("__dsu_generated_transfer_{}", name);
     let transfer_fn = format_ident!("__dsu_transfer_{}", name);
@@ -456,6 +477,8 @@ pub fn component_transfer(
                 }
             }
 
+            #hook_fns
+
             #[doc(hidden)]
             unsafe fn #transfer_fn(old: *const ()) -> ::core::result::Result<*mut (), ::dsu::__private::TransferFailure> {
                 // SAFETY: the runtime passes the running state, whose layout is the old type's.
@@ -470,6 +493,8 @@ pub fn component_transfer(
                     release_old: #release_fn,
                     drop_new: #discard_fn,
                     generated: true,
+                    settle: #settle,
+                    convert_some: #convert_some,
                 };
                 #[::dsu::__private::linkme::distributed_slice(::dsu::__private::TRANSFERS)]
                 #[linkme(crate = ::dsu::__private::linkme)]
@@ -525,6 +550,7 @@ pub fn converter(
     let mv = format_ident!("__dsu_move_convert_{}", name);
     let release = format_ident!("__dsu_release_moved_{}", name);
     let give_up = format_ident!("__dsu_discard_moved_{}", name);
+    let lazy_step = lazy::step(name, &mv, &release, &give_up);
     let doc =
         format!(" Generated by `cargo dsu`: converts an `old::{name}` (by reference) to `{name}`.");
     Ok(quote! {
@@ -558,5 +584,7 @@ pub fn converter(
         pub(crate) unsafe fn #give_up(__new: *mut #ty) {
             #(#discards)*
         }
+
+        #lazy_step
     })
 }

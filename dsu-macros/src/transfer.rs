@@ -110,6 +110,8 @@ fn expand_inner(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream
                 release_old: ::dsu::__private::drop_state::<#old_ty>,
                 drop_new: ::dsu::__private::drop_state::<#new_ty>,
                 generated: false,
+                settle: ::core::option::Option::None,
+                convert_some: ::core::option::Option::None,
             };
             #[::dsu::__private::linkme::distributed_slice(::dsu::__private::TRANSFERS)]
             #[linkme(crate = ::dsu::__private::linkme)]

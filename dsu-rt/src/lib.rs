@@ -71,6 +71,7 @@ use dsu_shared as _;
 pub use abi::build;
 #[cfg(not(dsu_off))]
 pub use abi::fingerprint;
+pub use abi::lazy::LazyMap;
 #[cfg(not(dsu_off))]
 pub use call::component::{register, Component, Handle, State};
 #[cfg(not(dsu_off))]
@@ -131,6 +132,7 @@ pub mod __private {
         TransferDesc, TransferFailure,
     };
     pub use crate::abi::fingerprint;
+    pub use crate::abi::lazy::{lazy_drop, lazy_free, lazy_peek, LazyStep};
     pub use crate::abi::root::{patch_root_module, PatchDescriptors, PatchRoot, PatchRootRef};
     pub use crate::abi::transfer::{
         free_moved_entries, generated_transfer, moved, user_transfer, user_transfer_fallible,

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use proc_macro2::TokenStream;
+use quote::ToTokens;
 use syn::{GenericArgument, PathArguments, Type};
 
 /// Fields of a struct or enum, for [`changed_closure`].
@@ -134,4 +135,9 @@ pub(super) fn plain_name(ty: &Type) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Whether two types are written alike (canonical tokens).
+pub(super) fn same(a: &Type, b: &Type) -> bool {
+    dsu_syntax::canonical(&a.to_token_stream()) == dsu_syntax::canonical(&b.to_token_stream())
 }

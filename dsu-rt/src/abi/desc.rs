@@ -300,6 +300,12 @@ pub struct TransferDesc {
     pub drop_new: unsafe fn(*mut ()),
     /// `true` when `cargo dsu` generated it, `false` for a `#[dsu::transfer]`.
     pub generated: bool,
+    /// A new state with [`LazyMap`](crate::LazyMap)s taken over from the old one: makes them
+    /// the new state's when the update commits, while the components are still held.
+    pub settle: Option<unsafe fn(*mut ())>,
+    /// Converts up to that many entries of the new state's lazy maps (the background pass, one
+    /// batch with the component held); returns how many are left.
+    pub convert_some: Option<unsafe fn(*mut (), usize) -> usize>,
 }
 
 /// A `#[dsu::global]`.

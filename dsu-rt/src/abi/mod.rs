@@ -8,10 +8,12 @@ pub(crate) mod alloc;
 #[cfg(not(dsu_off))]
 pub(crate) mod artifact;
 pub mod build;
+// The map a type change converts incrementally: plain data, in every build.
 #[cfg(not(dsu_off))]
 pub(crate) mod desc;
 #[cfg(not(dsu_off))]
 pub mod fingerprint;
+pub(crate) mod lazy;
 #[cfg(not(dsu_off))]
 pub(crate) mod root;
 #[cfg(not(dsu_off))]

@@ -237,3 +237,21 @@ pub(crate) fn call_check_locked(slot: &Slot, index: usize) -> Result<(), String>
         Err(p) => Err(format!("panicked: {}", payload_message(&*p))),
     }
 }
+
+/// Runs `f` on the instance's state with the gate held exclusively, as a `&mut self` call from
+/// outside any call would (it waits for a pending update like one): the runtime's own work on a
+/// running component (the background conversion of lazy maps).
+pub(crate) fn with_exclusive<R>(slot: &Slot, who: &str, f: impl FnOnce(*mut ()) -> R) -> R {
+    struct Leave<'a>(&'a Gate, usize);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            self.0.leave(Access::Exclusive, self.1);
+        }
+    }
+    let me = thread::current();
+    let stripe = gate::stripe_of(me);
+    slot.gate.enter(Access::Exclusive, me, stripe, false, who);
+    let _leave = Leave(&slot.gate, stripe);
+    // Relaxed: as in `Call::state`.
+    f(slot.state.load(Ordering::Relaxed))
+}

@@ -9,10 +9,15 @@ use crate::call::thread;
 
 /// The new version runs: the callers are let go, then the old states are released.
 pub(crate) fn commit(plan: &Plan, ready: &Ready, produced: Produced, rec: &mut UpdateRecord) {
+    produced.settle(plan);
     release(plan, ready);
     rec.pause_ms = ms(ready.pending_at.elapsed());
     rec.outcome = Outcome::Committed;
+    let passes = produced.background(plan);
     produced.release_old(plan);
+    for p in passes {
+        p.start();
+    }
 }
 
 /// The old version runs on with its state: what the transfers produced is dropped and the

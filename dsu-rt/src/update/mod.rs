@@ -3,9 +3,10 @@
 //! own), `plan` (what changes, checked against the running state), `wait` (the policy),
 //! `prepare` (prepare to die, until every affected component is ready), `transfer` (new states
 //! from the old), `swap` (new tables installed), `check` (`migrate`, then `health_check`), and
-//! `commit` (or roll back). `record` is what the history keeps of each update.
+//! `commit` (or roll back), then `convert` (the background pass over lazy maps). `record` is what the history keeps of each update.
 pub(crate) mod check;
 pub(crate) mod commit;
+pub(crate) mod convert;
 pub(crate) mod load;
 pub(crate) mod plan;
 pub(crate) mod prepare;

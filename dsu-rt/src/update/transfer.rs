@@ -82,6 +82,35 @@ impl Produced {
         }
     }
 
+    /// The update commits: each new state with lazy maps makes them its own (the components are
+    /// still held).
+    pub(crate) fn settle(&self, plan: &Plan) {
+        for (i, _, _, new) in &self.states {
+            let t = plan.types[*i]
+                .transfer
+                .expect("transferred with a transfer");
+            if let Some(settle) = t.settle {
+                // SAFETY: the installed new state, of the type the transfer produced; the
+                // manager holds its gate.
+                unsafe { settle(*new) };
+            }
+        }
+    }
+
+    /// The background conversions the committed update needs: one per new state with lazy maps.
+    pub(crate) fn background(&self, plan: &Plan) -> Vec<super::convert::Pass> {
+        let mut passes = Vec::new();
+        for (i, slot, _, new) in &self.states {
+            let t = plan.types[*i]
+                .transfer
+                .expect("transferred with a transfer");
+            if let Some(step) = t.convert_some {
+                passes.push(super::convert::Pass::new(slot.clone(), *new, step));
+            }
+        }
+        passes
+    }
+
     /// Releases the old states once the update committed and the callers were let go (freeing a
     /// large state must not lengthen the pause). Old globals stay allocated: code of an older
     /// version may have cached a pointer.

@@ -1,0 +1,848 @@
+//! [`LazyMap`]: a hash map whose entries a type change converts on first access and by a
+//! background pass, so that the update's pause does not grow with the map (DESIGN.md §7,
+//! "Incremental conversion").
+
+use std::borrow::Borrow;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+/// How one entry goes from the previous version of a map's value type to the next. cargo-dsu
+/// generates one in the patch that changes the type; the map holds it until every entry is
+/// converted.
+pub struct LazyStep {
+    /// Makes a box of the new value that takes the old value's unchanged fields over (bitwise),
+    /// leaving the old box as it is. It may panic (a conversion of the value's own code); the
+    /// old box is then intact.
+    pub peek: unsafe fn(*const ()) -> *mut (),
+    /// Frees an old box whose fields `peek` took over, without them (after the commit).
+    pub release_old: unsafe fn(*mut ()),
+    /// Frees a new box made by `peek`, without the fields it took over (the update rolled back).
+    pub discard_new: unsafe fn(*mut ()),
+    /// Drops a whole box of the old value (an entry removed, or the map dropped, before the
+    /// entry was converted).
+    pub drop_old: unsafe fn(*mut ()),
+}
+
+/// One entry's value: a box of the map's value type (`ver` is the map's) or, while a type change
+/// is being converted, of the previous version. A free slot's `ptr` is null.
+struct Slot {
+    ptr: AtomicPtr<()>,
+    ver: AtomicU32,
+}
+
+/// The entries converted through `&self` while the update that converts the map is not yet
+/// committed (by its `health_check`): the old map shares the table and must find it as it was if
+/// the update rolls back, so the new boxes are kept aside, by slot.
+#[derive(Default)]
+struct Probation {
+    made: Mutex<HashMap<usize, usize>>,
+}
+
+/// A hash map for the state of a component whose value type may change in a live update
+/// without a pause that grows with the map.
+///
+/// With a `HashMap<K, V>`, an update that changes `V` converts every entry while the component
+/// is held: at a million entries, a pause of hundreds of milliseconds. With a `LazyMap<K, V>`,
+/// the update takes the map over as it is (a constant-time move) and each entry is converted
+/// when it is first touched, or by a background pass that converts a bounded batch at a time
+/// between calls (like Redis's incremental rehash). Every entry is converted by the same
+/// generated code as an eager transfer would run.
+///
+/// The price: each value is boxed (one allocation per entry, one indirection per access), and
+/// a read of an entry not yet converted converts it under a lock. Reads and writes are
+/// otherwise those of the `HashMap` that indexes the entries.
+///
+/// Until the update commits, the map is only read (by the new version's `health_check`); a
+/// write in that window (a `migrate` hook) panics, which fails the update and rolls it back.
+pub struct LazyMap<K, V, S = RandomState> {
+    // The table: dropped by hand, since a map in probation does not own it.
+    index: ManuallyDrop<HashMap<K, usize, S>>,
+    slots: ManuallyDrop<Vec<Slot>>,
+    free: ManuallyDrop<Vec<usize>>,
+    /// The version of the values of type `V`: slots of `ver - 1` are still of the previous type.
+    ver: u32,
+    /// How slots of the previous version are converted, while any is left.
+    step: Option<&'static LazyStep>,
+    /// Entries of the previous version left.
+    pending: AtomicUsize,
+    /// Where the background pass goes on.
+    cursor: usize,
+    /// Serialises the conversions made through `&self`.
+    converting: Mutex<()>,
+    /// Set from the transfer that took the map over until the update commits: the table is then
+    /// the old map's as well, and this map does not own it.
+    probation: Option<Box<Probation>>,
+    _v: PhantomData<V>,
+}
+
+// SAFETY: the map owns its values (boxed `V`s, or values of the previous version of the same
+// type) like a `HashMap<K, V, S>` does.
+unsafe impl<K: Send, V: Send, S: Send> Send for LazyMap<K, V, S> {}
+// SAFETY: `&self` methods may convert a value on any thread (hence `V: Send`) under the
+// `converting` lock, and hand out `&V` like a `HashMap` does.
+unsafe impl<K: Sync, V: Send + Sync, S: Sync> Sync for LazyMap<K, V, S> {}
+
+impl<K, V> LazyMap<K, V, RandomState> {
+    pub fn new() -> Self {
+        Self::with_hasher(RandomState::new())
+    }
+
+    pub fn with_capacity(n: usize) -> Self {
+        Self::with_capacity_and_hasher(n, RandomState::new())
+    }
+}
+
+impl<K, V, S: Default> Default for LazyMap<K, V, S> {
+    fn default() -> Self {
+        Self::with_hasher(S::default())
+    }
+}
+
+impl<K, V, S> LazyMap<K, V, S> {
+    pub fn with_hasher(hasher: S) -> Self {
+        Self::with_capacity_and_hasher(0, hasher)
+    }
+
+    pub fn with_capacity_and_hasher(n: usize, hasher: S) -> Self {
+        LazyMap {
+            index: ManuallyDrop::new(HashMap::with_capacity_and_hasher(n, hasher)),
+            slots: ManuallyDrop::new(Vec::with_capacity(n)),
+            free: ManuallyDrop::new(Vec::new()),
+            ver: 0,
+            step: None,
+            pending: AtomicUsize::new(0),
+            cursor: 0,
+            converting: Mutex::new(()),
+            probation: None,
+            _v: PhantomData,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn hasher(&self) -> &S {
+        self.index.hasher()
+    }
+
+    /// Entries not yet converted to the map's value type by the last update that changed it.
+    pub fn unconverted(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// The value in slot `i`, converted first if it is of the previous version.
+    #[inline]
+    fn value(&self, i: usize) -> &V {
+        let slot = &self.slots[i];
+        // Acquire: pairs with the Release store of a conversion, so `ptr` is the new box.
+        if slot.ver.load(Ordering::Acquire) == self.ver {
+            // SAFETY: a slot of the map's version holds a box of `V`.
+            unsafe { &*(slot.ptr.load(Ordering::Relaxed) as *const V) }
+        } else {
+            self.convert_shared(i)
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn convert_shared(&self, i: usize) -> &V {
+        let step = self.step.expect("a slot of another version has a step");
+        let slot = &self.slots[i];
+        if let Some(p) = &self.probation {
+            let mut made = p.made.lock().unwrap_or_else(PoisonError::into_inner);
+            let new = match made.get(&i) {
+                Some(&new) => new as *mut (),
+                None => {
+                    // SAFETY: the slot holds a box of the previous version, which `step`
+                    // converts; the old box stays as it is (the old map's, until the commit).
+                    let new = unsafe { (step.peek)(slot.ptr.load(Ordering::Relaxed)) };
+                    made.insert(i, new as usize);
+                    new
+                }
+            };
+            // SAFETY: kept in `made` until the map settles, which takes `&mut self`.
+            return unsafe { &*(new as *const V) };
+        }
+        let _g = self
+            .converting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.ver.load(Ordering::Acquire) != self.ver {
+            let old = slot.ptr.load(Ordering::Relaxed);
+            // SAFETY: as above; nobody else reads the old box (readers of this version only
+            // read slots of this version), so it is released at once.
+            let new = unsafe { (step.peek)(old) };
+            // SAFETY: `peek` took its fields over.
+            unsafe { (step.release_old)(old) };
+            slot.ptr.store(new, Ordering::Relaxed);
+            slot.ver.store(self.ver, Ordering::Release);
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        // SAFETY: the slot is of this version now.
+        unsafe { &*(slot.ptr.load(Ordering::Relaxed) as *const V) }
+    }
+
+    /// Converts slot `i` if it is of the previous version.
+    #[inline]
+    fn convert_exclusive(&mut self, i: usize) {
+        let ver = self.ver;
+        let slot = &mut self.slots[i];
+        if *slot.ver.get_mut() == ver {
+            return;
+        }
+        let step = self.step.expect("a slot of another version has a step");
+        let old = *slot.ptr.get_mut();
+        // SAFETY: as in `convert_shared`.
+        let new = unsafe { (step.peek)(old) };
+        // SAFETY: as in `convert_shared`.
+        unsafe { (step.release_old)(old) };
+        *slot.ptr.get_mut() = new;
+        *slot.ver.get_mut() = ver;
+        *self.pending.get_mut() -= 1;
+    }
+
+    #[inline]
+    fn value_mut(&mut self, i: usize) -> &mut V {
+        self.convert_exclusive(i);
+        // SAFETY: the slot is of this version now, and `&mut self` makes the access unique.
+        unsafe { &mut *(*self.slots[i].ptr.get_mut() as *mut V) }
+    }
+
+    /// A write while the update that converts the map is not committed: refused (see the type's
+    /// documentation).
+    #[inline]
+    fn writable(&self, what: &str) {
+        if self.probation.is_some() {
+            refuse_write(what);
+        }
+    }
+
+    /// Converts up to `budget` entries (the background pass); returns how many are left.
+    pub fn convert_some(&mut self, budget: usize) -> usize {
+        if self.probation.is_some() {
+            return *self.pending.get_mut();
+        }
+        let mut seen = 0;
+        while seen < budget && *self.pending.get_mut() > 0 {
+            if self.cursor >= self.slots.len() {
+                // Every slot from the start of the pass on was seen, but entries were converted
+                // out of order: start again (their count says some are left).
+                self.cursor = 0;
+            }
+            let i = self.cursor;
+            self.cursor += 1;
+            seen += 1;
+            if !self.slots[i].ptr.get_mut().is_null() {
+                self.convert_exclusive(i);
+            }
+        }
+        let left = *self.pending.get_mut();
+        if left == 0 {
+            self.step = None;
+            self.cursor = 0;
+        }
+        left
+    }
+
+    /// Converts every entry still of the previous version, through `&self`.
+    fn convert_all_shared(&self) {
+        if self.pending.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        for i in 0..self.slots.len() {
+            if !self.slots[i].ptr.load(Ordering::Relaxed).is_null() {
+                self.value(i);
+            }
+        }
+    }
+
+    fn convert_all(&mut self) {
+        while self.convert_some(usize::MAX) > 0 {}
+    }
+
+    /// The map's values, converted, by slot.
+    fn free_slot(&mut self, i: usize) -> *mut V {
+        self.convert_exclusive(i);
+        let p = std::mem::replace(self.slots[i].ptr.get_mut(), ptr::null_mut());
+        self.free.push(i);
+        p as *mut V
+    }
+
+    fn new_slot(&mut self, v: V) -> usize {
+        let p = Box::into_raw(Box::new(v)) as *mut ();
+        match self.free.pop() {
+            Some(i) => {
+                let s = &mut self.slots[i];
+                *s.ptr.get_mut() = p;
+                *s.ver.get_mut() = self.ver;
+                i
+            }
+            None => {
+                self.slots.push(Slot {
+                    ptr: AtomicPtr::new(p),
+                    ver: AtomicU32::new(self.ver),
+                });
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.index.iter().map(|(k, &i)| (k, self.value(i)))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.index.keys()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
+        self.index.values().map(|&i| self.value(i))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> + '_ {
+        self.writable("iter_mut");
+        self.convert_all();
+        let slots = &self.slots;
+        self.index.iter().map(move |(k, &i)| {
+            let p = slots[i].ptr.load(Ordering::Relaxed) as *mut V;
+            // SAFETY: every slot is of this version, each key has a slot of its own, and
+            // `&mut self` is held for as long as the iterator lives.
+            (k, unsafe { &mut *p })
+        })
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> + '_ {
+        self.iter_mut().map(|(_, v)| v)
+    }
+
+    /// Removes every entry.
+    pub fn clear(&mut self) {
+        self.writable("clear");
+        self.drop_values();
+        self.index.clear();
+        self.slots.clear();
+        self.free.clear();
+        self.cursor = 0;
+    }
+
+    /// Keeps the entries for which `f` is true.
+    pub fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> bool) {
+        self.writable("retain");
+        self.convert_all();
+        let (index, slots, free) = (&mut self.index, &mut self.slots, &mut self.free);
+        index.retain(|k, &mut i| {
+            let p = *slots[i].ptr.get_mut() as *mut V;
+            // SAFETY: every slot is of this version (converted above) and owned by the map.
+            if f(k, unsafe { &mut *p }) {
+                return true;
+            }
+            *slots[i].ptr.get_mut() = ptr::null_mut();
+            free.push(i);
+            // SAFETY: the slot no longer holds the box.
+            drop(unsafe { Box::from_raw(p) });
+            false
+        });
+    }
+
+    /// Drops every value (the keys are the index's).
+    fn drop_values(&mut self) {
+        let ver = self.ver;
+        for s in self.slots.iter_mut() {
+            let p = std::mem::replace(s.ptr.get_mut(), ptr::null_mut());
+            if p.is_null() {
+                continue;
+            }
+            if *s.ver.get_mut() == ver {
+                // SAFETY: a slot of this version holds a box of `V`.
+                drop(unsafe { Box::from_raw(p as *mut V) });
+            } else if let Some(step) = self.step {
+                // SAFETY: a slot of the previous version holds a box `step` can drop.
+                unsafe { (step.drop_old)(p) };
+            }
+        }
+        *self.pending.get_mut() = 0;
+        self.step = None;
+    }
+
+    /// The update that converts the map committed: the entries converted while it was checked
+    /// become the map's, the old map's boxes they came from are released, and the map owns the
+    /// table from now on.
+    pub fn settle(&mut self) {
+        let Some(p) = self.probation.take() else {
+            return;
+        };
+        let made = p.made.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let step = self.step.expect("a map in probation has a step");
+        for (i, new) in made {
+            let s = &mut self.slots[i];
+            let old = std::mem::replace(s.ptr.get_mut(), new as *mut ());
+            *s.ver.get_mut() = self.ver;
+            // SAFETY: `new` took the old box's fields over (`peek`).
+            unsafe { (step.release_old)(old) };
+            *self.pending.get_mut() -= 1;
+        }
+    }
+
+    /// Takes an old map over for the new version of its value type (a generated transfer). The
+    /// old map's own unconverted entries (from an earlier update) are converted first. The new
+    /// map shares the table with the old one until [`settle`](Self::settle); dropped before
+    /// that (the update failed), it frees only what it made.
+    ///
+    /// # Safety
+    /// `V0` must be the previous version of `V`, and `step` convert it to `V`; `old` must be
+    /// released with [`LazyMap::forget`] if the new map settles, and left as it is otherwise.
+    #[doc(hidden)]
+    pub unsafe fn adopt<V0>(old: &LazyMap<K, V0, S>, step: &'static LazyStep) -> Self {
+        old.convert_all_shared();
+        LazyMap {
+            // SAFETY: a bitwise copy, owned by the old map until the new one settles.
+            index: unsafe { ptr::read(&old.index) },
+            // SAFETY: as above.
+            slots: unsafe { ptr::read(&old.slots) },
+            // SAFETY: as above.
+            free: unsafe { ptr::read(&old.free) },
+            ver: old.ver.wrapping_add(1),
+            step: Some(step),
+            pending: AtomicUsize::new(old.len()),
+            cursor: 0,
+            converting: Mutex::new(()),
+            probation: Some(Box::default()),
+            _v: PhantomData,
+        }
+    }
+
+    /// Frees a map whose table a new map took over ([`adopt`](Self::adopt)) and settled.
+    ///
+    /// # Safety
+    /// The table must be owned by the settled new map.
+    #[doc(hidden)]
+    pub unsafe fn forget(self) {
+        let mut this = ManuallyDrop::new(self);
+        // The table is the new map's; the rest needs no drop.
+        drop(this.probation.take());
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn refuse_write(what: &str) -> ! {
+    panic!(
+        "dsu: `LazyMap::{what}` while the update that converts the map is being checked: until it \
+         commits, the map is shared with the old version and can only be read (write in a \
+         method called after the update, not in `migrate`)"
+    )
+}
+
+impl<K: Eq + Hash, V, S: BuildHasher> LazyMap<K, V, S> {
+    pub fn get<Q>(&self, k: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let &i = self.index.get(k)?;
+        Some(self.value(i))
+    }
+
+    pub fn get_mut<Q>(&mut self, k: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.writable("get_mut");
+        let &i = self.index.get(k)?;
+        Some(self.value_mut(i))
+    }
+
+    pub fn contains_key<Q>(&self, k: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.index.contains_key(k)
+    }
+
+    /// Inserts a value; returns the one the key had.
+    pub fn insert(&mut self, k: K, v: V) -> Option<V> {
+        self.writable("insert");
+        if let Some(&i) = self.index.get(&k) {
+            return Some(std::mem::replace(self.value_mut(i), v));
+        }
+        let i = self.new_slot(v);
+        self.index.insert(k, i);
+        None
+    }
+
+    pub fn remove<Q>(&mut self, k: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.writable("remove");
+        let i = self.index.remove(k)?;
+        let p = self.free_slot(i);
+        // SAFETY: the slot was of this version (converted by `free_slot`) and no longer holds it.
+        Some(*unsafe { Box::from_raw(p) })
+    }
+
+    /// The value of `k`, inserted with `f` if the key has none.
+    pub fn get_or_insert_with(&mut self, k: K, f: impl FnOnce() -> V) -> &mut V {
+        self.writable("get_or_insert_with");
+        let i = match self.index.get(&k) {
+            Some(&i) => i,
+            None => {
+                let i = self.new_slot(f());
+                self.index.insert(k, i);
+                i
+            }
+        };
+        self.value_mut(i)
+    }
+
+    pub fn reserve(&mut self, n: usize) {
+        self.index.reserve(n);
+        self.slots.reserve(n.saturating_sub(self.free.len()));
+    }
+}
+
+impl<K, V, S> Drop for LazyMap<K, V, S> {
+    fn drop(&mut self) {
+        if let Some(p) = self.probation.take() {
+            // Taken over from an old map by an update that did not commit: the table is the
+            // old map's; only the values converted meanwhile are this map's.
+            let made = p.made.into_inner().unwrap_or_else(PoisonError::into_inner);
+            if let Some(step) = self.step {
+                for (_, new) in made {
+                    // SAFETY: made by `peek`, whose fields are the old map's.
+                    unsafe { (step.discard_new)(new as *mut ()) };
+                }
+            }
+            // The index, slots and free list are bitwise copies of the old map's: not dropped.
+            return;
+        }
+        self.drop_values();
+        // SAFETY: owned (not in probation), and never used again.
+        unsafe {
+            ManuallyDrop::drop(&mut self.index);
+            ManuallyDrop::drop(&mut self.slots);
+            ManuallyDrop::drop(&mut self.free);
+        }
+    }
+}
+
+impl<K: Eq + Hash, V, S: BuildHasher> Extend<(K, V)> for LazyMap<K, V, S> {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, it: I) {
+        for (k, v) in it {
+            self.insert(k, v);
+        }
+    }
+}
+
+impl<K: Eq + Hash, V, S: BuildHasher + Default> FromIterator<(K, V)> for LazyMap<K, V, S> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(it: I) -> Self {
+        let mut m = Self::default();
+        m.extend(it);
+        m
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone, S: BuildHasher + Clone> Clone for LazyMap<K, V, S> {
+    fn clone(&self) -> Self {
+        let mut m = Self::with_capacity_and_hasher(self.len(), self.hasher().clone());
+        for (k, v) in self.iter() {
+            m.insert(k.clone(), v.clone());
+        }
+        m
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug, S> fmt::Debug for LazyMap<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Eq + Hash, V: PartialEq, S: BuildHasher> PartialEq for LazyMap<K, V, S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+/// Carried by a hand-off as a map of its keys and (converted) values.
+impl<K: serde::Serialize, V: serde::Serialize, S> serde::Serialize for LazyMap<K, V, S> {
+    fn serialize<Se: serde::Serializer>(&self, s: Se) -> Result<Se::Ok, Se::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de, K, V, S> serde::Deserialize<'de> for LazyMap<K, V, S>
+where
+    K: serde::Deserialize<'de> + Eq + Hash,
+    V: serde::Deserialize<'de>,
+    S: BuildHasher + Default,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<K, V, S>(PhantomData<(K, V, S)>);
+        impl<'de, K, V, S> serde::de::Visitor<'de> for Visit<K, V, S>
+        where
+            K: serde::Deserialize<'de> + Eq + Hash,
+            V: serde::Deserialize<'de>,
+            S: BuildHasher + Default,
+        {
+            type Value = LazyMap<K, V, S>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut m = LazyMap::with_capacity_and_hasher(
+                    a.size_hint().unwrap_or(0).min(1 << 16),
+                    S::default(),
+                );
+                while let Some((k, v)) = a.next_entry()? {
+                    m.insert(k, v);
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(Visit(PhantomData))
+    }
+}
+
+/// A [`LazyStep::peek`] made of a generated moving conversion.
+///
+/// # Safety
+/// `old` is a box of `O`; the conversion's contract is [`LazyStep::peek`]'s.
+pub unsafe fn lazy_peek<O, N>(old: *const (), f: unsafe fn(&O) -> N) -> *mut () {
+    // SAFETY: caller's contract.
+    let new = unsafe { f(&*(old as *const O)) };
+    Box::into_raw(Box::new(new)) as *mut ()
+}
+
+/// A [`LazyStep::release_old`] or [`LazyStep::discard_new`]: frees a box of `T` with `free`,
+/// which drops in place only what the value owns alone, then the box.
+///
+/// # Safety
+/// `p` is a box of `T`, and `free` matches how it was made or taken from.
+pub unsafe fn lazy_free<T>(p: *mut (), free: unsafe fn(*mut T)) {
+    let p = p as *mut T;
+    // SAFETY: caller's contract.
+    unsafe { free(p) };
+    if std::mem::size_of::<T>() != 0 {
+        // SAFETY: allocated as a `Box<T>`, whose contents were just dropped (or are another's).
+        unsafe { std::alloc::dealloc(p as *mut u8, std::alloc::Layout::new::<T>()) };
+    }
+}
+
+/// A [`LazyStep::drop_old`]: drops a whole box of `T`.
+///
+/// # Safety
+/// `p` is a box of `T` nobody else owns.
+pub unsafe fn lazy_drop<T>(p: *mut ()) {
+    // SAFETY: caller's contract.
+    drop(unsafe { Box::from_raw(p as *mut T) });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicIsize;
+
+    /// Values alive: a double drop or a leak shows in the count.
+    static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+    struct Tracked(String);
+    impl Tracked {
+        fn new(s: String) -> Self {
+            LIVE.fetch_add(1, Ordering::SeqCst);
+            Tracked(s)
+        }
+    }
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            LIVE.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    struct A {
+        name: Tracked,
+        gone: Tracked,
+    }
+    struct B {
+        name: Tracked,
+        score: u32,
+    }
+
+    // The generated functions of a type change A -> B that moves `name`, drops `gone` and
+    // defaults `score`.
+    unsafe fn move_convert(a: &A) -> B {
+        B {
+            // SAFETY: taken over bitwise; `release` leaves it alone.
+            name: unsafe { ptr::read(&a.name) },
+            score: a.name.0.len() as u32,
+        }
+    }
+    unsafe fn release(a: *mut A) {
+        // SAFETY: `gone` was not taken over.
+        unsafe { ptr::drop_in_place(ptr::addr_of_mut!((*a).gone)) };
+    }
+    unsafe fn give_up(_: *mut B) {}
+    static STEP: LazyStep = LazyStep {
+        peek: {
+            unsafe fn peek(p: *const ()) -> *mut () {
+                // SAFETY: a box of A.
+                unsafe { lazy_peek::<A, B>(p, move_convert) }
+            }
+            peek
+        },
+        release_old: {
+            unsafe fn r(p: *mut ()) {
+                // SAFETY: a box of A taken from.
+                unsafe { lazy_free::<A>(p, release) }
+            }
+            r
+        },
+        discard_new: {
+            unsafe fn d(p: *mut ()) {
+                // SAFETY: a box of B made by peek.
+                unsafe { lazy_free::<B>(p, give_up) }
+            }
+            d
+        },
+        drop_old: lazy_drop::<A>,
+    };
+
+    fn old_map(n: usize) -> LazyMap<String, A> {
+        (0..n)
+            .map(|i| {
+                let a = A {
+                    name: Tracked::new(format!("name-{i}")),
+                    gone: Tracked::new(format!("gone-{i}")),
+                };
+                (format!("k{i}"), a)
+            })
+            .collect()
+    }
+
+    // One test, so that the live count is not shared with another running at the same time.
+    #[test]
+    fn a_type_change_converts_on_access_and_in_batches_and_a_rollback_leaves_the_old_map() {
+        LIVE.store(0, Ordering::SeqCst);
+        {
+            // Plain map operations.
+            let mut m: LazyMap<String, Tracked> = LazyMap::new();
+            for i in 0..100 {
+                m.insert(format!("k{i}"), Tracked::new(format!("v{i}")));
+            }
+            assert_eq!(
+                m.insert("k1".into(), Tracked::new("again".into()))
+                    .map(|t| t.0.clone()),
+                Some("v1".into())
+            );
+            assert_eq!(m.remove("k2").map(|t| t.0.clone()), Some("v2".into()));
+            assert!(m.get("k2").is_none());
+            m.insert("k2".into(), Tracked::new("reused".into()));
+            m.retain(|k, _| k != "k3");
+            assert_eq!(m.len(), 99);
+            assert_eq!(m.get("k2").unwrap().0, "reused");
+            assert_eq!(m.iter().count(), 99);
+            m.get_mut("k4").unwrap().0.push('!');
+            assert_eq!(m.get("k4").unwrap().0, "v4!");
+        }
+        assert_eq!(
+            LIVE.load(Ordering::SeqCst),
+            0,
+            "plain map: leak or double drop"
+        );
+
+        // Rolled back: the new map read some entries (a health check), then was dropped.
+        let old = old_map(1000);
+        {
+            // SAFETY: STEP converts A to B; the new map is dropped in probation.
+            let new: LazyMap<String, B> = unsafe { LazyMap::adopt(&old, &STEP) };
+            assert_eq!(new.get("k7").unwrap().name.0, "name-7");
+            assert_eq!(new.get("k7").unwrap().score, 6);
+            assert_eq!(new.unconverted(), 1000);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut n = new;
+                n.insert(
+                    "x".into(),
+                    B {
+                        name: Tracked::new("x".into()),
+                        score: 0,
+                    },
+                );
+            }));
+            assert!(r.is_err(), "a write in probation is refused");
+        }
+        assert_eq!(old.len(), 1000);
+        assert_eq!(old.get("k7").unwrap().gone.0, "gone-7");
+        assert_eq!(LIVE.load(Ordering::SeqCst), 2000, "the old map is whole");
+
+        // Committed: some entries read before the commit, some by calls after, the rest in
+        // batches.
+        // SAFETY: STEP converts A to B; the old map is forgotten once the new one settled.
+        let mut new: LazyMap<String, B> = unsafe { LazyMap::adopt(&old, &STEP) };
+        assert_eq!(new.get("k9").unwrap().name.0, "name-9");
+        new.settle();
+        // SAFETY: the new map settled and owns the table.
+        unsafe { old.forget() };
+        assert_eq!(new.unconverted(), 999);
+        assert_eq!(new.get("k10").unwrap().score, 7);
+        assert_eq!(new.get_mut("k11").unwrap().name.0, "name-11");
+        assert_eq!(new.remove("k12").unwrap().name.0, "name-12");
+        new.insert(
+            "fresh".into(),
+            B {
+                name: Tracked::new("fresh".into()),
+                score: 1,
+            },
+        );
+        assert_eq!(new.unconverted(), 996);
+        let mut batches = 0;
+        while new.convert_some(100) > 0 {
+            batches += 1;
+        }
+        assert!(batches >= 9, "{batches} batches");
+        assert_eq!(new.unconverted(), 0);
+        for i in (0..1000).filter(|&i| i != 12) {
+            let b = new.get(&format!("k{i}")).unwrap();
+            assert_eq!(b.name.0, format!("name-{i}"));
+        }
+        // The removed fields were freed: one name per entry is left (999 + fresh).
+        assert_eq!(LIVE.load(Ordering::SeqCst), 1000);
+
+        // Taken over and given up with nothing read: the old map frees itself whole.
+        let mut again: LazyMap<String, A> = (0..10)
+            .map(|i| {
+                (
+                    format!("k{i}"),
+                    A {
+                        name: Tracked::new("n".into()),
+                        gone: Tracked::new("g".into()),
+                    },
+                )
+            })
+            .collect();
+        // SAFETY: STEP converts A to B; dropped in probation, the old map is left whole.
+        let half: LazyMap<String, B> = unsafe { LazyMap::adopt(&again, &STEP) };
+        drop(half);
+        again.clear();
+        drop(again);
+        drop(new);
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0, "leak or double drop");
+    }
+}

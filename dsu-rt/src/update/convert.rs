@@ -1,0 +1,90 @@
+//! Convert: after an update that took [`LazyMap`](crate::LazyMap)s over committed, a
+//! background thread converts their remaining entries, a bounded batch at a time with the
+//! component held as a `&mut self` call would hold it, so that no call waits for more than one
+//! batch. Entries a call touches first are converted by that call.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::abi::desc::payload_message;
+use crate::call::component::Slot;
+use crate::call::invoke::with_exclusive;
+
+/// Entries converted per batch: a few hundred microseconds (BENCHMARKS.md §3, "Incremental").
+pub(crate) const BATCH: usize = 1024;
+
+/// The background conversion of one new state.
+pub(crate) struct Pass {
+    slot: Arc<Slot>,
+    /// The new state, as installed; the pass ends when a later update replaces it.
+    state: usize,
+    step: unsafe fn(*mut (), usize) -> usize,
+}
+
+impl Pass {
+    pub(crate) fn new(
+        slot: Arc<Slot>,
+        state: *mut (),
+        step: unsafe fn(*mut (), usize) -> usize,
+    ) -> Self {
+        Pass {
+            slot,
+            state: state as usize,
+            step,
+        }
+    }
+
+    /// Starts the pass on a thread of its own.
+    pub(crate) fn start(self) {
+        let id = self.slot.ty.id.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dsu-convert".into())
+            .spawn(move || self.run());
+        if let Err(e) = spawned {
+            log::warn!(
+                "dsu: no thread for the background conversion of `{id}` ({e}); its entries are \
+                 converted as calls touch them"
+            );
+        }
+    }
+
+    fn run(self) {
+        let started = Instant::now();
+        let (mut batches, id) = (0u64, self.slot.ty.id.clone());
+        loop {
+            let r = with_exclusive(&self.slot, "dsu: background conversion", |state| {
+                if state as usize != self.state {
+                    return None;
+                }
+                // SAFETY: the state this pass was made for (checked above), of the type whose
+                // `convert_some` this is; the gate is held exclusively.
+                Some(catch_unwind(AssertUnwindSafe(|| unsafe {
+                    (self.step)(state, BATCH)
+                })))
+            });
+            batches += 1;
+            match r {
+                // A later update replaced the state; its own pass (or its transfer) goes on.
+                None => return,
+                Some(Err(p)) => {
+                    log::error!(
+                        "dsu: the background conversion of `{id}` stopped: converting an entry \
+                         panicked: {}; the entries left are converted as calls touch them (and \
+                         such a call panics the same way)",
+                        payload_message(&*p)
+                    );
+                    return;
+                }
+                Some(Ok(0)) => {
+                    log::info!(
+                        "dsu: the entries of `{id}` are converted ({batches} batches, {:.1} ms)",
+                        started.elapsed().as_secs_f64() * 1000.0
+                    );
+                    return;
+                }
+                Some(Ok(_)) => std::thread::yield_now(),
+            }
+        }
+    }
+}

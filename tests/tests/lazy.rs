@@ -1,0 +1,138 @@
+//! Type changes converted incrementally (`dsu::LazyMap`, issue 15): the update takes the maps
+//! over as they are, calls convert the entries they touch, and a background pass converts the
+//! rest. Until the update commits the old maps are whole: a health check that read (and so
+//! converted) entries and then failed leaves the old version running on its state, at 10^6
+//! entries. A second type change while entries of the first are left converts them first.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use dsu::Outcome;
+use dsu_tests::*;
+
+fn lazy(v: &str) -> std::path::PathBuf {
+    program("lazy", v)
+}
+
+/// Entries of the map of structs (the nested shape).
+const N: usize = 1_000_000;
+/// Entries of the byte map (kvstore's shape).
+const K: usize = 100_000;
+
+fn v1_item(i: usize) -> String {
+    format!("name-of-{i} tag-k{i},second {}", i % 100)
+}
+
+/// The unconverted entries of both maps.
+fn pending(c: &mut Conn) -> Result<(usize, usize)> {
+    let r = c.cmd("pending")?;
+    let mut it = r.split_whitespace().map(|n| n.parse::<usize>());
+    match (it.next(), it.next()) {
+        (Some(Ok(a)), Some(Ok(b))) => Ok((a, b)),
+        _ => anyhow::bail!("`pending` answered {r:?}"),
+    }
+}
+
+/// Waits for the background passes to convert every entry.
+fn converted(c: &mut Conn) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = pending(c)?;
+        if p == (0, 0) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "entries still unconverted after 120 s: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_lazy_type_change_commits_at_once_converts_in_the_background_and_rolls_back_whole() -> Result<()>
+{
+    let exe = build_base(&lazy("v1"))?;
+    let unhealthy = build_patch(&lazy("v1"), &lazy("v2-health"))?;
+    let good = build_patch(&lazy("v1"), &lazy("v2"))?;
+    let again = build_patch(&lazy("v2"), &lazy("v3"))?;
+    let p = Process::start(&exe)?;
+    let mut c = p.connect()?;
+    c.cmd(&format!("fill {N}"))?;
+    c.cmd(&format!("kfill {K}"))?;
+
+    // The health check converts ten entries, then fails: the old maps run on, whole.
+    let rec = p.apply(&unhealthy, None)?;
+    assert_eq!(rec.outcome, Outcome::RolledBack, "{rec:#?}");
+    let reason = rec.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("failed after reading 10 of {N} entries")),
+        "{reason}"
+    );
+    eprintln!("rolled back at {N} entries: pause {:.2} ms", rec.pause_ms);
+    assert_eq!(c.cmd("version")?, "v1");
+    for i in (0..N).step_by(9973).chain(0..10) {
+        assert_eq!(c.cmd(&format!("show k{i}"))?, v1_item(i), "key k{i}");
+    }
+    assert_eq!(c.cmd("len")?, format!("{N} puts={N}"));
+    assert_eq!(pending(&mut c)?, (0, 0));
+    // The old map is still its own: it grows, and the entries the check read are there.
+    c.cmd("put k0 renamed 1")?;
+    assert_eq!(c.cmd("show k0")?, "renamed tag-k0,second 1");
+    c.cmd(&format!("put k{N} last 2"))?;
+
+    // The update that commits: nothing is converted in the pause, so entries are left.
+    let rec = p.apply(&good, None)?;
+    assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
+    eprintln!(
+        "committed at {N} + {K} entries: pause {:.2} ms, transfer {:.2} ms",
+        rec.pause_ms, rec.transfer_ms
+    );
+    let (left, kleft) = pending(&mut c)?;
+    assert!(
+        left > 0,
+        "every entry was converted before the first call: {left}"
+    );
+    // Calls read entries while the background pass converts the others.
+    assert_eq!(c.cmd("version")?, "v2");
+    for i in (1..N).step_by(99_991) {
+        assert_eq!(
+            c.cmd(&format!("show k{i}"))?,
+            format!("{} seen=0", v1_item(i)),
+            "key k{i}"
+        );
+    }
+    assert_eq!(c.cmd("show k0")?, "renamed tag-k0,second 1 seen=0");
+    assert_eq!(c.cmd("kget key:17")?, "value-17 None");
+
+    // A second type change at once, while entries of the first are left: the transfer
+    // converts those first, the rest of the second is lazy again. The byte map, unchanged, keeps
+    // its state and its pass.
+    c.cmd(&format!("put k{} after 3", N + 1))?;
+    let before = pending(&mut c)?;
+    let rec = p.apply(&again, None)?;
+    assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
+    eprintln!(
+        "left after the first commit: {left} + {kleft}; before the second: {before:?}; second \
+         pause {:.2} ms",
+        rec.pause_ms
+    );
+    assert_eq!(c.cmd("version")?, "v3");
+    assert_eq!(
+        c.cmd(&format!("show k{}", N + 1))?,
+        format!("after tag-k{},second 3 seen=0 rank=0", N + 1)
+    );
+    converted(&mut c)?;
+    for i in (1..N).step_by(997) {
+        assert_eq!(
+            c.cmd(&format!("show k{i}"))?,
+            format!("{} seen=0 rank=0", v1_item(i)),
+            "key k{i}"
+        );
+    }
+    for i in (0..K).step_by(101) {
+        assert_eq!(c.cmd(&format!("kget key:{i}"))?, format!("value-{i} None"));
+    }
+    assert_eq!(c.cmd("len")?, format!("{} puts={}", N + 2, N + 3));
+    Ok(())
+}
