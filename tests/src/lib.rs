@@ -249,6 +249,11 @@ impl Process {
         })
     }
 
+    /// The process id (for /proc/PID).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn connect(&self) -> Result<Conn> {
         Conn::open(self.port)
     }
