@@ -99,7 +99,8 @@ pub use sockets::{listener, Connection, Listener};
 pub use sockets::{AsyncConnection, AsyncListener, HandoffSignal};
 #[cfg(not(dsu_off))]
 pub use update::record::{
-    ApplyOptions, BusyCall, ComponentStatus, Outcome, Status, UpdateRecord, UpdateReport,
+    ApplyOptions, BusyCall, ComponentStatus, Conversion, Outcome, Status, UpdateRecord,
+    UpdateReport,
 };
 
 /// A thread-level safe point. A thread registered with [`Runtime::register_thread`] parks here

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use dsu::control::{decode_request, encode_response, read_request, Request, Response, MAX_REQUEST};
 use dsu::package::Change;
-use dsu::{BusyCall, ComponentStatus, Engine, Outcome, Status, UpdateRecord};
+use dsu::{BusyCall, ComponentStatus, Conversion, Engine, Outcome, Status, UpdateRecord};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -193,6 +193,13 @@ fn response(data: &[u8]) -> Response {
             poisoned: vec![pieces.string()],
             code: pieces.string(),
             state: pieces.string(),
+            conversion: (pieces.number() % 2 == 1).then(|| Conversion {
+                left: pieces.number(),
+                batches: pieces.number(),
+                longest_batch_ms: pieces.millis(),
+                elapsed_ms: pieces.millis(),
+                stopped: pieces.number() % 2 == 1,
+            }),
         }],
         staged: vec![pieces.number()],
         history: vec![record(&mut pieces)],

@@ -153,6 +153,8 @@ struct Run {
     update_call_ms: f64,
     max_call_ms: f64,
     baseline_max_call_ms: f64,
+    /// The longest batch the server's pass held the component for (its status).
+    longest_batch_ms: f64,
     /// Peak resident memory above the size just before the update, and the state's own size.
     peak_extra_mib: f64,
     state_mib: f64,
@@ -224,7 +226,7 @@ fn main() -> Result<()> {
 fn report(r: &Run, rep: usize) {
     eprintln!(
         "{:>12} {:<6} {:<5} {:>9} entries, run {rep}: pause {:8.3} ms, background {:9.1} ms \
-         (floor {:8.1} ms), longest call: update {:6.2} ms, pass {:6.2} ms, before {:6.2} ms, peak extra {:7.1} MiB \
+         (floor {:8.1} ms), longest batch {:5.3} ms, longest call: update {:6.2} ms, pass {:6.2} ms, before {:6.2} ms, peak extra {:7.1} MiB \
          (state {:7.1} MiB)",
         "Measured",
         r.shape.name(),
@@ -233,6 +235,7 @@ fn report(r: &Run, rep: usize) {
         r.pause_ms,
         r.background_ms,
         r.floor_ms,
+        r.longest_batch_ms,
         r.update_call_ms,
         r.max_call_ms,
         r.baseline_max_call_ms,
@@ -368,6 +371,13 @@ fn measure(exe: &Path, pkg: &Path, shape: Shape, n: usize, path: &'static str) -
     }
     let after = epoch.elapsed();
     let peak = status_kib(pid, "VmHWM:")?;
+    let longest_batch_ms = p
+        .status()?
+        .components
+        .iter()
+        .filter_map(|c| c.conversion.as_ref())
+        .map(|c| c.longest_batch_ms)
+        .fold(0.0, f64::max);
     std::thread::sleep(Duration::from_millis(50));
     let calls = reader.stop()?;
     // The window before the update, as long as the update and the pass (at most the 300 ms
@@ -391,6 +401,7 @@ fn measure(exe: &Path, pkg: &Path, shape: Shape, n: usize, path: &'static str) -
         pause_ms: rec.pause_ms,
         background_ms,
         update_call_ms,
+        longest_batch_ms,
         max_call_ms: during,
         baseline_max_call_ms: baseline,
         peak_extra_mib: mib(peak.saturating_sub(full)),
@@ -528,18 +539,19 @@ fn floor(shape: Shape, n: usize) -> f64 {
 
 fn to_csv(runs: &[Run]) -> String {
     let mut s = String::from(
-        "shape,path,entries,pause_ms,background_ms,floor_ms,update_call_ms,pass_call_ms,baseline_max_call_ms,peak_extra_mib,state_mib\n",
+        "shape,path,entries,pause_ms,background_ms,floor_ms,longest_batch_ms,update_call_ms,pass_call_ms,baseline_max_call_ms,peak_extra_mib,state_mib\n",
     );
     for r in runs {
         let _ = writeln!(
             s,
-            "{},{},{},{:.4},{:.2},{:.2},{:.3},{:.3},{:.3},{:.1},{:.1}",
+            "{},{},{},{:.4},{:.2},{:.2},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1}",
             r.shape.name(),
             r.path,
             r.entries,
             r.pause_ms,
             r.background_ms,
             r.floor_ms,
+            r.longest_batch_ms,
             r.update_call_ms,
             r.max_call_ms,
             r.baseline_max_call_ms,
@@ -563,8 +575,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn table(runs: &[Run], opts: &Options, machine: &str) -> String {
     let mut s = format!(
         "Incremental type changes, {machine}; medians of {} runs (`cargo bench -p dsu-tests --bench lazy`)\n\n\
-         | shape | entries | path | pause (ms) | background pass (ms) | floor (ms) | pass / floor | longest call: update (ms) | pass (ms) | before (ms) | peak extra (MiB) | state (MiB) |\n\
-         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | shape | entries | path | pause (ms) | background pass (ms) | floor (ms) | pass / floor | longest batch (ms) | longest call: update (ms) | pass (ms) | before (ms) | peak extra (MiB) | state (MiB) |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         opts.reps
     );
     for &shape in &opts.shapes {
@@ -589,6 +601,11 @@ fn table(runs: &[Run], opts: &Options, machine: &str) -> String {
                 } else {
                     "–".into()
                 };
+                let batch = if path == "lazy" {
+                    format!("{:.3}", m(|r| r.longest_batch_ms))
+                } else {
+                    "–".into()
+                };
                 let pass_call = if path == "lazy" {
                     format!("{:.2}", m(|r| r.max_call_ms))
                 } else {
@@ -596,7 +613,7 @@ fn table(runs: &[Run], opts: &Options, machine: &str) -> String {
                 };
                 let _ = writeln!(
                     s,
-                    "| {} | {n} | {path} | {:.3} | {bg} | {fl:.1} | {ratio} | {:.2} | {} | {:.2} | {:.1} | {:.1} |",
+                    "| {} | {n} | {path} | {:.3} | {bg} | {fl:.1} | {ratio} | {batch} | {:.2} | {} | {:.2} | {:.1} | {:.1} |",
                     shape.name(),
                     m(|r| r.pause_ms),
                     m(|r| r.update_call_ms),

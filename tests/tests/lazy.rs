@@ -123,6 +123,20 @@ fn a_lazy_type_change_commits_at_once_converts_in_the_background_and_rolls_back_
         format!("after tag-k{},second 3 seen=0 rank=0", N + 1)
     );
     converted(&mut c)?;
+    // The status tells how the background pass went.
+    let st = p.status()?;
+    let dir = st
+        .components
+        .iter()
+        .find(|c| c.id.ends_with("Dir"))
+        .expect("Dir in the status");
+    let conv = dir
+        .conversion
+        .clone()
+        .expect("a conversion in Dir's status");
+    assert_eq!((conv.left, conv.stopped), (0, false), "{conv:?}");
+    assert!(conv.batches > 0 && conv.longest_batch_ms > 0.0, "{conv:?}");
+    eprintln!("Dir's pass after the second update: {conv:?}");
     for i in (1..N).step_by(997) {
         assert_eq!(
             c.cmd(&format!("show k{i}"))?,

@@ -40,6 +40,22 @@ pub(crate) fn status(shell: &Shell, socket: &Path, format: Format) -> Result<i32
                         c.poisoned[0]
                     ));
                 }
+                if let Some(v) = &c.conversion {
+                    s.push_str(&match (v.left, v.stopped) {
+                        (_, true) => format!(
+                            "  conversion STOPPED with {} entries left (a conversion panicked; see the program's log)",
+                            v.left
+                        ),
+                        (0, false) => format!(
+                            "  converted ({} batches, {:.0} ms, longest {:.2} ms)",
+                            v.batches, v.elapsed_ms, v.longest_batch_ms
+                        ),
+                        (n, false) => format!(
+                            "  converting: {n} entries left ({} batches, longest {:.2} ms)",
+                            v.batches, v.longest_batch_ms
+                        ),
+                    });
+                }
                 s.push('\n');
             }
             if !st.staged.is_empty() {

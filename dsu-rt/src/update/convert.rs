@@ -8,13 +8,40 @@
 //! for most of the pass (measured: 103 ms at 10^6 entries, `cargo bench -p dsu-tests --bench
 //! lazy`). The pass takes at most half of the component's time, and about twice as long.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::record::Conversion;
 use crate::abi::desc::payload_message;
 use crate::call::component::Slot;
 use crate::call::invoke::with_exclusive;
+use crate::call::thread::lock;
+
+/// The last pass of each instance (by slot address), for the status. Host-only: passes and the
+/// status both run in the host's runtime.
+fn passes() -> &'static Mutex<HashMap<usize, Conversion>> {
+    static PASSES: OnceLock<Mutex<HashMap<usize, Conversion>>> = OnceLock::new();
+    PASSES.get_or_init(Default::default)
+}
+
+/// The conversion of these instances (summed), if any had a pass.
+pub(crate) fn progress(slots: &[Arc<Slot>]) -> Option<Conversion> {
+    let passes = lock(passes());
+    let mut found = slots
+        .iter()
+        .filter_map(|s| passes.get(&(Arc::as_ptr(s) as usize)))
+        .peekable();
+    found.peek()?;
+    Some(found.fold(Conversion::default(), |a, c| Conversion {
+        left: a.left + c.left,
+        batches: a.batches + c.batches,
+        longest_batch_ms: a.longest_batch_ms.max(c.longest_batch_ms),
+        elapsed_ms: a.elapsed_ms.max(c.elapsed_ms),
+        stopped: a.stopped || c.stopped,
+    }))
+}
 
 /// Entries converted per batch: a few hundred microseconds (BENCHMARKS.md §3, "Incremental").
 pub(crate) const BATCH: usize = 1024;
@@ -59,40 +86,55 @@ impl Pass {
 
     fn run(self) {
         let started = Instant::now();
-        let (mut batches, id) = (0u64, self.slot.ty.id.clone());
+        let key = Arc::as_ptr(&self.slot) as usize;
+        let id = self.slot.ty.id.clone();
+        let mut p = Conversion::default();
+        lock(passes()).insert(key, p.clone());
         loop {
-            let batch = Instant::now();
+            let mut held = Duration::ZERO;
             let r = with_exclusive(&self.slot, "dsu: background conversion", |state| {
                 if state as usize != self.state {
                     return None;
                 }
+                let t = Instant::now();
                 // SAFETY: the state this pass was made for (checked above), of the type whose
                 // `convert_some` this is; the gate is held exclusively.
-                Some(catch_unwind(AssertUnwindSafe(|| unsafe {
-                    (self.step)(state, BATCH)
-                })))
+                let r = catch_unwind(AssertUnwindSafe(|| unsafe { (self.step)(state, BATCH) }));
+                held = t.elapsed();
+                Some(r)
             });
-            batches += 1;
+            // A later update replaced the state; its own pass (or its transfer) goes on.
+            let Some(r) = r else { return };
+            p.batches += 1;
+            p.longest_batch_ms = p.longest_batch_ms.max(held.as_secs_f64() * 1000.0);
+            p.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
             match r {
-                // A later update replaced the state; its own pass (or its transfer) goes on.
-                None => return,
-                Some(Err(p)) => {
+                Err(e) => {
+                    p.stopped = true;
+                    lock(passes()).insert(key, p);
                     log::error!(
                         "dsu: the background conversion of `{id}` stopped: converting an entry \
                          panicked: {}; the entries left are converted as calls touch them (and \
                          such a call panics the same way)",
-                        payload_message(&*p)
+                        payload_message(&*e)
                     );
                     return;
                 }
-                Some(Ok(0)) => {
-                    log::info!(
-                        "dsu: the entries of `{id}` are converted ({batches} batches, {:.1} ms)",
-                        started.elapsed().as_secs_f64() * 1000.0
-                    );
-                    return;
+                Ok(left) => {
+                    p.left = left as u64;
+                    lock(passes()).insert(key, p.clone());
+                    if left == 0 {
+                        log::info!(
+                            "dsu: the entries of `{id}` are converted ({} batches, {:.1} ms, \
+                             longest batch {:.3} ms)",
+                            p.batches,
+                            p.elapsed_ms,
+                            p.longest_batch_ms
+                        );
+                        return;
+                    }
+                    std::thread::sleep(held.max(MIN_GAP));
                 }
-                Some(Ok(_)) => std::thread::sleep(batch.elapsed().max(MIN_GAP)),
             }
         }
     }
