@@ -1,5 +1,5 @@
 //! Convert: after an update that took [`LazyMap`](crate::LazyMap)s over committed, a
-//! background thread converts their remaining entries, a bounded batch at a time with the
+//! background thread converts their remaining entries, about 200 µs of work at a time with the
 //! component held as a `&mut self` call would hold it, so that no call waits for more than one
 //! batch. Entries a call touches first are converted by that call.
 //!
@@ -43,8 +43,11 @@ pub(crate) fn progress(slots: &[Arc<Slot>]) -> Option<Conversion> {
     }))
 }
 
-/// Entries converted per batch: a few hundred microseconds (BENCHMARKS.md §3, "Incremental").
-pub(crate) const BATCH: usize = 1024;
+/// Entries converted between two looks at the clock.
+const BATCH: usize = 128;
+/// How long the pass holds the component at a time (then a little more: the last `BATCH`).
+/// 1024 entries at a time took up to 3.7 ms at 10^7 entries (BENCHMARKS.md §3, "Incremental").
+const HOLD: Duration = Duration::from_micros(200);
 
 /// The least time the pass leaves the component to its callers between two batches.
 const MIN_GAP: Duration = Duration::from_micros(20);
@@ -97,9 +100,14 @@ impl Pass {
                     return None;
                 }
                 let t = Instant::now();
-                // SAFETY: the state this pass was made for (checked above), of the type whose
-                // `convert_some` this is; the gate is held exclusively.
-                let r = catch_unwind(AssertUnwindSafe(|| unsafe { (self.step)(state, BATCH) }));
+                let r = catch_unwind(AssertUnwindSafe(|| loop {
+                    // SAFETY: the state this pass was made for (checked above), of the type
+                    // whose `convert_some` this is; the gate is held exclusively.
+                    let left = unsafe { (self.step)(state, BATCH) };
+                    if left == 0 || t.elapsed() >= HOLD {
+                        break left;
+                    }
+                }));
                 held = t.elapsed();
                 Some(r)
             });
