@@ -48,6 +48,37 @@ fn a_rollback_after_a_generated_transfer_leaves_the_moved_fields_to_the_old_stat
 }
 
 #[test]
+fn a_rollback_after_a_migration_that_rewrote_moved_fields_gives_the_old_state_back_whole(
+) -> Result<()> {
+    let exe = build_base(&app("v1"))?;
+    let migrating = build_patch(&app("v1"), &app("v2-migrate"))?;
+    let p = Process::start(&exe)?;
+    let mut c = p.connect()?;
+    let value = |i: usize| format!("value-{i:04}-long-enough-to-be-on-the-heap");
+    for i in 0..1000 {
+        c.cmd(&format!("set k{i} {}", value(i)))?;
+    }
+    // `migrate` clears the map the transfer moved (freeing its keys, values and table) and
+    // fills it again; the health check then fails.
+    let rec = p.apply(&migrating, None)?;
+    assert_eq!(rec.outcome, Outcome::RolledBack, "{rec:#?}");
+    let reason = rec.reason.unwrap_or_default();
+    assert!(
+        reason.contains("store self-test failed with 20000 keys after the migration"),
+        "{reason}"
+    );
+    for i in 1000..3000 {
+        c.cmd(&format!("set k{i} {}", value(i)))?;
+    }
+    for i in 0..3000 {
+        assert_eq!(c.cmd(&format!("lookup k{i}"))?, value(i), "key k{i}");
+    }
+    assert_eq!(c.cmd("len")?, "3000");
+    assert_eq!(c.cmd("version")?, "v1");
+    Ok(())
+}
+
+#[test]
 fn a_failed_health_check_rolls_back_to_the_old_code_and_the_old_state() -> Result<()> {
     let exe = build_base(&app("v1"))?;
     let unhealthy = build_patch(&app("v1"), &app("v2-health"))?;

@@ -42,8 +42,8 @@ pub(crate) fn install<'a>(
         }
     }
     install_tables(ready, &|i| plan.types[i].new_table);
-    for (_, slot, _, new) in &produced.states {
-        slot.state.store(*new, Ordering::Release);
+    for s in &produced.states {
+        s.slot.state.store(s.new, Ordering::Release);
     }
     let mut replaced_globals = Vec::new();
     let mut registry = lock(global::registry());
@@ -92,8 +92,8 @@ impl Swapped<'_> {
             }
         }
         install_tables(ready, &|i| self.old_tables[i]);
-        for (_, slot, old, _) in &produced.states {
-            slot.state.store(*old, Ordering::Release);
+        for s in &produced.states {
+            s.slot.state.store(s.old, Ordering::Release);
         }
         let mut registry = lock(global::registry());
         for (id, old) in self.replaced_globals {
