@@ -98,9 +98,10 @@ pub use sockets::{listener, Connection, Listener};
 #[cfg(feature = "tokio")]
 pub use sockets::{AsyncConnection, AsyncListener, HandoffSignal};
 #[cfg(not(dsu_off))]
+pub use update::convert::Conversion;
+#[cfg(not(dsu_off))]
 pub use update::record::{
-    ApplyOptions, BusyCall, ComponentStatus, Conversion, Outcome, Status, UpdateRecord,
-    UpdateReport,
+    ApplyOptions, BusyCall, ComponentStatus, Outcome, Status, UpdateRecord, UpdateReport,
 };
 
 /// A thread-level safe point. A thread registered with [`Runtime::register_thread`] parks here

@@ -13,11 +13,26 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::record::Conversion;
 use crate::abi::desc::payload_message;
 use crate::call::component::Slot;
 use crate::call::invoke::with_exclusive;
 use crate::call::thread::lock;
+use serde::{Deserialize, Serialize};
+
+/// How far the background conversion of a component's `LazyMap`s has come.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Conversion {
+    /// Entries still of the previous type after the last batch (0: done).
+    pub left: u64,
+    pub batches: u64,
+    /// The longest time the pass held the component for one batch: what a call waited for the
+    /// conversion at most.
+    pub longest_batch_ms: f64,
+    /// From the commit to the last batch.
+    pub elapsed_ms: f64,
+    /// The pass stopped before the end (a conversion panicked; see the log).
+    pub stopped: bool,
+}
 
 /// The last pass of each instance (by slot address), for the status. Host-only: passes and the
 /// status both run in the host's runtime.

@@ -103,22 +103,7 @@ pub struct ComponentStatus {
     /// The background conversion of the component's lazy maps after the last update that
     /// took them over, if any (over all instances).
     #[serde(default)]
-    pub conversion: Option<Conversion>,
-}
-
-/// How far the background conversion of a component's `LazyMap`s has come.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
-pub struct Conversion {
-    /// Entries still of the previous type after the last batch (0: done).
-    pub left: u64,
-    pub batches: u64,
-    /// The longest time the pass held the component for one batch: what a call waited for the
-    /// conversion at most.
-    pub longest_batch_ms: f64,
-    /// From the commit to the last batch.
-    pub elapsed_ms: f64,
-    /// The pass stopped before the end (a conversion panicked; see the log).
-    pub stopped: bool,
+    pub conversion: Option<super::convert::Conversion>,
 }
 
 /// The process's update status.

@@ -1,0 +1,88 @@
+//! The std and serde traits of [`LazyMap`].
+
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
+
+use super::LazyMap;
+
+impl<K: Eq + Hash, V, S: BuildHasher> Extend<(K, V)> for LazyMap<K, V, S> {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, it: I) {
+        for (k, v) in it {
+            self.insert(k, v);
+        }
+    }
+}
+
+impl<K: Eq + Hash, V, S: BuildHasher + Default> FromIterator<(K, V)> for LazyMap<K, V, S> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(it: I) -> Self {
+        let mut m = Self::default();
+        m.extend(it);
+        m
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone, S: BuildHasher + Clone> Clone for LazyMap<K, V, S> {
+    fn clone(&self) -> Self {
+        let mut m = Self::with_capacity_and_hasher(self.len(), self.hasher().clone());
+        for (k, v) in self.iter() {
+            m.insert(k.clone(), v.clone());
+        }
+        m
+    }
+}
+
+impl<K: fmt::Debug, V: fmt::Debug, S> fmt::Debug for LazyMap<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Eq + Hash, V: PartialEq, S: BuildHasher> PartialEq for LazyMap<K, V, S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+/// Carried by a hand-off as a map of its keys and (converted) values.
+impl<K: serde::Serialize, V: serde::Serialize, S> serde::Serialize for LazyMap<K, V, S> {
+    fn serialize<Se: serde::Serializer>(&self, s: Se) -> Result<Se::Ok, Se::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de, K, V, S> serde::Deserialize<'de> for LazyMap<K, V, S>
+where
+    K: serde::Deserialize<'de> + Eq + Hash,
+    V: serde::Deserialize<'de>,
+    S: BuildHasher + Default,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<K, V, S>(PhantomData<(K, V, S)>);
+        impl<'de, K, V, S> serde::de::Visitor<'de> for Visit<K, V, S>
+        where
+            K: serde::Deserialize<'de> + Eq + Hash,
+            V: serde::Deserialize<'de>,
+            S: BuildHasher + Default,
+        {
+            type Value = LazyMap<K, V, S>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut m = LazyMap::with_capacity_and_hasher(
+                    a.size_hint().unwrap_or(0).min(1 << 16),
+                    S::default(),
+                );
+                while let Some((k, v)) = a.next_entry()? {
+                    m.insert(k, v);
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(Visit(PhantomData))
+    }
+}
