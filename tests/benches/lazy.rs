@@ -31,14 +31,16 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use dsu::Outcome;
-use dsu_tests::{build_base_with, cargo_dsu, machine, repo_root, BuildProfile, Conn, Process};
+use dsu_tests::{
+    build_base_with, cargo_dsu_diff, machine, median, proc_status_kib, repo_root, BuildProfile,
+    Conn, Process,
+};
 
 const USAGE: &str = "usage: cargo bench -p dsu-tests --bench lazy -- \
 [--sizes 1000,10000,100000,1000000,10000000] [--reps 3] [--shapes kv,nested] [--no-eager] \
@@ -186,7 +188,7 @@ fn main() -> Result<()> {
         let copy = bin.join(name);
         std::fs::copy(&exe, &copy).with_context(|| format!("copy {}", exe.display()))?;
         let pkg = scratch.join(format!("{name}.dsu"));
-        diff(old, new, &pkg, &profile)?;
+        cargo_dsu_diff(old, new, &pkg, &profile)?;
         exes.insert(*name, (copy, pkg));
     }
 
@@ -242,40 +244,6 @@ fn report(r: &Run, rep: usize) {
         r.peak_extra_mib,
         r.state_mib
     );
-}
-
-/// `cargo dsu diff OLD NEW -o PACKAGE --release --target-dir DIR`.
-fn diff(old: &Path, new: &Path, package: &Path, profile: &BuildProfile) -> Result<()> {
-    let out = Command::new(cargo_dsu())
-        .args(["dsu", "diff", "-q"])
-        .arg(old)
-        .arg(new)
-        .arg("-o")
-        .arg(package)
-        .arg("--target-dir")
-        .arg(&profile.target_dir)
-        .arg("--release")
-        .env("CARGO_TERM_COLOR", "never")
-        .output()
-        .context("run cargo dsu diff")?;
-    ensure!(
-        out.status.success(),
-        "cargo dsu diff {} {} failed:\n{}{}",
-        old.display(),
-        new.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// A `/proc/PID/status` field in KiB.
-fn status_kib(pid: u32, field: &str) -> Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
 }
 
 fn mib(kib: u64) -> f64 {
@@ -336,9 +304,9 @@ fn measure(exe: &Path, pkg: &Path, shape: Shape, n: usize, path: &'static str) -
     let p = Process::start(exe)?;
     let pid = p.pid();
     let mut c = p.connect()?;
-    let empty = status_kib(pid, "VmRSS:")?;
+    let empty = proc_status_kib(pid, "VmRSS:")?;
     c.cmd(&shape.fill(n))?;
-    let full = status_kib(pid, "VmRSS:")?;
+    let full = proc_status_kib(pid, "VmRSS:")?;
     // Resets the peak resident size to the current one.
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").context("reset VmHWM")?;
 
@@ -370,7 +338,7 @@ fn measure(exe: &Path, pkg: &Path, shape: Shape, n: usize, path: &'static str) -
         }
     }
     let after = epoch.elapsed();
-    let peak = status_kib(pid, "VmHWM:")?;
+    let peak = proc_status_kib(pid, "VmHWM:")?;
     let longest_batch_ms = p
         .status()?
         .components
@@ -560,16 +528,6 @@ fn to_csv(runs: &[Run]) -> String {
         );
     }
     s
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn table(runs: &[Run], opts: &Options, machine: &str) -> String {

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use dsu::control::{request, Request};
 use dsu_tests::resp::{Client, Reply};
-use dsu_tests::{build_base_with, cargo_dsu, machine, repo_root, BuildProfile};
+use dsu_tests::{build_base_with, cargo_dsu_diff, machine, median, repo_root, BuildProfile};
 
 /// Keys per MSET while preloading.
 const PRELOAD_BATCH: usize = 1000;
@@ -206,7 +206,7 @@ fn main() -> Result<()> {
             Kind::TypeChange => examples.join("v3"),
         };
         let pkg = scratch.join(format!("{}.dsu", kind.name()));
-        diff(&base_dir, &new, &pkg, &profile)
+        cargo_dsu_diff(&base_dir, &new, &pkg, &profile)
             .with_context(|| format!("build the {} patch", kind.name()))?;
         let manifest = dsu::Package::read(&pkg)?.manifest;
         eprintln!(
@@ -272,33 +272,6 @@ fn main() -> Result<()> {
         csv.display(),
         md.display(),
         opts.plot.display()
-    );
-    Ok(())
-}
-
-/// `cargo dsu diff OLD NEW -o PACKAGE --release --target-dir DIR`, as a user builds a release
-/// patch.
-fn diff(old: &Path, new: &Path, package: &Path, profile: &BuildProfile) -> Result<()> {
-    let mut cmd = Command::new(cargo_dsu());
-    cmd.args(["dsu", "diff", "-q"])
-        .arg(old)
-        .arg(new)
-        .arg("-o")
-        .arg(package)
-        .arg("--target-dir")
-        .arg(&profile.target_dir)
-        .env("CARGO_TERM_COLOR", "never");
-    if profile.release {
-        cmd.arg("--release");
-    }
-    let out = cmd.output().context("run cargo dsu diff")?;
-    ensure!(
-        out.status.success(),
-        "cargo dsu diff {} {} failed:\n{}{}",
-        old.display(),
-        new.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }
@@ -631,18 +604,6 @@ fn to_csv(runs: &[Run]) -> String {
         );
     }
     s
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Medians of one (kind, size) point.

@@ -323,13 +323,7 @@ impl Server {
 
     /// VmRSS, in KiB.
     fn rss_kib(&self) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.child.id());
-        let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow!("no VmRSS in {path}"))
+        dsu_tests::proc_status_kib(self.child.id(), "VmRSS:")
     }
 }
 

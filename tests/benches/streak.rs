@@ -16,7 +16,8 @@ mod kv;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{ensure, Result};
+use dsu_tests::proc_status_kib;
 use kv::{bench_target, kvstore, machine, Client, Opts, Server};
 
 const OPTIONS: &[kv::Spec] = &[
@@ -40,17 +41,6 @@ fn package(from: &str, to: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(out.parent().expect("a file in a directory"))?;
     cargo_dsu::patch::build(&opts)?.package.write(&out)?;
     Ok(out)
-}
-
-/// VmRSS of `pid`, in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS in {path}"))
 }
 
 fn mib(kib: f64) -> String {
@@ -85,7 +75,7 @@ fn main() -> Result<()> {
     let mut c = Client::connect_within(port, Duration::from_secs(10))?;
     kv::preload(&mut c, keys)?;
     let pid = server.pid();
-    let loaded = rss_kib(pid)?;
+    let loaded = proc_status_kib(pid, "VmRSS:")?;
     let mut after = Vec::with_capacity(updates);
     for i in 0..updates {
         let pkg = if i % 2 == 0 { &forth } else { &back };
@@ -98,7 +88,7 @@ fn main() -> Result<()> {
             rec.to,
             rec.reason
         );
-        after.push(rss_kib(pid)?);
+        after.push(proc_status_kib(pid, "VmRSS:")?);
     }
     // The state came through every update.
     ensure!(c.dbsize()? == keys as i64, "keys were lost in the streak");

@@ -695,3 +695,60 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "rustc: unknown".into());
     format!("{cores} cores ({model}), {rustc}")
 }
+
+/// A field of `/proc/PID/status` in KiB (`"VmRSS:"`, `"VmHWM:"`), for the benchmarks' memory
+/// figures.
+pub fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no {field} in {path}"))
+}
+
+/// `cargo dsu diff OLD NEW -o PACKAGE --target-dir DIR [--release]`, as a user builds a patch
+/// (the benchmarks' release builds).
+pub fn cargo_dsu_diff(
+    old: &Path,
+    new: &Path,
+    package: &Path,
+    profile: &BuildProfile,
+) -> Result<()> {
+    let mut cmd = Command::new(cargo_dsu());
+    cmd.args(["dsu", "diff", "-q"])
+        .arg(old)
+        .arg(new)
+        .arg("-o")
+        .arg(package)
+        .arg("--target-dir")
+        .arg(&profile.target_dir)
+        .env("CARGO_TERM_COLOR", "never");
+    if profile.release {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().context("run cargo dsu diff")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cargo dsu diff {} {} failed:\n{}{}",
+        old.display(),
+        new.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The median of `v` (NaN when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
