@@ -283,23 +283,23 @@ fn field_plan(
                 plan.assemble.push(quote!(#f: #local.into_inner()));
                 moved_names.insert(from.to_string());
             }
-            Some(of) if move_maps && lazy::lazy_map(&of.ty, nty, changed.names).is_some() => {
-                let v = lazy::lazy_map(&of.ty, nty, changed.names).expect("checked by the guard");
-                if !needs.contains(&v) {
-                    needs.push(v.clone());
-                }
-                let from = &of.name;
-                let step = changed.helper_path("__dsu_lazy_step_", &v);
-                let e = lazy::adopt(from, nty, &step);
-                plan.conversions.push(quote!(let #local: #nty = #e;));
-                plan.assemble.push(quote!(#f: #local));
-                // Dropped in place, a map that took an old one over frees only what it made.
-                plan.discards.push(discard);
-                entry_moved.push((from.clone(), None));
-                moved_names.insert(from.to_string());
-            }
             Some(of) => {
                 let from = &of.name;
+                // A lazy map is taken over whole; the map converts its entries.
+                if let Some(v) = lazy::lazy_map(&of.ty, nty, changed.names).filter(|_| move_maps) {
+                    if !needs.contains(&v) {
+                        needs.push(v.clone());
+                    }
+                    let step = changed.helper_path("__dsu_lazy_step_", &v);
+                    let e = lazy::adopt(from, nty, &step);
+                    plan.conversions.push(quote!(let #local: #nty = #e;));
+                    plan.assemble.push(quote!(#f: #local));
+                    // Dropped in place, a map that took an old one over frees only what it made.
+                    plan.discards.push(discard);
+                    entry_moved.push((from.clone(), None));
+                    moved_names.insert(from.to_string());
+                    continue;
+                }
                 match moving_map(&of.ty, nty, changed).filter(|_| move_maps) {
                     Some(v) => {
                         if !needs.contains(&v) {

@@ -32,6 +32,21 @@ pub struct LazyStep {
     pub drop_old: unsafe fn(*mut ()),
 }
 
+impl LazyStep {
+    /// Converts a box of the old value into one of the new, releasing the old box (after the
+    /// commit, when nothing else reads it).
+    ///
+    /// # Safety
+    /// `old` is a box of the old value that nobody else owns or reads.
+    unsafe fn convert(&self, old: *mut ()) -> *mut () {
+        // SAFETY: caller's contract; if `peek` panics, the old box is intact.
+        let new = unsafe { (self.peek)(old) };
+        // SAFETY: `peek` took the old value's kept fields over.
+        unsafe { (self.release_old)(old) };
+        new
+    }
+}
+
 /// One entry's value: a box of the map's value type (`ver` is the map's) or, while a type change
 /// is being converted, of the previous version. A free slot's `ptr` is null.
 struct Slot {
@@ -182,12 +197,9 @@ impl<K, V, S> LazyMap<K, V, S> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if slot.ver.load(Ordering::Acquire) != self.ver {
-            let old = slot.ptr.load(Ordering::Relaxed);
-            // SAFETY: as above; nobody else reads the old box (readers of this version only
-            // read slots of this version), so it is released at once.
-            let new = unsafe { (step.peek)(old) };
-            // SAFETY: `peek` took its fields over.
-            unsafe { (step.release_old)(old) };
+            // SAFETY: the slot holds a box of the previous version; nobody else reads it (readers
+            // of this version only read slots of this version), so it is released at once.
+            let new = unsafe { step.convert(slot.ptr.load(Ordering::Relaxed)) };
             slot.ptr.store(new, Ordering::Relaxed);
             slot.ver.store(self.ver, Ordering::Release);
             self.pending.fetch_sub(1, Ordering::Relaxed);
@@ -205,11 +217,8 @@ impl<K, V, S> LazyMap<K, V, S> {
             return;
         }
         let step = self.step.expect("a slot of another version has a step");
-        let old = *slot.ptr.get_mut();
         // SAFETY: as in `convert_shared`.
-        let new = unsafe { (step.peek)(old) };
-        // SAFETY: as in `convert_shared`.
-        unsafe { (step.release_old)(old) };
+        let new = unsafe { step.convert(*slot.ptr.get_mut()) };
         *slot.ptr.get_mut() = new;
         *slot.ver.get_mut() = ver;
         *self.pending.get_mut() -= 1;
@@ -274,7 +283,7 @@ impl<K, V, S> LazyMap<K, V, S> {
         while self.convert_some(usize::MAX) > 0 {}
     }
 
-    /// The map's values, converted, by slot.
+    /// Empties slot `i` (converting it first) and returns the box it held.
     fn free_slot(&mut self, i: usize) -> *mut V {
         self.convert_exclusive(i);
         let p = std::mem::replace(self.slots[i].ptr.get_mut(), ptr::null_mut());
