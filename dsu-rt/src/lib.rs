@@ -101,7 +101,7 @@ pub use sockets::{AsyncConnection, AsyncListener, HandoffSignal};
 pub use update::convert::Conversion;
 #[cfg(not(dsu_off))]
 pub use update::record::{
-    ApplyOptions, BusyCall, ComponentStatus, Outcome, Status, UpdateRecord, UpdateReport,
+    ApplyOptions, BusyCall, ComponentStatus, Outcome, Precopy, Status, UpdateRecord, UpdateReport,
 };
 
 /// A thread-level safe point. A thread registered with [`Runtime::register_thread`] parks here

@@ -153,6 +153,7 @@ fn record(pieces: &mut Pieces) -> UpdateRecord {
         attempts: pieces.number() as u32,
         policy_wait_ms: pieces.millis(),
         load_ms: pieces.millis(),
+        precopy: None,
         prepare_ms: pieces.millis(),
         pause_ms: pieces.millis(),
         transfer_ms: pieces.millis(),

@@ -150,3 +150,160 @@ fn a_lazy_type_change_commits_at_once_converts_in_the_background_and_rolls_back_
     assert_eq!(c.cmd("len")?, format!("{} puts={}", N + 2, N + 3));
     Ok(())
 }
+
+/// Kills the process a hand-off started (`Process` only knows the first one).
+struct KillPid(u32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the process the hand-off started, with SIGKILL.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
+/// The hand-off package v1 -> v2 of the lazy program (both maps change type).
+fn handoff_package() -> Result<std::path::PathBuf> {
+    let pkg = programs_target()
+        .join("packages")
+        .join("lazy-v1-to-v2-handoff.dsu");
+    std::fs::create_dir_all(pkg.parent().expect("a directory"))?;
+    let (v1, v2) = (lazy("v1"), lazy("v2"));
+    let o = run_cargo_dsu([
+        "diff".as_ref(),
+        "--engine".as_ref(),
+        "handoff".as_ref(),
+        "-q".as_ref(),
+        v1.as_os_str(),
+        v2.as_os_str(),
+        "-o".as_ref(),
+        pkg.as_os_str(),
+    ])?;
+    ensure!(
+        o.status.success(),
+        "cargo dsu diff --engine handoff failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(pkg)
+}
+
+/// A pre-copying hand-off (issue 15, item 2): the lazy maps stream to the new process while
+/// the old one serves and two clients write on; the pause sends only the slots written since.
+/// Every write the old process acknowledged, before or during the pre-copy, reads back from the
+/// new process, converted to v2's types; the entries filled before are all there.
+#[test]
+fn a_handoff_precopies_the_lazy_maps_and_every_acknowledged_write_reaches_the_new_process(
+) -> Result<()> {
+    const FILL: usize = 200_000;
+    let exe = build_base(&lazy("v1"))?;
+    let pkg = handoff_package()?;
+    let p = Process::start(&exe)?;
+    let mut c = p.connect()?;
+    c.cmd(&format!("fill {FILL}"))?;
+    c.cmd(&format!("kfill {K}"))?;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let stop = stop.clone();
+            let port = p.port;
+            std::thread::spawn(move || -> Result<Vec<usize>> {
+                let mut c = Conn::open(port)?;
+                let mut acked = Vec::new();
+                let mut i = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // New keys, and keys filled before (sent by the first batches, written
+                    // again: the pause must send them again).
+                    let k = if i.is_multiple_of(2) {
+                        format!("w{w}-{i}")
+                    } else {
+                        format!("k{}", (i * 7919 + w) % FILL)
+                    };
+                    let r = c.cmd(&format!("put {k} by-{w}-{i} {}", i % 1000))?;
+                    ensure!(r == "ok", "put {k}: {r}");
+                    acked.push(i);
+                    i += 1;
+                }
+                Ok(acked)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let rec = p.apply(&pkg, None)?;
+    assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
+    let _new = KillPid(rec.new_pid.expect("the new pid"));
+    let pre = rec.precopy.clone().expect("the hand-off pre-copied");
+    eprintln!(
+        "pre-copy: {:.1} ms, {} rounds, {} batches, {} entries, longest hold {:.2} ms, {} left \
+         for the pause; pause {:.2} ms",
+        pre.ms,
+        pre.rounds,
+        pre.batches,
+        pre.entries,
+        pre.longest_hold_ms,
+        pre.left_at_pause,
+        rec.pause_ms
+    );
+    assert!(
+        pre.entries as usize >= FILL + K,
+        "every entry was sent before the pause: {pre:?}"
+    );
+    assert!(
+        (pre.left_at_pause as usize) < (FILL + K) / 10,
+        "the pause sends what changed since, not the maps: {pre:?}"
+    );
+    // The writers go on against the new process, on the same connections.
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut c = p.connect()?;
+    assert_eq!(c.cmd("version")?, "v2");
+    // The last write of each key wins: replay the writers' acknowledged writes in order.
+    let mut want: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for (w, h) in writers.into_iter().enumerate() {
+        let acked = h.join().expect("a writer")?;
+        assert!(acked.len() > 100, "writer {w} wrote {} times", acked.len());
+        for i in acked {
+            let k = if i.is_multiple_of(2) {
+                format!("w{w}-{i}")
+            } else {
+                format!("k{}", (i * 7919 + w) % FILL)
+            };
+            want.insert(
+                k.clone(),
+                format!("by-{w}-{i} tag-{k},second {} seen=0", i % 1000),
+            );
+        }
+    }
+    for (k, v) in &want {
+        assert_eq!(&c.cmd(&format!("show {k}"))?, v, "key {k}");
+    }
+    for i in (0..FILL).step_by(997) {
+        let k = format!("k{i}");
+        if !want.contains_key(&k) {
+            assert_eq!(
+                c.cmd(&format!("show {k}"))?,
+                format!("name-of-{i} tag-k{i},second {} seen=0", i % 100),
+                "key k{i}"
+            );
+        }
+    }
+    for i in (0..K).step_by(991) {
+        assert_eq!(
+            c.cmd(&format!("kget key:{i}"))?,
+            format!("value-{i} None"),
+            "key key:{i}"
+        );
+    }
+    let len = c.cmd("len")?;
+    let new_keys = want.keys().filter(|k| k.starts_with('w')).count();
+    assert!(
+        len.starts_with(&format!("{} ", FILL + new_keys)),
+        "{len} (want {} entries)",
+        FILL + new_keys
+    );
+    // The new process converts what the transfer took over, and takes writes.
+    converted(&mut c)?;
+    assert_eq!(c.cmd("put after x 1")?, "ok");
+    assert_eq!(c.cmd("show after")?, "x tag-after,second 1 seen=0");
+    Ok(())
+}

@@ -7,13 +7,18 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use index::Index;
+use precopy::Track;
+
 // The std and serde traits.
 mod impls;
+mod index;
+pub(crate) mod precopy;
 
 /// How one entry goes from the previous version of a map's value type to the next. cargo-dsu
 /// generates one in the patch that changes the type; the map holds it until every entry is
@@ -47,11 +52,23 @@ impl LazyStep {
     }
 }
 
-/// One entry's value: a box of the map's value type (`ver` is the map's) or, while a type change
-/// is being converted, of the previous version. A free slot's `ptr` is null.
-struct Slot {
+/// One entry: its key and a box of its value, of the map's value type (`ver` is the map's) or,
+/// while a type change is being converted, of the previous version. A free slot's `ptr` is null
+/// and its key uninitialised.
+struct Slot<K> {
+    key: MaybeUninit<K>,
     ptr: AtomicPtr<()>,
     ver: AtomicU32,
+}
+
+impl<K> Slot<K> {
+    /// # Safety
+    /// The slot is occupied (`ptr` not null).
+    #[inline]
+    unsafe fn key(&self) -> &K {
+        // SAFETY: an occupied slot's key is initialised.
+        unsafe { self.key.assume_init_ref() }
+    }
 }
 
 /// The entries converted through `&self` while the update that converts the map is not yet
@@ -79,9 +96,11 @@ struct Probation {
 /// Until the update commits, the map is only read (by the new version's `health_check`); a
 /// write in that window (a `migrate` hook) panics, which fails the update and rolls it back.
 pub struct LazyMap<K, V, S = RandomState> {
-    // The table: dropped by hand, since a map in probation does not own it.
-    index: ManuallyDrop<HashMap<K, usize, S>>,
-    slots: ManuallyDrop<Vec<Slot>>,
+    // The table: dropped by hand, since a map in probation does not own it. The index holds slot
+    // numbers by their keys' hashes; the keys are in the slots.
+    index: ManuallyDrop<Index>,
+    hasher: ManuallyDrop<S>,
+    slots: ManuallyDrop<Vec<Slot<K>>>,
     free: ManuallyDrop<Vec<usize>>,
     /// The version of the values of type `V`: slots of `ver - 1` are still of the previous type.
     ver: u32,
@@ -96,6 +115,9 @@ pub struct LazyMap<K, V, S = RandomState> {
     /// Set from the transfer that took the map over until the update commits: the table is then
     /// the old map's as well, and this map does not own it.
     probation: Option<Box<Probation>>,
+    /// What a pre-copying hand-off has sent of the map (`precopy.rs`): set by the hand-off's
+    /// first batch, with the component held; null otherwise.
+    track: AtomicPtr<Track>,
     _v: PhantomData<V>,
 }
 
@@ -128,8 +150,10 @@ impl<K, V, S> LazyMap<K, V, S> {
     }
 
     pub fn with_capacity_and_hasher(n: usize, hasher: S) -> Self {
+        precopy::born();
         LazyMap {
-            index: ManuallyDrop::new(HashMap::with_capacity_and_hasher(n, hasher)),
+            index: ManuallyDrop::new(Index::with_capacity(n)),
+            hasher: ManuallyDrop::new(hasher),
             slots: ManuallyDrop::new(Vec::with_capacity(n)),
             free: ManuallyDrop::new(Vec::new()),
             ver: 0,
@@ -138,6 +162,7 @@ impl<K, V, S> LazyMap<K, V, S> {
             cursor: 0,
             converting: Mutex::new(()),
             probation: None,
+            track: AtomicPtr::new(ptr::null_mut()),
             _v: PhantomData,
         }
     }
@@ -147,11 +172,32 @@ impl<K, V, S> LazyMap<K, V, S> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.index.len() == 0
     }
 
     pub fn hasher(&self) -> &S {
-        self.index.hasher()
+        &self.hasher
+    }
+
+    /// Slot `i` was written (a value changed, an entry added or removed): a pre-copying hand-off
+    /// that sent it sends it again.
+    #[inline]
+    fn touched(&mut self, i: usize) {
+        let t = *self.track.get_mut();
+        if !t.is_null() {
+            // SAFETY: the track is the map's own box; `&mut self` makes the access unique.
+            unsafe { (*t).touched(i) };
+        }
+    }
+
+    /// Many slots were written (`iter_mut`, `retain`) or all removed (`clear`): a pre-copying
+    /// hand-off sends the map again from the start.
+    fn touched_all(&mut self, cleared: bool) {
+        let t = *self.track.get_mut();
+        if !t.is_null() {
+            // SAFETY: as in `touched`.
+            unsafe { (*t).restart(cleared) };
+        }
     }
 
     /// Entries not yet converted to the map's value type by the last update that changed it.
@@ -227,6 +273,7 @@ impl<K, V, S> LazyMap<K, V, S> {
     #[inline]
     fn value_mut(&mut self, i: usize) -> &mut V {
         self.convert_exclusive(i);
+        self.touched(i);
         // SAFETY: the slot is of this version now, and `&mut self` makes the access unique.
         unsafe { &mut *(*self.slots[i].ptr.get_mut() as *mut V) }
     }
@@ -283,54 +330,74 @@ impl<K, V, S> LazyMap<K, V, S> {
         while self.convert_some(usize::MAX) > 0 {}
     }
 
-    /// Empties slot `i` (converting it first) and returns the box it held.
+    /// Empties slot `i` (converting it first, dropping its key) and returns the box it held.
     fn free_slot(&mut self, i: usize) -> *mut V {
         self.convert_exclusive(i);
-        let p = std::mem::replace(self.slots[i].ptr.get_mut(), ptr::null_mut());
+        self.touched(i);
+        let s = &mut self.slots[i];
+        let p = std::mem::replace(s.ptr.get_mut(), ptr::null_mut());
+        // SAFETY: the slot was occupied; its key is dropped once, and the slot is free now.
+        unsafe { s.key.assume_init_drop() };
         self.free.push(i);
         p as *mut V
     }
 
-    fn new_slot(&mut self, v: V) -> usize {
+    fn new_slot(&mut self, k: K, v: V) -> usize {
         let p = Box::into_raw(Box::new(v)) as *mut ();
-        match self.free.pop() {
+        let i = match self.free.pop() {
             Some(i) => {
                 let s = &mut self.slots[i];
+                s.key.write(k);
                 *s.ptr.get_mut() = p;
                 *s.ver.get_mut() = self.ver;
                 i
             }
             None => {
                 self.slots.push(Slot {
+                    key: MaybeUninit::new(k),
                     ptr: AtomicPtr::new(p),
                     ver: AtomicU32::new(self.ver),
                 });
                 self.slots.len() - 1
             }
-        }
+        };
+        self.touched(i);
+        i
+    }
+
+    /// The occupied slots, in slot order.
+    fn occupied(&self) -> impl Iterator<Item = (usize, &Slot<K>)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.ptr.load(Ordering::Relaxed).is_null())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
-        self.index.iter().map(|(k, &i)| (k, self.value(i)))
+        // SAFETY: `occupied` yields occupied slots.
+        self.occupied()
+            .map(|(i, s)| (unsafe { s.key() }, self.value(i)))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
-        self.index.keys()
+        // SAFETY: as above.
+        self.occupied().map(|(_, s)| unsafe { s.key() })
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
-        self.index.values().map(|&i| self.value(i))
+        self.occupied().map(|(i, _)| self.value(i))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> + '_ {
         self.writable("iter_mut");
         self.convert_all();
-        let slots = &self.slots;
-        self.index.iter().map(move |(k, &i)| {
-            let p = slots[i].ptr.load(Ordering::Relaxed) as *mut V;
-            // SAFETY: every slot is of this version, each key has a slot of its own, and
+        self.touched_all(false);
+        self.slots.iter_mut().filter_map(|s| {
+            let s: &Slot<K> = s;
+            let p = s.ptr.load(Ordering::Relaxed) as *mut V;
+            // SAFETY: every occupied slot is of this version and holds its own box, and
             // `&mut self` is held for as long as the iterator lives.
-            (k, unsafe { &mut *p })
+            (!p.is_null()).then(|| (unsafe { s.key() }, unsafe { &mut *p }))
         })
     }
 
@@ -341,7 +408,8 @@ impl<K, V, S> LazyMap<K, V, S> {
     /// Removes every entry.
     pub fn clear(&mut self) {
         self.writable("clear");
-        self.drop_values();
+        self.touched_all(true);
+        self.drop_entries();
         self.index.clear();
         self.slots.clear();
         self.free.clear();
@@ -352,14 +420,19 @@ impl<K, V, S> LazyMap<K, V, S> {
     pub fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> bool) {
         self.writable("retain");
         self.convert_all();
+        self.touched_all(false);
         let (index, slots, free) = (&mut self.index, &mut self.slots, &mut self.free);
-        index.retain(|k, &mut i| {
-            let p = *slots[i].ptr.get_mut() as *mut V;
-            // SAFETY: every slot is of this version (converted above) and owned by the map.
-            if f(k, unsafe { &mut *p }) {
+        index.retain(|i| {
+            let s = &mut slots[i];
+            let p = *s.ptr.get_mut() as *mut V;
+            // SAFETY: every indexed slot is occupied, of this version (converted above), and
+            // owned by the map.
+            if f(unsafe { s.key() }, unsafe { &mut *p }) {
                 return true;
             }
-            *slots[i].ptr.get_mut() = ptr::null_mut();
+            *s.ptr.get_mut() = ptr::null_mut();
+            // SAFETY: the slot was occupied and is free now: its key is dropped once.
+            unsafe { s.key.assume_init_drop() };
             free.push(i);
             // SAFETY: the slot no longer holds the box.
             drop(unsafe { Box::from_raw(p) });
@@ -367,14 +440,16 @@ impl<K, V, S> LazyMap<K, V, S> {
         });
     }
 
-    /// Drops every value (the keys are the index's).
-    fn drop_values(&mut self) {
+    /// Drops every key and value.
+    fn drop_entries(&mut self) {
         let ver = self.ver;
         for s in self.slots.iter_mut() {
             let p = std::mem::replace(s.ptr.get_mut(), ptr::null_mut());
             if p.is_null() {
                 continue;
             }
+            // SAFETY: the slot was occupied; it is free now.
+            unsafe { s.key.assume_init_drop() };
             if *s.ver.get_mut() == ver {
                 // SAFETY: a slot of this version holds a box of `V`.
                 drop(unsafe { Box::from_raw(p as *mut V) });
@@ -417,9 +492,12 @@ impl<K, V, S> LazyMap<K, V, S> {
     #[doc(hidden)]
     pub unsafe fn adopt<V0>(old: &LazyMap<K, V0, S>, step: &'static LazyStep) -> Self {
         old.convert_all_shared();
+        precopy::born();
         LazyMap {
             // SAFETY: a bitwise copy, owned by the old map until the new one settles.
             index: unsafe { ptr::read(&old.index) },
+            // SAFETY: as above.
+            hasher: unsafe { ptr::read(&old.hasher) },
             // SAFETY: as above.
             slots: unsafe { ptr::read(&old.slots) },
             // SAFETY: as above.
@@ -430,6 +508,7 @@ impl<K, V, S> LazyMap<K, V, S> {
             cursor: 0,
             converting: Mutex::new(()),
             probation: Some(Box::default()),
+            track: AtomicPtr::new(ptr::null_mut()),
             _v: PhantomData,
         }
     }
@@ -443,6 +522,16 @@ impl<K, V, S> LazyMap<K, V, S> {
         let mut this = ManuallyDrop::new(self);
         // The table is the new map's; the rest needs no drop.
         drop(this.probation.take());
+        this.drop_track();
+        precopy::died();
+    }
+
+    fn drop_track(&mut self) {
+        let t = std::mem::replace(self.track.get_mut(), ptr::null_mut());
+        if !t.is_null() {
+            // SAFETY: the map's own box, taken out of it.
+            drop(unsafe { Box::from_raw(t) });
+        }
     }
 }
 
@@ -457,12 +546,38 @@ fn refuse_write(what: &str) -> ! {
 }
 
 impl<K: Eq + Hash, V, S: BuildHasher> LazyMap<K, V, S> {
+    /// The bucket of `k` in the index, and `k`'s hash.
+    #[inline]
+    fn find<Q>(&self, k: &Q) -> (Option<usize>, u64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hasher.hash_one(k);
+        let slots = &self.slots;
+        // SAFETY: the index names occupied slots only.
+        let pos = self
+            .index
+            .find(hash, |i| unsafe { slots[i].key() }.borrow() == k);
+        (pos, hash)
+    }
+
+    /// The slot of `k`.
+    #[inline]
+    fn slot_of<Q>(&self, k: &Q) -> Option<usize>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.find(k).0.map(|pos| self.index.slot_at(pos))
+    }
+
     pub fn get<Q>(&self, k: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let &i = self.index.get(k)?;
+        let i = self.slot_of(k)?;
         Some(self.value(i))
     }
 
@@ -472,7 +587,7 @@ impl<K: Eq + Hash, V, S: BuildHasher> LazyMap<K, V, S> {
         Q: Hash + Eq + ?Sized,
     {
         self.writable("get_mut");
-        let &i = self.index.get(k)?;
+        let i = self.slot_of(k)?;
         Some(self.value_mut(i))
     }
 
@@ -481,18 +596,23 @@ impl<K: Eq + Hash, V, S: BuildHasher> LazyMap<K, V, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.index.contains_key(k)
+        self.find(k).0.is_some()
     }
 
     /// Inserts a value; returns the one the key had.
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
         self.writable("insert");
-        if let Some(&i) = self.index.get(&k) {
-            return Some(std::mem::replace(self.value_mut(i), v));
+        match self.find(&k) {
+            (Some(pos), _) => {
+                let i = self.index.slot_at(pos);
+                Some(std::mem::replace(self.value_mut(i), v))
+            }
+            (None, hash) => {
+                let i = self.new_slot(k, v);
+                self.index.insert(hash, i);
+                None
+            }
         }
-        let i = self.new_slot(v);
-        self.index.insert(k, i);
-        None
     }
 
     pub fn remove<Q>(&mut self, k: &Q) -> Option<V>
@@ -501,7 +621,8 @@ impl<K: Eq + Hash, V, S: BuildHasher> LazyMap<K, V, S> {
         Q: Hash + Eq + ?Sized,
     {
         self.writable("remove");
-        let i = self.index.remove(k)?;
+        let pos = self.find(k).0?;
+        let i = self.index.remove_at(pos);
         let p = self.free_slot(i);
         // SAFETY: the slot was of this version (converted by `free_slot`) and no longer holds it.
         Some(*unsafe { Box::from_raw(p) })
@@ -510,11 +631,11 @@ impl<K: Eq + Hash, V, S: BuildHasher> LazyMap<K, V, S> {
     /// The value of `k`, inserted with `f` if the key has none.
     pub fn get_or_insert_with(&mut self, k: K, f: impl FnOnce() -> V) -> &mut V {
         self.writable("get_or_insert_with");
-        let i = match self.index.get(&k) {
-            Some(&i) => i,
-            None => {
-                let i = self.new_slot(f());
-                self.index.insert(k, i);
+        let i = match self.find(&k) {
+            (Some(pos), _) => self.index.slot_at(pos),
+            (None, hash) => {
+                let i = self.new_slot(k, f());
+                self.index.insert(hash, i);
                 i
             }
         };
@@ -529,6 +650,7 @@ impl<K: Eq + Hash, V, S: BuildHasher> LazyMap<K, V, S> {
 
 impl<K, V, S> Drop for LazyMap<K, V, S> {
     fn drop(&mut self) {
+        precopy::died();
         if let Some(p) = self.probation.take() {
             // Taken over from an old map by an update that did not commit: the table is the
             // old map's; only the values converted meanwhile are this map's.
@@ -539,13 +661,16 @@ impl<K, V, S> Drop for LazyMap<K, V, S> {
                     unsafe { (step.discard_new)(new as *mut ()) };
                 }
             }
-            // The index, slots and free list are bitwise copies of the old map's: not dropped.
+            // The index, hasher, slots and free list are bitwise copies of the old map's: not
+            // dropped.
             return;
         }
-        self.drop_values();
+        self.drop_track();
+        self.drop_entries();
         // SAFETY: owned (not in probation), and never used again.
         unsafe {
             ManuallyDrop::drop(&mut self.index);
+            ManuallyDrop::drop(&mut self.hasher);
             ManuallyDrop::drop(&mut self.slots);
             ManuallyDrop::drop(&mut self.free);
         }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::stream::{encode, guarded, SavedState, Stream, FORMAT};
 use super::successor::{spawn_successor, DEFAULT_READY_TIMEOUT};
 use crate::abi::build;
+use crate::abi::lazy::precopy::{sending, Mode};
 use crate::call::global;
 use crate::call::thread::lock;
 use crate::package::policy::Policy;
@@ -85,6 +86,41 @@ pub(crate) fn run(
             return fail(rec, reason);
         }
     };
+    // 0b. Pre-copy: the states' lazy maps stream to it while this process serves.
+    let epoch = if super::precopy::enabled() && crate::abi::lazy::precopy::any_alive() {
+        match super::precopy::run(&mut successor, timeout) {
+            Ok((epoch, report)) => {
+                rec.precopy = Some(report);
+                Some(epoch)
+            }
+            Err(reason) => {
+                successor.kill();
+                super::precopy::forget(timeout);
+                rec.outcome = Outcome::RolledBack;
+                return fail(
+                    rec,
+                    format!("{reason}; the old process keeps serving, unchanged"),
+                );
+            }
+        }
+    } else {
+        match successor.send_frame(&[]) {
+            Ok(()) => None,
+            Err(reason) => {
+                successor.kill();
+                rec.outcome = Outcome::RolledBack;
+                return fail(
+                    rec,
+                    format!("{reason}; the old process keeps serving, unchanged"),
+                );
+            }
+        }
+    };
+    let forget = || {
+        if epoch.is_some() {
+            super::precopy::forget(timeout);
+        }
+    };
     // 1. Sockets: nothing more accepted or read; every connection finishes its request.
     let pending_at = Instant::now();
     let gate = sockets::gate();
@@ -92,6 +128,7 @@ pub(crate) fn run(
     if let Err(busy) = gate.wait_idle(pending_at + timeout) {
         successor.kill();
         gate.open();
+        forget();
         rec.outcome = Outcome::Aborted;
         rec.prepare_ms = ms(pending_at.elapsed());
         rec.pause_ms = rec.prepare_ms;
@@ -109,6 +146,7 @@ pub(crate) fn run(
         Err(abort) => {
             successor.kill();
             gate.open();
+            forget();
             rec.outcome = Outcome::Aborted;
             rec.prepare_ms = ms(pending_at.elapsed());
             rec.pause_ms = rec.prepare_ms;
@@ -126,7 +164,10 @@ pub(crate) fn run(
     };
     // 3. Stream, wait for ready.
     let t0 = Instant::now();
-    let stream = stream(&ready, from);
+    let stream = match epoch {
+        Some(e) => sending(Mode::Final, e, 0, || stream(&ready, from)).0,
+        None => stream(&ready, from),
+    };
     rec.transfer_ms = ms(t0.elapsed());
     let result = match stream {
         Ok((bytes, snap)) => successor.feed(&bytes, snap, super::control_socket(), ready_timeout),
@@ -139,6 +180,7 @@ pub(crate) fn run(
         Ok(()) => {}
         Err(reason) => {
             release(&ready);
+            forget();
             rec.outcome = Outcome::RolledBack;
             rec.pause_ms = ms(pending_at.elapsed());
             return fail(
@@ -155,6 +197,7 @@ pub(crate) fn run(
     if let Err(reason) = successor.commit(rec) {
         successor.kill();
         release(&ready);
+        forget();
         rec.outcome = Outcome::RolledBack;
         rec.new_pid = None;
         fail(

@@ -35,6 +35,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::AtomicI32;
 
 pub(crate) mod engine;
+mod precopy;
 mod receive;
 mod stream;
 mod successor;
@@ -42,6 +43,8 @@ mod successor;
 mod tests;
 
 pub(crate) use receive::{is_successor, notify_systemd, receive, report_ready};
+#[cfg(test)]
+pub(crate) use stream::{decode, encode};
 pub use stream::{load_state, save_state};
 pub(crate) use successor::{exit_if_superseded, superseded, superseded_by};
 

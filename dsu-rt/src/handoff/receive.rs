@@ -8,13 +8,18 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, OnceLock};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::precopy::{Chunk, PRECOPY_ENV};
 use super::stream::{decode, guarded, SavedState, Stream, CONTROL, FD_ENV, FORMAT};
+use crate::abi::lazy::precopy::{discard_mirrors, receiving};
 
 use crate::abi::artifact::{COMPONENTS, GLOBALS, GLOBAL_TRANSFERS, TRANSFERS};
 use crate::abi::desc::{GlobalDesc, StateLayout};
-use crate::call::incoming;
 use crate::call::thread::lock;
+use crate::call::{component, incoming};
 use crate::sockets::{self, SavedConnection};
+use crate::update::convert::Pass;
 use crate::update::record::UpdateRecord;
 
 /// What a process started by a hand-off received, until its program has taken it.
@@ -25,7 +30,12 @@ struct Incoming {
     /// Instances registered so far, per component id.
     instances: Mutex<HashMap<String, usize>>,
     globals: Mutex<HashMap<String, SavedState>>,
+    /// States whose lazy maps a transfer took over, and their `convert_some`: their background
+    /// conversion starts once this process serves.
+    passes: Mutex<Vec<(usize, ConvertSome)>>,
 }
+
+type ConvertSome = unsafe fn(*mut (), usize) -> usize;
 
 fn incoming() -> &'static OnceLock<Incoming> {
     static IN: OnceLock<Incoming> = OnceLock::new();
@@ -75,6 +85,7 @@ pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
         components: Mutex::new(HashMap::new()),
         instances: Mutex::new(HashMap::new()),
         globals: Mutex::new(HashMap::new()),
+        passes: Mutex::new(Vec::new()),
     };
     let _ = incoming().set(inc);
     incoming::install(incoming::Incoming {
@@ -82,6 +93,10 @@ pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
         global: take_global,
     });
     let got = (|| -> Result<_, String> {
+        if std::env::var_os(PRECOPY_ENV).is_some() {
+            std::env::remove_var(PRECOPY_ENV);
+            take_batches(&chan)?;
+        }
         let fds = sockets::recv_fds(&chan).map_err(|e| format!("receiving the sockets: {e}"))?;
         let mut len = [0u8; 8];
         (&chan)
@@ -147,6 +162,100 @@ pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
     Some((control, stream))
 }
 
+/// Whether pre-copied batches came: the pause's stream then names their maps.
+static PRECOPIED: AtomicBool = AtomicBool::new(false);
+
+/// Reads a frame's length and bytes (`handoff/precopy.rs`); `None` for the end frame.
+fn read_frame(chan: &UnixStream) -> Result<Option<Vec<u8>>, String> {
+    let mut len = [0u8; 8];
+    let mut r = chan;
+    r.read_exact(&mut len)
+        .map_err(|e| format!("receiving a pre-copied batch: {e}"))?;
+    let len = u64::from_le_bytes(len);
+    if len == 0 {
+        return Ok(None);
+    }
+    // A length the old process cannot have meant: refuse before allocating it.
+    if len > 1 << 34 {
+        return Err(format!("a pre-copied batch claims {len} bytes"));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    r.read_exact(&mut bytes)
+        .map_err(|e| format!("receiving a pre-copied batch ({len} bytes): {e}"))?;
+    Ok(Some(bytes))
+}
+
+/// Takes the pre-copied batches, each applied to the mirrors of its maps as it comes, until the
+/// end frame.
+fn take_batches(chan: &UnixStream) -> Result<(), String> {
+    while let Some(frame) = read_frame(chan)? {
+        let chunk: Chunk =
+            decode(&frame).map_err(|e| format!("a pre-copied batch is unreadable: {e}"))?;
+        apply_batch(&chunk)?;
+        PRECOPIED.store(true, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Reads one batch as `read_state` would read the state (as the old type when a transfer
+/// converts it), so that its maps' slots reach their mirrors; the rest of what it read is
+/// dropped (leaked when it is of the old type, which this binary has no drop for: the state's
+/// fields other than its maps, once per batch).
+fn apply_batch(c: &Chunk) -> Result<(), String> {
+    let Some(desc) = COMPONENTS.iter().find(|d| d.id() == c.component) else {
+        // A component this version does not have: its state is not taken.
+        return Ok(());
+    };
+    let new = desc.state;
+    let transfer = TRANSFERS.iter().find(|t| {
+        t.new.fingerprint() == new.fingerprint()
+            && t.old.schema() == c.schema
+            && t.old.load.is_some()
+    });
+    let (load, drop_state) = match (transfer, new.load) {
+        (Some(t), _) => (t.old.load.expect("checked"), None),
+        (None, Some(load)) if new.schema() == c.schema => (load, Some(desc.drop_state)),
+        // `read_state` refuses the state, saying why.
+        _ => return Ok(()),
+    };
+    let what = format!(
+        "reading a pre-copied batch of component `{}` (`{}`)",
+        c.component, c.state
+    );
+    let p = guarded(&what, || receiving(false, || load(&c.bytes)))?;
+    if let Some(drop_state) = drop_state {
+        // SAFETY: `p` is a box of this version's state type, just read, owned here.
+        unsafe { drop_state(p) };
+    }
+    Ok(())
+}
+
+/// Starts the background conversion of each state a transfer made with lazy maps, as an
+/// in-place update does after its commit.
+fn start_passes(passes: Vec<(usize, ConvertSome)>) {
+    if passes.is_empty() {
+        return;
+    }
+    for ty in component::types_snapshot() {
+        for slot in lock(&ty.inner).live_slots() {
+            // Relaxed: registered by this thread's program before `ready`.
+            let state = slot.state.load(std::sync::atomic::Ordering::Relaxed) as usize;
+            if let Some(&(_, step)) = passes.iter().find(|(p, _)| *p == state) {
+                Pass::new(slot.clone(), state as *mut (), step).start();
+            }
+        }
+    }
+}
+
+/// Runs a read of the pause's stream, with the maps it names taken from their mirrors.
+fn last<R>(f: impl FnOnce() -> R) -> R {
+    if PRECOPIED.load(Ordering::Relaxed) {
+        receiving(true, f)
+    } else {
+        f()
+    }
+}
+
 /// Reads a streamed state of the type `new` describes: directly when the serialized form is
 /// `new`'s own, or as the old type and through the transfer this binary carries (the one
 /// `cargo dsu diff` generated, or a `#[dsu::transfer]`).
@@ -165,13 +274,24 @@ fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut
     });
     if let Some(t) = transfer {
         let load = t.old.load.expect("checked");
-        let old = guarded(&format!("reading the old state of {what}"), || load(bytes))
-            .unwrap_or_else(|e| fail(&e));
+        let old = guarded(&format!("reading the old state of {what}"), || {
+            last(|| load(bytes))
+        })
+        .unwrap_or_else(|e| fail(&e));
         // SAFETY: `old` is a box of the transfer's old type, just read.
         return match unsafe { (t.transfer)(old) } {
             Ok(new) => {
+                // The lazy maps the transfer took over become the new state's (nothing is left
+                // to roll back to here), before the old box lets go of them.
+                if let Some(settle) = t.settle {
+                    // SAFETY: `new` is the transfer's new state, not yet shared.
+                    unsafe { settle(new) };
+                }
                 // SAFETY: the transfer succeeded; the old box is released exactly once.
                 unsafe { (t.release_old)(old) };
+                if let Some(step) = t.convert_some {
+                    lock(&incoming().get().expect("a successor").passes).push((new as usize, step));
+                }
                 new
             }
             Err(f) => fail(&format!("the state transfer of {what} {f}")),
@@ -193,7 +313,10 @@ fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut
             new.id()
         ));
     };
-    guarded(&format!("reading the state of {what}"), || load(bytes)).unwrap_or_else(|e| fail(&e))
+    guarded(&format!("reading the state of {what}"), || {
+        last(|| load(bytes))
+    })
+    .unwrap_or_else(|e| fail(&e))
 }
 
 /// Called by `register`: the streamed state of the next instance of component `id`, whose
@@ -235,7 +358,7 @@ pub(crate) fn take_global(desc: &'static GlobalDesc) -> Option<*mut ()> {
     if let Some(t) = t {
         let load = t.load_old.expect("checked");
         let old = guarded(&format!("reading the old value of global `{id}`"), || {
-            load(bytes)
+            last(|| load(bytes))
         })
         .unwrap_or_else(|e| fail(&e));
         // SAFETY: `old` is a box of the transfer's old type, just read. It is left allocated
@@ -258,7 +381,10 @@ pub(crate) fn take_global(desc: &'static GlobalDesc) -> Option<*mut ()> {
              `#[dsu::global(rebuild)]` in this version"
         ));
     };
-    Some(guarded(&format!("reading global `{id}`"), || load(bytes)).unwrap_or_else(|e| fail(&e)))
+    Some(
+        guarded(&format!("reading global `{id}`"), || last(|| load(bytes)))
+            .unwrap_or_else(|e| fail(&e)),
+    )
 }
 
 /// `Runtime::ready` in a process started by a hand-off: checks that everything streamed was
@@ -289,6 +415,12 @@ pub(crate) fn report_ready() -> Option<UpdateRecord> {
     }
     for g in lock(&inc.globals).keys() {
         log::info!("dsu: global `{g}` is not in this version; its value is dropped");
+    }
+    let unclaimed = discard_mirrors();
+    if unclaimed > 0 {
+        log::info!(
+            "dsu: {unclaimed} pre-copied map(s) were dropped by the old process before the pause"
+        );
     }
     for l in sockets::untaken_listeners() {
         missing.push(format!(
@@ -326,6 +458,7 @@ pub(crate) fn report_ready() -> Option<UpdateRecord> {
         std::process::exit(70);
     };
     sockets::gate().open();
+    start_passes(std::mem::take(&mut *lock(&inc.passes)));
     let _ = chan.write_all(b"serving\n");
     notify_systemd(true);
     adopt_executable();

@@ -44,6 +44,19 @@ pub(crate) struct SavedState {
     pub(crate) bytes: Option<Vec<u8>>,
 }
 
+/// A byte string as a MessagePack byte string (not an array of integers).
+pub(super) mod bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(super::bytes_opt::ByteBuf::deserialize(d)?.0)
+    }
+}
+
 /// Byte strings as MessagePack byte strings (not arrays of integers).
 mod bytes_opt {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -66,7 +79,7 @@ mod bytes_opt {
         }
     }
 
-    struct ByteBuf(Vec<u8>);
+    pub(super) struct ByteBuf(pub(super) Vec<u8>);
     impl<'de> Deserialize<'de> for ByteBuf {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             struct V;

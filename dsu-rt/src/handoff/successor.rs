@@ -43,7 +43,8 @@ pub(crate) fn spawn_successor(exe: &Path) -> Result<Successor, String> {
     drop(theirs);
     let mut cmd = Command::new(exe);
     cmd.args(std::env::args_os().skip(1))
-        .env(FD_ENV, raw.to_string());
+        .env(FD_ENV, raw.to_string())
+        .env(super::precopy::PRECOPY_ENV, "1");
     if let Some(path) = shared_library_path() {
         cmd.env("LD_LIBRARY_PATH", path);
     }
@@ -106,6 +107,32 @@ impl Successor {
     /// Passes the sockets and the state, and waits until `ready_timeout` for the new process to
     /// report ready. On any failure the new process is killed and reaped, and the reason
     /// returned.
+    /// Sends one pre-copy frame (`precopy.rs`); an empty one ends them.
+    pub(crate) fn send_frame(&mut self, frame: &[u8]) -> Result<(), String> {
+        let _ = self.chan.set_write_timeout(Some(DEFAULT_READY_TIMEOUT));
+        let mut w = &self.chan;
+        let sent = w
+            .write_all(&(frame.len() as u64).to_le_bytes())
+            .and_then(|()| w.write_all(frame));
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // It may have said why it stopped reading.
+                let _ = self
+                    .reader
+                    .get_ref()
+                    .set_read_timeout(Some(Duration::from_millis(200)));
+                let mut line = String::new();
+                if self.reader.read_line(&mut line).is_ok() {
+                    if let Some(reason) = line.trim_end().strip_prefix("failed: ") {
+                        return Err(format!("the new process failed: {reason}"));
+                    }
+                }
+                Err(self.lost(&format!("pre-copying the state failed: {e}")))
+            }
+        }
+    }
+
     pub(crate) fn feed(
         &mut self,
         stream: &[u8],

@@ -73,6 +73,25 @@ pub struct UpdateRecord {
     /// last word).
     #[serde(default)]
     pub new_pid: Option<u32>,
+    /// A hand-off's pre-copy, before its pause (`None`: none ran; no `LazyMap` in the process,
+    /// or `DSU_PRECOPY=0`).
+    #[serde(default)]
+    pub precopy: Option<Precopy>,
+}
+
+/// What a hand-off's pre-copy did while the old process served (DESIGN.md §8, "Pre-copy").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Precopy {
+    /// From the first batch to the end frame.
+    pub ms: f64,
+    pub rounds: u64,
+    pub batches: u64,
+    /// Entries sent (an entry written meanwhile counts each time it is sent).
+    pub entries: u64,
+    /// The longest a batch held a component: what a call waited for the pre-copy at most.
+    pub longest_hold_ms: f64,
+    /// Entries left for the pause to send.
+    pub left_at_pause: u64,
 }
 
 /// What `apply` returns: the update's history record.
@@ -153,6 +172,7 @@ impl UpdateRecord {
             busy: Vec::new(),
             engine: Engine::InPlace,
             new_pid: None,
+            precopy: None,
         }
     }
 }

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
-use std::marker::PhantomData;
 
 use super::LazyMap;
 
@@ -44,45 +43,21 @@ impl<K: Eq + Hash, V: PartialEq, S: BuildHasher> PartialEq for LazyMap<K, V, S> 
     }
 }
 
-/// Carried by a hand-off as a map of its keys and (converted) values.
+/// Carried by a hand-off as a map of its keys and (converted) values, or, in a pre-copying
+/// hand-off, as the slots not yet sent (`precopy.rs`).
 impl<K: serde::Serialize, V: serde::Serialize, S> serde::Serialize for LazyMap<K, V, S> {
     fn serialize<Se: serde::Serializer>(&self, s: Se) -> Result<Se::Ok, Se::Error> {
-        s.collect_map(self.iter())
+        super::precopy::serialize(self, s)
     }
 }
 
 impl<'de, K, V, S> serde::Deserialize<'de> for LazyMap<K, V, S>
 where
-    K: serde::Deserialize<'de> + Eq + Hash,
-    V: serde::Deserialize<'de>,
-    S: BuildHasher + Default,
+    K: serde::Deserialize<'de> + Eq + Hash + Send + 'static,
+    V: serde::Deserialize<'de> + Send + 'static,
+    S: BuildHasher + Default + Send + 'static,
 {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<K, V, S>(PhantomData<(K, V, S)>);
-        impl<'de, K, V, S> serde::de::Visitor<'de> for Visit<K, V, S>
-        where
-            K: serde::Deserialize<'de> + Eq + Hash,
-            V: serde::Deserialize<'de>,
-            S: BuildHasher + Default,
-        {
-            type Value = LazyMap<K, V, S>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut m = LazyMap::with_capacity_and_hasher(
-                    a.size_hint().unwrap_or(0).min(1 << 16),
-                    S::default(),
-                );
-                while let Some((k, v)) = a.next_entry()? {
-                    m.insert(k, v);
-                }
-                Ok(m)
-            }
-        }
-        d.deserialize_map(Visit(PhantomData))
+        super::precopy::deserialize(d)
     }
 }

@@ -116,7 +116,7 @@ fn main() {
         .expect("start the dsu runtime");
     let dir = rt.register(Dir::default());
     let keys = rt.register(Keys::default());
-    server::serve(args.port, move |line| {
+    server::serve(args.port, || rt.ready(), move |line| {
         let p: Vec<&str> = line.split_whitespace().collect();
         match p.as_slice() {
             ["put", k, name, score] => {

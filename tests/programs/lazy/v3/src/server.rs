@@ -1,7 +1,8 @@
 //! The line server (outside any component: not updatable in place, and not changed between
-//! versions).
+//! versions). It takes its port through `dsu::listener`, and between two lines a connection
+//! waits in `wait_readable`, so a hand-off passes both on to the new process.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
 
@@ -26,23 +27,53 @@ impl Args {
     }
 }
 
-/// Serves one thread per connection; prints `ready` and the port once listening.
-pub fn serve(port: u16, handler: impl Fn(&str) -> String + Send + Sync + 'static) {
-    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the TCP port");
-    println!("ready {}", listener.local_addr().expect("local address").port());
+/// Serves one thread per connection; calls `ready` once the listener and any handed-over
+/// connections are taken, then prints `ready PORT`.
+pub fn serve<H>(port: u16, ready: impl FnOnce(), handler: H)
+where
+    H: Fn(&str) -> String + Send + Sync + 'static,
+{
+    let listener = dsu::listener("lazy", || TcpListener::bind(("127.0.0.1", port)))
+        .expect("bind the TCP port");
     let handler = Arc::new(handler);
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let handler = handler.clone();
-        std::thread::spawn(move || {
-            let mut out = conn.try_clone().expect("clone the connection");
-            for line in BufReader::new(conn).lines() {
-                let Ok(line) = line else { break };
+    for conn in listener.handed_over() {
+        spawn(handler.clone(), conn);
+    }
+    ready();
+    let port = listener.local_addr().expect("local address").port();
+    // Not `println!`: after a hand-off, whoever read the first process's output may be gone.
+    let _ = writeln!(std::io::stdout(), "ready {port}");
+    loop {
+        let Ok((conn, _)) = listener.accept() else {
+            continue;
+        };
+        spawn(handler.clone(), conn);
+    }
+}
+
+fn spawn<H>(handler: Arc<H>, mut conn: dsu::Connection)
+where
+    H: Fn(&str) -> String + Send + Sync + 'static,
+{
+    std::thread::spawn(move || {
+        let mut pending = conn.take_unconsumed();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&pending[..nl]).trim_end().to_string();
+                pending.drain(..=nl);
                 let reply = handler(&line);
-                if out.write_all(format!("{reply}\n").as_bytes()).is_err() {
-                    break;
+                if conn.write_all(format!("{reply}\n").as_bytes()).is_err() {
+                    return;
                 }
             }
-        });
-    }
+            if conn.wait_readable(&pending).is_err() {
+                return;
+            }
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
 }
