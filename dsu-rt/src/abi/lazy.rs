@@ -2,10 +2,8 @@
 //! background pass, so that the update's pause does not grow with the map (DESIGN.md §7,
 //! "Incremental conversion").
 
-use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::mem::{ManuallyDrop, MaybeUninit};
 use std::ptr;
@@ -13,12 +11,18 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use index::Index;
-use precopy::Track;
+use track::Track;
 
 // The std and serde traits.
 mod impls;
 mod index;
+mod keyed;
+#[cfg(not(dsu_off))]
+pub(crate) mod mirror;
+#[cfg(not(dsu_off))]
 pub(crate) mod precopy;
+mod takeover;
+pub(crate) mod track;
 
 /// How one entry goes from the previous version of a map's value type to the next. cargo-dsu
 /// generates one in the patch that changes the type; the map holds it until every entry is
@@ -115,7 +119,7 @@ pub struct LazyMap<K, V, S = RandomState> {
     /// Set from the transfer that took the map over until the update commits: the table is then
     /// the old map's as well, and this map does not own it.
     probation: Option<Box<Probation>>,
-    /// What a pre-copying hand-off has sent of the map (`precopy.rs`): set by the hand-off's
+    /// What a pre-copying hand-off has sent of the map (`track.rs`, `precopy.rs`): set by the hand-off's
     /// first batch, with the component held; null otherwise.
     track: AtomicPtr<Track>,
     _v: PhantomData<V>,
@@ -150,7 +154,7 @@ impl<K, V, S> LazyMap<K, V, S> {
     }
 
     pub fn with_capacity_and_hasher(n: usize, hasher: S) -> Self {
-        precopy::born();
+        track::born();
         LazyMap {
             index: ManuallyDrop::new(Index::with_capacity(n)),
             hasher: ManuallyDrop::new(hasher),
@@ -462,71 +466,7 @@ impl<K, V, S> LazyMap<K, V, S> {
         self.step = None;
     }
 
-    /// The update that converts the map committed: the entries converted while it was checked
-    /// become the map's, the old map's boxes they came from are released, and the map owns the
-    /// table from now on.
-    pub fn settle(&mut self) {
-        let Some(p) = self.probation.take() else {
-            return;
-        };
-        let made = p.made.into_inner().unwrap_or_else(PoisonError::into_inner);
-        let step = self.step.expect("a map in probation has a step");
-        for (i, new) in made {
-            let s = &mut self.slots[i];
-            let old = std::mem::replace(s.ptr.get_mut(), new as *mut ());
-            *s.ver.get_mut() = self.ver;
-            // SAFETY: `new` took the old box's fields over (`peek`).
-            unsafe { (step.release_old)(old) };
-            *self.pending.get_mut() -= 1;
-        }
-    }
-
-    /// Takes an old map over for the new version of its value type (a generated transfer). The
-    /// old map's own unconverted entries (from an earlier update) are converted first. The new
-    /// map shares the table with the old one until [`settle`](Self::settle); dropped before
-    /// that (the update failed), it frees only what it made.
-    ///
-    /// # Safety
-    /// `V0` must be the previous version of `V`, and `step` convert it to `V`; `old` must be
-    /// released with [`LazyMap::forget`] if the new map settles, and left as it is otherwise.
-    #[doc(hidden)]
-    pub unsafe fn adopt<V0>(old: &LazyMap<K, V0, S>, step: &'static LazyStep) -> Self {
-        old.convert_all_shared();
-        precopy::born();
-        LazyMap {
-            // SAFETY: a bitwise copy, owned by the old map until the new one settles.
-            index: unsafe { ptr::read(&old.index) },
-            // SAFETY: as above.
-            hasher: unsafe { ptr::read(&old.hasher) },
-            // SAFETY: as above.
-            slots: unsafe { ptr::read(&old.slots) },
-            // SAFETY: as above.
-            free: unsafe { ptr::read(&old.free) },
-            ver: old.ver.wrapping_add(1),
-            step: Some(step),
-            pending: AtomicUsize::new(old.len()),
-            cursor: 0,
-            converting: Mutex::new(()),
-            probation: Some(Box::default()),
-            track: AtomicPtr::new(ptr::null_mut()),
-            _v: PhantomData,
-        }
-    }
-
-    /// Frees a map whose table a new map took over ([`adopt`](Self::adopt)) and settled.
-    ///
-    /// # Safety
-    /// The table must be owned by the settled new map.
-    #[doc(hidden)]
-    pub unsafe fn forget(self) {
-        let mut this = ManuallyDrop::new(self);
-        // The table is the new map's; the rest needs no drop.
-        drop(this.probation.take());
-        this.drop_track();
-        precopy::died();
-    }
-
-    fn drop_track(&mut self) {
+    pub(super) fn drop_track(&mut self) {
         let t = std::mem::replace(self.track.get_mut(), ptr::null_mut());
         if !t.is_null() {
             // SAFETY: the map's own box, taken out of it.
@@ -545,112 +485,9 @@ fn refuse_write(what: &str) -> ! {
     )
 }
 
-impl<K: Eq + Hash, V, S: BuildHasher> LazyMap<K, V, S> {
-    /// The bucket of `k` in the index, and `k`'s hash.
-    #[inline]
-    fn find<Q>(&self, k: &Q) -> (Option<usize>, u64)
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let hash = self.hasher.hash_one(k);
-        let slots = &self.slots;
-        // SAFETY: the index names occupied slots only.
-        let pos = self
-            .index
-            .find(hash, |i| unsafe { slots[i].key() }.borrow() == k);
-        (pos, hash)
-    }
-
-    /// The slot of `k`.
-    #[inline]
-    fn slot_of<Q>(&self, k: &Q) -> Option<usize>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.find(k).0.map(|pos| self.index.slot_at(pos))
-    }
-
-    pub fn get<Q>(&self, k: &Q) -> Option<&V>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let i = self.slot_of(k)?;
-        Some(self.value(i))
-    }
-
-    pub fn get_mut<Q>(&mut self, k: &Q) -> Option<&mut V>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.writable("get_mut");
-        let i = self.slot_of(k)?;
-        Some(self.value_mut(i))
-    }
-
-    pub fn contains_key<Q>(&self, k: &Q) -> bool
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.find(k).0.is_some()
-    }
-
-    /// Inserts a value; returns the one the key had.
-    pub fn insert(&mut self, k: K, v: V) -> Option<V> {
-        self.writable("insert");
-        match self.find(&k) {
-            (Some(pos), _) => {
-                let i = self.index.slot_at(pos);
-                Some(std::mem::replace(self.value_mut(i), v))
-            }
-            (None, hash) => {
-                let i = self.new_slot(k, v);
-                self.index.insert(hash, i);
-                None
-            }
-        }
-    }
-
-    pub fn remove<Q>(&mut self, k: &Q) -> Option<V>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.writable("remove");
-        let pos = self.find(k).0?;
-        let i = self.index.remove_at(pos);
-        let p = self.free_slot(i);
-        // SAFETY: the slot was of this version (converted by `free_slot`) and no longer holds it.
-        Some(*unsafe { Box::from_raw(p) })
-    }
-
-    /// The value of `k`, inserted with `f` if the key has none.
-    pub fn get_or_insert_with(&mut self, k: K, f: impl FnOnce() -> V) -> &mut V {
-        self.writable("get_or_insert_with");
-        let i = match self.find(&k) {
-            (Some(pos), _) => self.index.slot_at(pos),
-            (None, hash) => {
-                let i = self.new_slot(k, f());
-                self.index.insert(hash, i);
-                i
-            }
-        };
-        self.value_mut(i)
-    }
-
-    pub fn reserve(&mut self, n: usize) {
-        self.index.reserve(n);
-        self.slots.reserve(n.saturating_sub(self.free.len()));
-    }
-}
-
 impl<K, V, S> Drop for LazyMap<K, V, S> {
     fn drop(&mut self) {
-        precopy::died();
+        track::died();
         if let Some(p) = self.probation.take() {
             // Taken over from an old map by an update that did not commit: the table is the
             // old map's; only the values converted meanwhile are this map's.

@@ -87,7 +87,7 @@ pub(crate) fn run(
         }
     };
     // 0b. Pre-copy: the states' lazy maps stream to it while this process serves.
-    let epoch = if super::precopy::enabled() && crate::abi::lazy::precopy::any_alive() {
+    let epoch = if super::precopy::enabled() && crate::abi::lazy::track::any_alive() {
         match super::precopy::run(&mut successor, timeout) {
             Ok((epoch, report)) => {
                 rec.precopy = Some(report);

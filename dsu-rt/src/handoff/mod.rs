@@ -43,8 +43,6 @@ mod successor;
 mod tests;
 
 pub(crate) use receive::{is_successor, notify_systemd, receive, report_ready};
-#[cfg(test)]
-pub(crate) use stream::{decode, encode};
 pub use stream::{load_state, save_state};
 pub(crate) use successor::{exit_if_superseded, superseded, superseded_by};
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::stream::{encode, guarded};
+use super::stream::{de_bytes, encode, guarded, ser_bytes};
 use super::successor::Successor;
 use crate::abi::lazy::precopy::{new_epoch, sending, Mode};
 use crate::call::component::Slot;
@@ -24,8 +24,6 @@ use crate::call::invoke::with_exclusive;
 use crate::update::plan::{all_slots, whole_process};
 use crate::update::record::{ms, Precopy};
 
-/// Tells the new process that batches come before the descriptors.
-pub(crate) const PRECOPY_ENV: &str = "DSU_HANDOFF_PRECOPY";
 /// Set to `0` in the old process's environment: no pre-copy (the whole state goes in the pause,
 /// as before pre-copy existed; for comparisons).
 pub(crate) const DISABLE_ENV: &str = "DSU_PRECOPY";
@@ -45,7 +43,7 @@ pub(crate) struct Chunk {
     /// The state type's id and schema fingerprint in the old process.
     pub(crate) state: String,
     pub(crate) schema: u64,
-    #[serde(with = "super::stream::bytes")]
+    #[serde(serialize_with = "ser_bytes", deserialize_with = "de_bytes")]
     pub(crate) bytes: Vec<u8>,
 }
 

@@ -10,9 +10,9 @@ use std::sync::{Mutex, OnceLock};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::precopy::{Chunk, PRECOPY_ENV};
-use super::stream::{decode, guarded, SavedState, Stream, CONTROL, FD_ENV, FORMAT};
-use crate::abi::lazy::precopy::{discard_mirrors, receiving};
+use super::precopy::Chunk;
+use super::stream::{decode, guarded, SavedState, Stream, CONTROL, FD_ENV, FORMAT, PRECOPY_ENV};
+use crate::abi::lazy::mirror::{discard_mirrors, receiving};
 
 use crate::abi::artifact::{COMPONENTS, GLOBALS, GLOBAL_TRANSFERS, TRANSFERS};
 use crate::abi::desc::{GlobalDesc, StateLayout};

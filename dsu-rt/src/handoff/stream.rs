@@ -12,6 +12,9 @@ use crate::update::record::UpdateRecord;
 pub(crate) const FD_ENV: &str = crate::sockets::HANDOFF_FD_ENV;
 /// Descriptor name of the control socket.
 pub(crate) const CONTROL: &str = "K";
+/// Tells the new process that pre-copied batches come before the descriptors
+/// (`precopy.rs`).
+pub(crate) const PRECOPY_ENV: &str = "DSU_HANDOFF_PRECOPY";
 /// Version of the stream format.
 pub(crate) const FORMAT: u32 = 1;
 
@@ -44,17 +47,14 @@ pub(crate) struct SavedState {
     pub(crate) bytes: Option<Vec<u8>>,
 }
 
-/// A byte string as a MessagePack byte string (not an array of integers).
-pub(super) mod bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
+/// A byte string as a MessagePack byte string (not an array of integers): `serialize_with`.
+pub(super) fn ser_bytes<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(v)
+}
 
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        Ok(super::bytes_opt::ByteBuf::deserialize(d)?.0)
-    }
+/// The other way: `deserialize_with`.
+pub(super) fn de_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    Ok(bytes_opt::ByteBuf::deserialize(d)?.0)
 }
 
 /// Byte strings as MessagePack byte strings (not arrays of integers).

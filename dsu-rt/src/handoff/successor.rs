@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use super::stream::{CONTROL, FD_ENV};
+use super::stream::{CONTROL, FD_ENV, PRECOPY_ENV};
 use crate::sockets;
 use crate::update::record::UpdateRecord;
 
@@ -44,7 +44,7 @@ pub(crate) fn spawn_successor(exe: &Path) -> Result<Successor, String> {
     let mut cmd = Command::new(exe);
     cmd.args(std::env::args_os().skip(1))
         .env(FD_ENV, raw.to_string())
-        .env(super::precopy::PRECOPY_ENV, "1");
+        .env(PRECOPY_ENV, "1");
     if let Some(path) = shared_library_path() {
         cmd.env("LD_LIBRARY_PATH", path);
     }

@@ -47,7 +47,10 @@ impl<K: Eq + Hash, V: PartialEq, S: BuildHasher> PartialEq for LazyMap<K, V, S> 
 /// hand-off, as the slots not yet sent (`precopy.rs`).
 impl<K: serde::Serialize, V: serde::Serialize, S> serde::Serialize for LazyMap<K, V, S> {
     fn serialize<Se: serde::Serializer>(&self, s: Se) -> Result<Se::Ok, Se::Error> {
-        super::precopy::serialize(self, s)
+        #[cfg(not(dsu_off))]
+        return super::precopy::serialize(self, s);
+        #[cfg(dsu_off)]
+        s.collect_map(self.iter())
     }
 }
 
@@ -58,6 +61,9 @@ where
     S: BuildHasher + Default + Send + 'static,
 {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        super::precopy::deserialize(d)
+        #[cfg(not(dsu_off))]
+        return super::mirror::deserialize(d);
+        #[cfg(dsu_off)]
+        d.deserialize_map(super::keyed::Plain(std::marker::PhantomData))
     }
 }

@@ -1,7 +1,8 @@
 //! Two components whose maps are `dsu::LazyMap`s, for type changes converted incrementally: a
 //! map of structs that hold a `String` and a `Vec` (`put K NAME SCORE`, `fill N` for keys
 //! k0..k{N-1}, `show K`), and kvstore's shape, byte keys to byte values (`kfill N` for keys
-//! key:0..key:{N-1}, `kget K`); `len`, `pending` (entries not yet converted), `version`.
+//! key:0..key:{N-1}, `kset K V`, `kget K`); `len`, `pending` (entries not yet converted),
+//! `version`.
 
 mod server;
 
@@ -126,6 +127,10 @@ fn main() {
                 for i in 0..n {
                     keys.set(format!("key:{i}").into_bytes(), format!("value-{i}").into_bytes());
                 }
+                "ok".to_string()
+            }
+            ["kset", k, v] => {
+                keys.set(k.as_bytes().to_vec(), v.as_bytes().to_vec());
                 "ok".to_string()
             }
             ["kget", k] => keys.get(k.as_bytes()),
