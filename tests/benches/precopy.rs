@@ -39,7 +39,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use dsu::Outcome;
 use dsu_tests::{
     build_base_with, cargo_dsu, machine, median, proc_status_kib, repo_root, BuildProfile, Conn,
-    Process,
+    KillPid, Process,
 };
 
 const USAGE: &str = "usage: cargo bench -p dsu-tests --bench precopy -- \
@@ -184,16 +184,6 @@ struct Run {
     writes_per_s: f64,
     peak_extra_mib: f64,
     state_mib: f64,
-}
-
-/// Kills the process a hand-off started.
-struct KillPid(u32);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of the process the hand-off started, with SIGKILL.
-        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-    }
 }
 
 fn main() -> Result<()> {

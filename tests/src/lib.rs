@@ -302,6 +302,17 @@ impl Drop for Process {
     }
 }
 
+/// Kills (SIGKILL) the process a hand-off started when dropped: [`Process`] only knows the
+/// first one.
+pub struct KillPid(pub u32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of a process the test's hand-off started, with SIGKILL.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
 /// A client connection speaking the test programs' line protocol.
 pub struct Conn {
     reader: BufReader<TcpStream>,

@@ -151,16 +151,6 @@ fn a_lazy_type_change_commits_at_once_converts_in_the_background_and_rolls_back_
     Ok(())
 }
 
-/// Kills the process a hand-off started (`Process` only knows the first one).
-struct KillPid(u32);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of the process the hand-off started, with SIGKILL.
-        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-    }
-}
-
 /// The hand-off package v1 -> v2 of the lazy program (both maps change type).
 fn handoff_package() -> Result<std::path::PathBuf> {
     let pkg = programs_target()

@@ -139,16 +139,6 @@ fn a_socket_activated_program_is_handed_off_with_its_listener_and_its_clients() 
     Ok(())
 }
 
-/// Kills the process a hand-off started (the test only knows the first one).
-struct KillPid(u32);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of the process the hand-off started.
-        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
-    }
-}
-
 /// `cargo dsu diff --engine handoff` of the quit program, v1 -> v2, built once for the tests
 /// of this file (they run side by side).
 fn handoff_package() -> Result<std::path::PathBuf> {

@@ -15,7 +15,7 @@ use super::stream::{decode, guarded, SavedState, Stream, CONTROL, FD_ENV, FORMAT
 use crate::abi::lazy::mirror::{discard_mirrors, receiving};
 
 use crate::abi::artifact::{COMPONENTS, GLOBALS, GLOBAL_TRANSFERS, TRANSFERS};
-use crate::abi::desc::{GlobalDesc, StateLayout};
+use crate::abi::desc::{GlobalDesc, StateLayout, TransferDesc};
 use crate::call::thread::lock;
 use crate::call::{component, incoming};
 use crate::sockets::{self, SavedConnection};
@@ -162,6 +162,14 @@ pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
     Some((control, stream))
 }
 
+/// The transfer this binary carries from a streamed form of schema `schema` to the state type
+/// `new` describes, if any.
+fn transfer_from(new: &StateLayout, schema: u64) -> Option<&'static TransferDesc> {
+    TRANSFERS.iter().copied().find(|t| {
+        t.new.fingerprint() == new.fingerprint() && t.old.schema() == schema && t.old.load.is_some()
+    })
+}
+
 /// Whether pre-copied batches came: the pause's stream then names their maps.
 static PRECOPIED: AtomicBool = AtomicBool::new(false);
 
@@ -207,11 +215,7 @@ fn apply_batch(c: &Chunk) -> Result<(), String> {
         return Ok(());
     };
     let new = desc.state;
-    let transfer = TRANSFERS.iter().find(|t| {
-        t.new.fingerprint() == new.fingerprint()
-            && t.old.schema() == c.schema
-            && t.old.load.is_some()
-    });
+    let transfer = transfer_from(new, c.schema);
     let (load, drop_state) = match (transfer, new.load) {
         (Some(t), _) => (t.old.load.expect("checked"), None),
         (None, Some(load)) if new.schema() == c.schema => (load, Some(desc.drop_state)),
@@ -267,11 +271,7 @@ fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut
     // A transfer from the streamed form comes first: `cargo dsu diff` generates one whenever
     // the type changed, also deep inside (a field's type's definition), which the schema
     // fingerprint of the outer type alone does not show.
-    let transfer = TRANSFERS.iter().find(|t| {
-        t.new.fingerprint() == new.fingerprint()
-            && t.old.schema() == saved.schema
-            && t.old.load.is_some()
-    });
+    let transfer = transfer_from(new, saved.schema);
     if let Some(t) = transfer {
         let load = t.old.load.expect("checked");
         let old = guarded(&format!("reading the old state of {what}"), || {
