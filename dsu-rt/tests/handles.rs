@@ -60,6 +60,40 @@ impl Meter {
     }
 }
 
+/// A link of a chain of instances: a call on the first goes down the chain, and the last one
+/// calls back into itself through a handle.
+#[dsu::state]
+#[derive(Default)]
+pub struct Link {
+    next: Option<dsu::Handle<Link>>,
+    back: Option<dsu::Handle<Link>>,
+}
+
+#[dsu::component]
+impl Link {
+    pub fn link(&mut self, next: Option<dsu::Handle<Link>>, back: Option<dsu::Handle<Link>>) {
+        self.next = next;
+        self.back = back;
+    }
+
+    pub fn down(&mut self, shared: bool) -> u64 {
+        match (&self.next, &self.back) {
+            (Some(n), _) => n.down(shared) + 1,
+            (None, Some(b)) if shared => b.peek(),
+            (None, Some(b)) => b.poke(),
+            (None, None) => 0,
+        }
+    }
+
+    pub fn peek(&self) -> u64 {
+        0
+    }
+
+    pub fn poke(&mut self) -> u64 {
+        0
+    }
+}
+
 #[dsu::global]
 static HITS: AtomicU64 = AtomicU64::new(0);
 
@@ -130,6 +164,36 @@ fn a_reentrant_call_panics_instead_of_deadlocking() {
     assert_eq!(m.bump(), 1);
     // Break the handle cycle so the component can be dropped.
     m.set_me(dsu::register(Meter::default()));
+}
+
+#[test]
+fn a_reentrant_call_deeper_than_the_tracked_stack_panics_too() {
+    // The thread's call stack records 8 nested calls; the 10th link's hold is past them, so
+    // only the gate's owner word can tell that the call back into it would deadlock.
+    let links: Vec<dsu::Handle<Link>> = (0..10).map(|_| dsu::register(Link::default())).collect();
+    for (i, l) in links.iter().enumerate() {
+        let back = (i == links.len() - 1).then(|| l.clone());
+        l.link(links.get(i + 1).cloned(), back);
+    }
+    for shared in [false, true] {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| links[0].down(shared)));
+        let msg = r.unwrap_err().downcast::<String>().unwrap();
+        let method = if shared { "peek" } else { "poke" };
+        assert!(
+            msg.contains(&format!("re-entrant call `{method}`")),
+            "{msg}"
+        );
+        for l in &links {
+            dsu::Handle::clear_poison(l);
+        }
+    }
+    // Every gate was released as the panic unwound: the chain runs end to end without the
+    // call back.
+    links[9].link(None, None);
+    assert_eq!(links[0].down(false), 9);
+    for l in &links {
+        l.link(None, None);
+    }
 }
 
 #[test]

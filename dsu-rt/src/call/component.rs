@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::gate::Gate;
@@ -134,6 +134,11 @@ pub(crate) fn resolve_cells(inner: &TypeInner, desc: &ComponentDesc) -> Vec<&'st
     missing
 }
 
+/// Bit of [`Slot::watch`]: a rate-bound policy is sampling the instance's call count.
+pub(crate) const WATCH_COUNT: u8 = 1;
+/// Bit of [`Slot::watch`]: the instance is poisoned (`Slot::poisoned` names the method).
+pub(crate) const WATCH_POISON: u8 = 2;
+
 /// One registered component instance.
 pub struct Slot {
     pub(crate) gate: Gate,
@@ -148,6 +153,9 @@ pub struct Slot {
     /// later calls panic too, as a poisoned `Mutex` or `RwLock` does, until the program clears
     /// it with [`Handle::clear_poison`].
     pub(crate) poisoned: AtomicPtr<MethodDesc>,
+    /// What a call must look at before it runs, as bits (`WATCH_*`): zero on the fast
+    /// path, so a call reads one byte instead of the poison and a policy's switch.
+    pub(crate) watch: AtomicU8,
     /// The async calls in flight, by method (for the report of an update that waits for them).
     pub(crate) tasks: TaskCalls,
 }
@@ -253,11 +261,9 @@ impl<T: Component> Handle<T> {
     /// `Mutex::clear_poison`).
     pub fn clear_poison(this: &Self) {
         // Relaxed: calls that enter the gate afterwards are ordered by the gate.
-        this.proxy
-            .raw()
-            .slot
-            .poisoned
-            .store(std::ptr::null_mut(), Ordering::Relaxed);
+        let slot = &this.proxy.raw().slot;
+        slot.poisoned.store(std::ptr::null_mut(), Ordering::Relaxed);
+        slot.watch.fetch_and(!WATCH_POISON, Ordering::Relaxed);
     }
 }
 
@@ -393,6 +399,7 @@ pub(crate) unsafe fn register_raw(desc: &'static ComponentDesc, state: *mut ()) 
         ty: ty.clone(),
         calls: AtomicU64::new(0),
         poisoned: AtomicPtr::new(std::ptr::null_mut()),
+        watch: AtomicU8::new(0),
         tasks: TaskCalls::default(),
     });
     inner.slots.retain(|w| w.strong_count() > 0);

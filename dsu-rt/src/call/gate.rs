@@ -67,7 +67,8 @@ struct Stripe(AtomicUsize);
 #[repr(align(64))]
 struct Control {
     word: AtomicUsize,
-    /// The thread holding the writer bit for a call (null when it is the manager or free).
+    /// The thread holding the writer bit, when its call stack does not show the hold (see
+    /// [`Gate::set_owner`]); null otherwise.
     owner: AtomicPtr<ThreadInfo>,
     /// Futex words blocked readers and writers sleep on; a wake bumps them.
     readers_seq: AtomicU32,
@@ -193,7 +194,7 @@ impl Gate {
         nested: bool,
         who: &str,
     ) {
-        if self.try_enter(access, me, stripe, nested) {
+        if self.try_enter(access, stripe, nested) {
             return;
         }
         self.enter_slow(access, me, stripe, nested, who);
@@ -201,13 +202,7 @@ impl Gate {
 
     /// One attempt to enter without waiting.
     #[inline(always)]
-    fn try_enter(
-        &self,
-        access: Access,
-        me: *const ThreadInfo,
-        stripe: usize,
-        nested: bool,
-    ) -> bool {
+    fn try_enter(&self, access: Access, stripe: usize, nested: bool) -> bool {
         match access {
             Access::Shared => {
                 let count = &self.readers[stripe % STRIPES].0;
@@ -247,7 +242,6 @@ impl Gate {
                     self.release_writer();
                     return false;
                 }
-                self.state.owner.store(me as *mut _, Ordering::Relaxed);
                 return true;
             },
         }
@@ -270,7 +264,7 @@ impl Gate {
             let free = !Self::blocks(s, nested)
                 && (access == Access::Shared || self.readers_in(s) == 0)
                 && s & WAITERS == 0;
-            if free && self.try_enter(access, me, stripe, nested) {
+            if free && self.try_enter(access, stripe, nested) {
                 return;
             }
         }
@@ -284,7 +278,7 @@ impl Gate {
         };
         let mut slept = false;
         loop {
-            if self.try_enter(access, me, stripe, nested) {
+            if self.try_enter(access, stripe, nested) {
                 if slept && count == 1 {
                     // Writers are woken one at a time, and the release that woke this one
                     // cleared the bit: other writers may still sleep, so set it again for
@@ -315,7 +309,7 @@ impl Gate {
             // woken.
             let seen = seq.load(Ordering::SeqCst);
             self.state.word.fetch_or(WAITERS, Ordering::SeqCst);
-            if self.try_enter(access, me, stripe, nested) {
+            if self.try_enter(access, stripe, nested) {
                 return;
             }
             futex_wait(seq, seen);
@@ -328,12 +322,7 @@ impl Gate {
     pub(crate) fn leave(&self, access: Access, stripe: usize) {
         match access {
             Access::Shared => self.leave_shared(stripe),
-            Access::Exclusive => {
-                self.state
-                    .owner
-                    .store(std::ptr::null_mut(), Ordering::Relaxed);
-                self.release_writer();
-            }
+            Access::Exclusive => self.release_writer(),
         }
     }
 
@@ -414,7 +403,7 @@ impl Gate {
         who: &str,
         cx: &mut Context<'_>,
     ) -> Poll<()> {
-        if self.try_enter_task(access, me, stripe, nested) {
+        if self.try_enter(access, stripe, nested) {
             return Poll::Ready(());
         }
         let here = self as *const Gate as *const ();
@@ -439,28 +428,29 @@ impl Gate {
         // Announce, then look again (as `enter_slow` does): a release before the announcement is
         // seen by this look; one after it sees the bit and wakes the registered waker.
         self.state.word.fetch_or(WAITERS, Ordering::SeqCst);
-        if self.try_enter_task(access, me, stripe, nested) {
+        if self.try_enter(access, stripe, nested) {
             return Poll::Ready(());
         }
         Poll::Pending
     }
 
-    /// `try_enter` for a task: an exclusive hold belongs to no thread (the task may be polled on
-    /// another one, and a sync call on this thread must not take it for its own).
-    fn try_enter_task(
-        &self,
-        access: Access,
-        me: *const ThreadInfo,
-        stripe: usize,
-        nested: bool,
-    ) -> bool {
-        let entered = self.try_enter(access, me, stripe, nested);
-        if entered && access == Access::Exclusive {
-            self.state
-                .owner
-                .store(std::ptr::null_mut(), Ordering::Relaxed);
-        }
-        entered
+    /// Names `me` as the thread holding the writer bit, for a hold the thread's call stack does
+    /// not show (the caller holds the gate exclusively). Cleared by [`clear_owner`] before the
+    /// release.
+    ///
+    /// [`clear_owner`]: Self::clear_owner
+    pub(crate) fn set_owner(&self, me: *const ThreadInfo) {
+        // Relaxed: only read by this thread's own re-entrant attempt, or compared against
+        // another thread's info, which it can never equal.
+        self.state.owner.store(me as *mut _, Ordering::Relaxed);
+    }
+
+    /// Clears what [`set_owner`](Self::set_owner) set (the caller still holds the gate).
+    pub(crate) fn clear_owner(&self) {
+        // Relaxed: as in `set_owner`.
+        self.state
+            .owner
+            .store(std::ptr::null_mut(), Ordering::Relaxed);
     }
 
     /// Marks the gate pending: from now on new outer calls wait.

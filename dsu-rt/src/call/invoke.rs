@@ -4,23 +4,19 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::component::{RawHandle, Slot};
+use super::component::{RawHandle, Slot, WATCH_COUNT, WATCH_POISON};
 use super::gate::{self, Access, Gate};
-use super::thread::{self, ThreadInfo};
+use super::thread::{self, Frame, ThreadInfo};
 use crate::abi::desc::{payload_message, CallResult, MethodDesc, Receiver};
 
 /// An entered call: holds the gate and the thread's call-stack entry until dropped.
 pub struct Call<'a> {
     slot: &'a Slot,
     thread: *const ThreadInfo,
-    depth: u32,
+    frame: Frame,
     stripe: usize,
     access: Access,
 }
-
-/// Whether rate-bound policies are sampling call counts (off: the counter is not touched).
-pub(crate) static COUNTING: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
 
 impl<'a> Call<'a> {
     /// Enters `method` on the component behind `raw`.
@@ -44,37 +40,32 @@ impl<'a> Call<'a> {
         };
         let thread = thread::current();
         // SAFETY: `current()` returns null or this thread's live info.
-        let nested = force_nested || unsafe { thread.as_ref() }.is_some_and(|t| t.depth() > 0);
+        let info = unsafe { thread.as_ref() };
+        let now = info.map_or(Frame::NONE, ThreadInfo::frame);
+        let nested = force_nested || now.depth() > 0;
         let stripe = gate::stripe_of(thread);
         slot.gate.enter(access, thread, stripe, nested, method.name);
-        // SAFETY: as above.
-        let depth = match unsafe { thread.as_ref() } {
-            Some(t) => t.push(&slot.gate as *const Gate as *const (), method),
-            None => 0,
+        let frame = match info {
+            Some(t) => t.push_on(now, &slot.gate as *const Gate as *const (), method),
+            None => Frame::NONE,
         };
-        // Relaxed: a counter sampled by the policy loop; exactness is not needed.
-        if COUNTING.load(Ordering::Relaxed) {
-            slot.calls.fetch_add(1, Ordering::Relaxed);
+        if owner_untracked(access, thread, frame) {
+            slot.gate.set_owner(thread);
         }
-        let call = Call {
+        // Relaxed: the bits are set by the policy loop (a statistics switch) and by a call that
+        // held the gate before this one entered it (the poison). Checked before the `Call`
+        // exists, so that it is built in its final place, not spilled and copied (which stalled
+        // store forwarding and cost 9 ns a call).
+        if slot.watch.load(Ordering::Relaxed) != 0 {
+            watched(slot, access, thread, frame, stripe, method);
+        }
+        Call {
             slot,
             thread,
-            depth,
+            frame,
             stripe,
             access,
-        };
-        // Relaxed: set by a call that held the gate before this one entered it.
-        if !slot.poisoned.load(Ordering::Relaxed).is_null() {
-            call.poisoned(method);
         }
-        call
-    }
-
-    /// A call on a poisoned component panics (the gate is released as the panic unwinds).
-    #[cold]
-    #[inline(never)]
-    fn poisoned(&self, method: &'static MethodDesc) -> ! {
-        panic_poisoned(self.slot, method)
     }
 
     /// The callee panicked (its panic was caught and is resumed by [`finish`] on the caller's
@@ -104,6 +95,43 @@ impl<'a> Call<'a> {
     pub fn state(&self) -> *mut () {
         // Relaxed: as for `entry`.
         self.slot.state.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether an exclusive call must name its thread as the gate's owner: one deeper than the
+/// tracked part of the call stack, where [`ThreadInfo::is_inside_exclusive`] cannot see it (a
+/// re-entrant call would otherwise deadlock instead of panicking).
+#[inline(always)]
+fn owner_untracked(access: Access, thread: *const ThreadInfo, frame: Frame) -> bool {
+    access == Access::Exclusive && !thread.is_null() && frame.depth() as usize >= thread::TRACKED
+}
+
+/// A call on a watched instance: count it for a rate-bound policy, refuse it if poisoned (the
+/// call entered already: the panic leaves the gate as it unwinds).
+#[cold]
+#[inline(never)]
+fn watched(
+    slot: &Slot,
+    access: Access,
+    thread: *const ThreadInfo,
+    frame: Frame,
+    stripe: usize,
+    method: &'static MethodDesc,
+) {
+    // Relaxed: as in `Call::enter_with`; the counter is sampled, exactness is not needed.
+    if slot.watch.load(Ordering::Relaxed) & WATCH_COUNT != 0 {
+        slot.calls.fetch_add(1, Ordering::Relaxed);
+    }
+    if !slot.poisoned.load(Ordering::Relaxed).is_null() {
+        // Dropped as the panic unwinds: leaves the gate and the call stack.
+        let _call = Call {
+            slot,
+            thread,
+            frame,
+            stripe,
+            access,
+        };
+        panic_poisoned(slot, method);
     }
 }
 
@@ -142,6 +170,7 @@ pub(crate) fn poison_after_panic(
             method as *const MethodDesc as *mut MethodDesc,
             Ordering::Relaxed,
         );
+        slot.watch.fetch_or(WATCH_POISON, Ordering::Relaxed);
     }
 }
 
@@ -155,7 +184,10 @@ impl Drop for Call<'_> {
     fn drop(&mut self) {
         // SAFETY: `thread` is null or this thread's live info (a Call never leaves its thread).
         if let Some(t) = unsafe { self.thread.as_ref() } {
-            t.pop(self.depth);
+            t.pop(self.frame);
+        }
+        if owner_untracked(self.access, self.thread, self.frame) {
+            self.slot.gate.clear_owner();
         }
         self.slot.gate.leave(self.access, self.stripe);
     }
@@ -245,12 +277,16 @@ pub(crate) fn with_exclusive<R>(slot: &Slot, who: &str, f: impl FnOnce(*mut ()) 
     struct Leave<'a>(&'a Gate, usize);
     impl Drop for Leave<'_> {
         fn drop(&mut self) {
+            self.0.clear_owner();
             self.0.leave(Access::Exclusive, self.1);
         }
     }
     let me = thread::current();
     let stripe = gate::stripe_of(me);
     slot.gate.enter(Access::Exclusive, me, stripe, false, who);
+    // Not on the call stack: only the owner tells a re-entrant call from `f` that it would
+    // deadlock.
+    slot.gate.set_owner(me);
     let _leave = Leave(&slot.gate, stripe);
     // Relaxed: as in `Call::state`.
     f(slot.state.load(Ordering::Relaxed))

@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -26,16 +26,32 @@ pub(crate) const TRACKED: usize = 8;
 /// many threads calling at once never share a counter.
 pub(crate) const STRIPES: usize = 8;
 
+/// What [`ThreadInfo::push`] hands back for the matching `pop`: the frame word before the call.
+#[derive(Clone, Copy)]
+pub(crate) struct Frame(u64);
+
+impl Frame {
+    /// The frame of a call on a thread the runtime no longer tracks (being torn down).
+    pub(crate) const NONE: Frame = Frame(0);
+
+    /// The depth the call was made at (0: an outer call).
+    #[inline]
+    pub(crate) fn depth(self) -> u32 {
+        self.0 as u32
+    }
+}
+
 /// What the runtime knows about one thread.
 pub struct ThreadInfo {
     pub(crate) name: String,
     pub(crate) os_tid: i64,
-    pub(crate) depth: AtomicU32,
+    /// The call stack's frame word: the nesting depth of dsu calls in the low 32 bits, and in
+    /// the high 32 bits a count of outer calls (so a report can tell one long call from many
+    /// short ones). One word, so that entering a call is one load and one store of it.
+    pub(crate) frame: AtomicU64,
     pub(crate) methods: [AtomicPtr<MethodDesc>; TRACKED],
     /// Erased `*const Slot` of each tracked call.
     pub(crate) slots: [AtomicPtr<()>; TRACKED],
-    /// Counts outer calls, so a report can tell one long call from many short ones.
-    pub(crate) seq: AtomicU64,
     pub(crate) registered: AtomicBool,
     /// The reader stripe this thread's shared calls count in (see `gate`).
     pub(crate) stripe: usize,
@@ -57,10 +73,9 @@ impl ThreadInfo {
                 .unwrap_or_else(|| format!("{:?}", t.id())),
             // SAFETY: gettid has no preconditions.
             os_tid: unsafe { libc::gettid() } as i64,
-            depth: AtomicU32::new(0),
+            frame: AtomicU64::new(0),
             methods: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
             slots: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
-            seq: AtomicU64::new(0),
             registered: AtomicBool::new(false),
             // Relaxed: a round-robin ticket; any value is correct, distinct ones are faster.
             stripe: NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES,
@@ -71,28 +86,51 @@ impl ThreadInfo {
     /// Nesting depth of dsu calls on this thread.
     #[inline]
     pub(crate) fn depth(&self) -> u32 {
-        self.depth.load(Ordering::Relaxed)
+        self.frame().depth()
     }
 
+    /// The count of outer calls this thread has made (wraps; it only tells calls apart).
+    pub(crate) fn outer_calls(&self) -> u64 {
+        self.frame.load(Ordering::Relaxed) >> 32
+    }
+
+    /// The frame word, for [`push_on`](Self::push_on): a caller that has read the depth already
+    /// gives the word it read instead of loading it again.
     #[inline]
-    pub(crate) fn push(&self, slot: *const (), method: &'static MethodDesc) -> u32 {
-        let d = self.depth.load(Ordering::Relaxed);
+    pub(crate) fn frame(&self) -> Frame {
+        Frame(self.frame.load(Ordering::Relaxed))
+    }
+
+    /// Records a call on this thread's stack. Returns the frame [`pop`](Self::pop) restores.
+    #[inline]
+    pub(crate) fn push(&self, slot: *const (), method: &'static MethodDesc) -> Frame {
+        self.push_on(self.frame(), slot, method)
+    }
+
+    /// [`push`](Self::push), given the thread's current [`frame`](Self::frame) (only this thread
+    /// writes it, so a word read earlier on this thread is still current).
+    #[inline]
+    pub(crate) fn push_on(
+        &self,
+        now: Frame,
+        slot: *const (),
+        method: &'static MethodDesc,
+    ) -> Frame {
+        let (w, d) = (now.0, now.depth());
         if (d as usize) < TRACKED {
             self.methods[d as usize].store(method as *const _ as *mut _, Ordering::Relaxed);
             self.slots[d as usize].store(slot as *mut (), Ordering::Relaxed);
         }
-        if d == 0 {
-            // Only this thread writes `seq`: a load and a store, not a read-modify-write.
-            self.seq
-                .store(self.seq.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        }
-        self.depth.store(d + 1, Ordering::Relaxed);
-        d
+        // An outer call counts one more outer call; the depth grows by one either way.
+        let restore = if d == 0 { w.wrapping_add(1 << 32) } else { w };
+        self.frame.store(restore + 1, Ordering::Relaxed);
+        Frame(restore)
     }
 
+    /// Ends the call `push` returned `f` for (calls end in the reverse order they began).
     #[inline]
-    pub(crate) fn pop(&self, d: u32) {
-        self.depth.store(d, Ordering::Relaxed);
+    pub(crate) fn pop(&self, f: Frame) {
+        self.frame.store(f.0, Ordering::Relaxed);
     }
 
     /// Whether this thread is inside a `&mut self` call on `slot` (a task being polled holds it).

@@ -278,9 +278,7 @@ fn note_busy(slots: &[(usize, Arc<Slot>)], first_seen: &mut HashMap<(i64, u64), 
                 .any(|(_, s)| std::ptr::eq(&s.gate as *const _ as *const (), p))
         });
         if on_ours {
-            first_seen
-                .entry((t.os_tid, t.seq.load(Ordering::Relaxed)))
-                .or_insert(now);
+            first_seen.entry((t.os_tid, t.outer_calls())).or_insert(now);
         }
     }
     for (n, (_, s)) in slots.iter().enumerate() {
@@ -320,7 +318,7 @@ fn busy_calls(
             // SAFETY: method descriptors are statics of the host or of a never-unloaded patch.
             let method = unsafe { m.as_ref() }.map(|m| m.name.to_string());
             let since = first_seen
-                .get(&(t.os_tid, t.seq.load(Ordering::Relaxed)))
+                .get(&(t.os_tid, t.outer_calls()))
                 .copied()
                 .unwrap_or(now);
             out.push(BusyCall {

@@ -2,10 +2,11 @@
 //! bound) waits for that moment here, or gives up, before anything is touched.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::plan::{all_slots, Plan};
-use crate::call::invoke::COUNTING;
+use crate::call::component::{Slot, WATCH_COUNT};
 use crate::package::policy::{self, Policy};
 
 pub(crate) fn wait_for_policy(plan: &Plan) -> Result<(), String> {
@@ -41,10 +42,18 @@ pub(crate) fn wait_for_policy(plan: &Plan) -> Result<(), String> {
         } => {
             let deadline = Instant::now() + Duration::from_millis(*give_up_ms);
             let sample = Duration::from_millis((*sample_ms).max(1));
-            // Relaxed: a switch for a statistics counter.
-            COUNTING.store(true, Ordering::Relaxed);
+            // The instances whose calls are being counted (each sample looks again: the plan's
+            // instances may come and go).
+            let mut counted: Vec<Arc<Slot>> = Vec::new();
             let result = loop {
                 let slots = all_slots(plan);
+                for (_, s) in &slots {
+                    if !counted.iter().any(|c| Arc::ptr_eq(c, s)) {
+                        // Relaxed: a switch for a statistics counter.
+                        s.watch.fetch_or(WATCH_COUNT, Ordering::Relaxed);
+                        counted.push(s.clone());
+                    }
+                }
                 let before: Vec<u64> = slots
                     .iter()
                     .map(|(_, s)| s.calls.load(Ordering::Relaxed))
@@ -71,7 +80,10 @@ pub(crate) fn wait_for_policy(plan: &Plan) -> Result<(), String> {
                     ));
                 }
             };
-            COUNTING.store(false, Ordering::Relaxed);
+            for s in counted {
+                // Relaxed: as above.
+                s.watch.fetch_and(!WATCH_COUNT, Ordering::Relaxed);
+            }
             result
         }
     }

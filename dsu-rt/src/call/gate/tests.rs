@@ -247,7 +247,7 @@ fn reentrant_exclusive_call_panics_instead_of_deadlocking() {
     // SAFETY: `t` is this thread's live info.
     let info = unsafe { &*t };
     info.slots[0].store(&g as *const Gate as *mut (), Ordering::Relaxed);
-    info.depth.store(1, Ordering::Relaxed);
+    info.frame.store(1, Ordering::Relaxed);
     g.enter(Access::Shared, t, stripe_of(t), false, "t");
     g.enter(Access::Exclusive, t, stripe_of(t), true, "Store::set");
 }
