@@ -2,7 +2,7 @@
 
 use super::*;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use crate::call::thread;
@@ -78,6 +78,19 @@ fn manager_cannot_lock_while_a_call_is_in_flight() {
 /// takes the gate; exclusive sections and the manager's hold must never overlap anything.
 #[test]
 fn stress_exclusion_holds() {
+    stress_exclusion(|n, i| (n + i) % 3 == 0);
+}
+
+/// As `stress_exclusion_holds`, with runs of exclusive calls long enough for their holders to
+/// clear the stripe mask between the shared calls.
+#[test]
+fn stress_exclusion_holds_across_cleared_masks() {
+    stress_exclusion(|n, i| (n + i) % (2 * QUIET_HOLDS as u64) != 0);
+}
+
+/// Four threads call, exclusively when `excl(call number, thread number)`, while the manager
+/// takes the gate 200 times.
+fn stress_exclusion(excl: fn(u64, u64) -> bool) {
     let g = Arc::new(Gate::new());
     let inside = Arc::new(AtomicUsize::new(0));
     let writers = Arc::new(AtomicUsize::new(0));
@@ -88,7 +101,7 @@ fn stress_exclusion_holds() {
         hs.push(std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let excl = (n + i) % 3 == 0;
+                let excl = excl(n, i);
                 let acc = if excl {
                     Access::Exclusive
                 } else {
@@ -250,4 +263,68 @@ fn reentrant_exclusive_call_panics_instead_of_deadlocking() {
     info.frame.store(1, Ordering::Relaxed);
     g.enter(Access::Shared, t, stripe_of(t), false, "t");
     g.enter(Access::Exclusive, t, stripe_of(t), true, "Store::set");
+}
+
+fn mask(g: &Gate) -> usize {
+    (g.state.word.load(Ordering::SeqCst) >> MASK_SHIFT) & MASK
+}
+
+#[test]
+fn a_run_of_exclusive_holds_clears_the_mask_and_a_reader_is_still_seen_after() {
+    let g = Gate::new();
+    let st = stripe_of(me());
+    g.enter(Access::Shared, me(), st, false, "t");
+    g.leave(Access::Shared, st);
+    assert_ne!(mask(&g), 0);
+    // Alternating calls move the entry counts between holds: the mask stays.
+    for _ in 0..3 * QUIET_HOLDS {
+        g.enter(Access::Exclusive, me(), st, false, "t");
+        g.leave(Access::Exclusive, st);
+        g.enter(Access::Shared, me(), st, false, "t");
+        g.leave(Access::Shared, st);
+    }
+    assert_ne!(mask(&g), 0);
+    // A run of exclusive holds with no shared call clears it.
+    for _ in 0..=QUIET_HOLDS {
+        g.enter(Access::Exclusive, me(), st, false, "t");
+        g.leave(Access::Exclusive, st);
+    }
+    assert_eq!(mask(&g), 0);
+    // A reader on another thread publishes its stripe again, and a writer sees it.
+    let g = Arc::new(g);
+    let (inside, out) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    let reader = {
+        let (g, inside, out) = (g.clone(), inside.clone(), out.clone());
+        std::thread::spawn(move || {
+            let st = stripe_of(me());
+            g.enter(Access::Shared, me(), st, false, "t");
+            inside.wait();
+            out.wait();
+            g.leave(Access::Shared, st);
+        })
+    };
+    inside.wait();
+    assert_ne!(mask(&g), 0);
+    assert!(!g.try_enter(Access::Exclusive, st, false));
+    assert_eq!(g.in_flight(), (1, false));
+    out.wait();
+    reader.join().unwrap();
+    g.enter(Access::Exclusive, me(), st, false, "t");
+    assert_eq!(g.in_flight(), (0, true));
+    g.leave(Access::Exclusive, st);
+}
+
+#[test]
+fn a_claim_on_a_held_gate_is_taken_back() {
+    let g = Arc::new(Gate::new());
+    g.enter(Access::Exclusive, me(), stripe_of(me()), false, "t");
+    let other = {
+        let g = g.clone();
+        std::thread::spawn(move || g.try_enter(Access::Exclusive, stripe_of(me()), false))
+    };
+    assert!(!other.join().unwrap());
+    assert_eq!(g.state.word.load(Ordering::SeqCst) & WRITERS, ONE_WRITER);
+    g.leave(Access::Exclusive, stripe_of(me()));
+    assert_eq!(g.in_flight(), (0, false));
+    assert_eq!(g.state.word.load(Ordering::SeqCst) & WRITERS, 0);
 }
