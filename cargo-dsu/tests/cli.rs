@@ -389,6 +389,69 @@ fn refused_updates_exit_2_and_write_nothing() {
     assert_eq!(o.status.code(), Some(0));
 }
 
+/// A two-file binary crate `plain` at `dir`, version `version`, that does not use dsu.
+fn plain_crate(dir: &Path, version: &str, answer: u32) -> PathBuf {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!("[package]\nname = \"plain\"\nversion = \"{version}\"\nedition = \"2021\"\n\n[workspace]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("src/main.rs"),
+        format!("fn answer() -> u32 {{\n    {answer}\n}}\n\nfn main() {{\n    println!(\"{{}}\", answer());\n}}\n"),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+#[test]
+fn a_program_without_the_dsu_runtime_is_refused_and_a_same_version_pair_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = plain_crate(&tmp.path().join("v1"), "0.1.0", 1);
+    let v2 = plain_crate(&tmp.path().join("v2"), "0.2.0", 2);
+    let o = cargo_dsu(&["check", v1.to_str().unwrap(), v2.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(
+        out.contains(
+            "the program has no dsu runtime: OLD (plain 0.1.0) does not depend on `dsu-rt`"
+        ) && out.contains("add `dsu-rt` to [dependencies]"),
+        "{out}"
+    );
+    assert!(!out.contains("can be applied"), "{out}");
+    for engine in [&[][..], &["--engine", "handoff"]] {
+        let (code, v) = check_json(&v1, &v2, engine);
+        assert_eq!(code, Some(2), "{v}");
+        assert_eq!(v["applicable"], false);
+        let runtime: Vec<_> = v["refusals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["item"] == "dsu runtime")
+            .collect();
+        assert_eq!(runtime.len(), 2, "{v}");
+        assert!(runtime.iter().all(|r| r["handoff_ok"] == false), "{v}");
+        let (o, _dir, pkg) = diff_to_file(&v1, &v2, engine);
+        assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+        assert!(!pkg.exists(), "a package was written");
+    }
+    // The same version on both sides is warned about (and still analysed).
+    let (a, b) = (case("body_only", "v1"), case("body_only", "v1"));
+    let o = cargo_dsu(&["check", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(
+        err.contains("both versions of `") && err.contains("bump `version` in NEW's Cargo.toml"),
+        "{out}\n{err}"
+    );
+    let o = cargo_dsu(&[
+        "check",
+        case("body_only", "v1").to_str().unwrap(),
+        case("body_only", "v2").to_str().unwrap(),
+    ]);
+    assert!(!text(&o).1.contains("both versions of `"), "{:?}", text(&o));
+}
+
 fn kvstore(v: &str) -> PathBuf {
     repo().join("examples/kvstore").join(v)
 }

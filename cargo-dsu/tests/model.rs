@@ -140,7 +140,10 @@ fn a_changed_toolchain_pin_is_refused_in_place() {
         write(
             &root,
             "Cargo.toml",
-            "[package]\nname = \"t\"\nversion = \"1.0.0\"\nedition = \"2021\"\n[workspace]\n",
+            &format!(
+                "[package]\nname = \"t\"\nversion = \"1.0.0\"\nedition = \"2021\"\n[workspace]\n{}",
+                runtime_stub(dir.path())
+            ),
         );
         write(&root, "src/main.rs", "fn main() {}\n");
         write(
@@ -186,6 +189,36 @@ fn a_handle_does_not_hold_the_state_it_points_to() {
     assert!(!holds(syn::parse_quote!(StoreKey)));
 }
 
+/// A stand-in package named `dsu-rt` (no code) under `dir`, and the `[dependencies]` section
+/// that makes a program beside it depend on it: the analysis refuses a program without the dsu
+/// runtime, and these tests are about something else.
+fn runtime_stub(dir: &Path) -> String {
+    let stub = dir.join("dsu-rt-stub");
+    write(
+        &stub,
+        "Cargo.toml",
+        "[package]\nname = \"dsu-rt\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n",
+    );
+    write(&stub, "src/lib.rs", "");
+    format!(
+        "\n[dependencies]\ndsu-rt = {{ path = \"{}\" }}\n",
+        stub.display()
+    )
+}
+
+/// A one-file program `t` at `root` with `main` as its source, depending on [`runtime_stub`].
+fn program_with_runtime(root: &Path, version: &str, main: &str) {
+    write(
+        root,
+        "Cargo.toml",
+        &format!(
+            "[package]\nname = \"t\"\nversion = \"{version}\"\nedition = \"2021\"\n[workspace]\n{}",
+            runtime_stub(root.parent().unwrap())
+        ),
+    );
+    write(root, "src/main.rs", main);
+}
+
 /// A one-file program `t` at `root` with `main` as its source.
 fn program(root: &Path, version: &str, main: &str) {
     write(
@@ -202,8 +235,8 @@ fn program(root: &Path, version: &str, main: &str) {
 fn a_changed_global_allocator_is_applied_by_hand_off() {
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = (dir.path().join("old"), dir.path().join("new"));
-    program(&old, "1.0.0", "fn main() {}\n");
-    program(
+    program_with_runtime(&old, "1.0.0", "fn main() {}\n");
+    program_with_runtime(
         &new,
         "2.0.0",
         "#[global_allocator]\nstatic ALLOC: std::alloc::System = std::alloc::System;\nfn main() {}\n",

@@ -107,6 +107,7 @@ pub fn analyze(old: &Version, new: &Version) -> Result<Analysis> {
     let facts_new = facts::facts(&source::load_crate(&new.dir, &new.root)?);
     let pair = Pair::new(&facts_old, &facts_new);
     let mut found = Findings::default();
+    environment::runtime(old, new, &mut found);
     components::components(&pair, &mut found);
     let changed_states = states::states(&pair, &mut found);
     globals::globals(&pair, &changed_states, &mut found);

@@ -80,6 +80,9 @@ pub struct Change {
     pub constraint: String,
 }
 
+/// The item of the refusal of a version that does not depend on the dsu runtime.
+pub const RUNTIME_ITEM: &str = "dsu runtime";
+
 /// Why (part of) the update cannot be applied in place.
 #[derive(Clone, Debug, Serialize)]
 pub struct Refusal {
@@ -177,9 +180,16 @@ pub(super) fn plan_engine(
     let blocking = refusals.iter().filter(|r| !r.handoff_ok).count();
     // Why a hand-off cannot apply it (None: it can).
     let handoff_blocked = if blocking > 0 {
+        let why = if refusals
+            .iter()
+            .any(|r| !r.handoff_ok && r.item == RUNTIME_ITEM)
+        {
+            "a process without the dsu runtime takes no update"
+        } else {
+            "the state must be transferred by both engines"
+        };
         Some(format!(
-            "{blocking} problem(s) that a hand-off cannot apply either (the state must be \
-             transferred by both engines)"
+            "{blocking} problem(s) that a hand-off cannot apply either ({why})"
         ))
     } else if new.bin.is_none() {
         Some(format!(

@@ -46,6 +46,10 @@ pub struct Version {
     pub deps: BTreeMap<String, String>,
     #[serde(skip)]
     pub target_dir: PathBuf,
+    /// The name the package uses the dsu runtime (package `dsu-rt`) under, when it depends on
+    /// it: without it no process of the package can take an update.
+    #[serde(skip)]
+    pub runtime: Option<String>,
 }
 
 /// Reads a package's name, version, root file, Cargo.lock and dependency requirements.
@@ -82,6 +86,11 @@ pub fn load_version(path: &Path) -> Result<Version> {
             (name, what)
         })
         .collect();
+    let runtime = pkg
+        .dependencies
+        .iter()
+        .find(|d| d.kind == cargo_metadata::DependencyKind::Normal && d.name == "dsu-rt")
+        .map(|d| d.rename.clone().unwrap_or_else(|| d.name.clone()));
     Ok(Version {
         name: pkg.name.to_string(),
         version: pkg.version.to_string(),
@@ -91,5 +100,6 @@ pub fn load_version(path: &Path) -> Result<Version> {
         lock: lock.is_file().then_some(lock),
         deps,
         target_dir: meta.target_directory.as_std_path().to_path_buf(),
+        runtime,
     })
 }

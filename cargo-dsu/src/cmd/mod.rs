@@ -62,6 +62,14 @@ pub(crate) fn analyse(
         }
     };
     let old_v = analysis::load_version(&old_path)?;
+    if old_v.version == new_v.version {
+        shell.warn(format!(
+            "both versions of `{}` are {}: the process's update history and `cargo dsu status` \
+             will not tell the running version from the one before; bump `version` in NEW's \
+             Cargo.toml",
+            new_v.name, new_v.version
+        ));
+    }
     shell.status(
         "Analyzing",
         format!("{} {} -> {}", new_v.name, old_v.version, new_v.version),

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::super::facts::AllocatorFacts;
-use super::super::taxonomy::{change, Kind, Refusal, ENVIRONMENT, NOT_IN_PLACE, SAME_DEPENDENCIES};
+use super::super::taxonomy::{
+    change, Kind, Refusal, ENVIRONMENT, NOT_IN_PLACE, RUNTIME_ITEM, SAME_DEPENDENCIES,
+};
 use super::super::version::Version;
 use super::{Findings, Pair};
 use crate::cargo::{cargo_config, locked, toolchain_pin};
@@ -136,6 +138,44 @@ pub(in crate::analysis) fn allocator(p: &Pair, a: &mut Findings) {
             ),
             fix: "keep the base's allocator for this update".into(),
             handoff_ok: true,
+        });
+    }
+}
+
+/// Both versions must run the dsu runtime: a process without it has no update manager to
+/// take a patch or hand its state off, and a new version without it could take no update after
+/// this one (nor, by hand-off, receive the state). Neither engine applies such an update.
+pub(in crate::analysis) fn runtime(old: &Version, new: &Version, a: &mut Findings) {
+    for (v, side, consequence) in [
+        (
+            old,
+            "OLD",
+            "no process of it has an update manager, so nothing could take this update, in place \
+             or by hand-off",
+        ),
+        (
+            new,
+            "NEW",
+            "its process could not receive the state by hand-off, nor take any update after this one",
+        ),
+    ] {
+        if v.runtime.is_some() {
+            continue;
+        }
+        a.refusals.push(Refusal {
+            item: RUNTIME_ITEM.into(),
+            file: v.dir.join("Cargo.toml").display().to_string(),
+            line: 0,
+            reason: format!(
+                "the program has no dsu runtime: {side} ({} {}) does not depend on `dsu-rt`; \
+                 {consequence}",
+                v.name, v.version
+            ),
+            fix: "add `dsu-rt` to [dependencies] of both versions (see examples/counter), mark \
+                  the program's components with `#[dsu::component]`, start it under \
+                  `dsu::Runtime`, and deploy that version before updating it"
+                .into(),
+            handoff_ok: false,
         });
     }
 }
