@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use dsu::Outcome;
 use dsu_tests::*;
 
@@ -187,10 +187,15 @@ fn a_handoff_precopies_the_lazy_maps_and_every_acknowledged_write_reaches_the_ne
     const FILL: usize = 200_000;
     let exe = build_base(&lazy("v1"))?;
     let pkg = handoff_package()?;
-    let p = Process::start(&exe)?;
+    let mut p = Process::start(&exe)?;
     let mut c = p.connect()?;
     c.cmd(&format!("fill {FILL}"))?;
     c.cmd(&format!("kfill {K}"))?;
+    // The old process drops its components before it exits: a `Drop` writes this marker.
+    let marks = tempfile::tempdir()?;
+    let marker = marks.path().join("dropped");
+    assert_eq!(c.cmd(&format!("mark {}", marker.display()))?, "ok");
+    let old_pid = p.pid();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..2)
@@ -295,5 +300,16 @@ fn a_handoff_precopies_the_lazy_maps_and_every_acknowledged_write_reaches_the_ne
     converted(&mut c)?;
     assert_eq!(c.cmd("put after x 1")?, "ok");
     assert_eq!(c.cmd("show after")?, "x tag-after,second 1 seen=0");
+    // The old process has ended, and it dropped its components first (the new process, which
+    // received the marker's path with the state, is still serving).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.alive() {
+        ensure!(Instant::now() < deadline, "the old process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&marker).context("the old process's Drop wrote no marker")?,
+        format!("dropped by pid {old_pid}")
+    );
     Ok(())
 }

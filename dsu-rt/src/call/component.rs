@@ -158,6 +158,9 @@ pub struct Slot {
     pub(crate) watch: AtomicU8,
     /// The async calls in flight, by method (for the report of an update that waits for them).
     pub(crate) tasks: TaskCalls,
+    /// When the instance was registered, in the order of all registrations (see
+    /// [`drop_all_states`]).
+    pub(crate) born: u64,
 }
 
 impl Slot {
@@ -172,6 +175,10 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let table = self.current_table();
         let state = *self.state.get_mut();
+        if state.is_null() {
+            // Dropped already, by `drop_all_states`.
+            return;
+        }
         // SAFETY: the state was boxed by the version whose `drop_state` is in the table that
         // was installed together with it; nobody else holds the slot any more.
         unsafe { (table.desc.drop_state)(state) };
@@ -401,10 +408,74 @@ pub(crate) unsafe fn register_raw(desc: &'static ComponentDesc, state: *mut ()) 
         poisoned: AtomicPtr::new(std::ptr::null_mut()),
         watch: AtomicU8::new(0),
         tasks: TaskCalls::default(),
+        // Relaxed: a ticket; only its order matters.
+        born: BORN.fetch_add(1, Ordering::Relaxed),
     });
     inner.slots.retain(|w| w.strong_count() > 0);
     inner.slots.push(Arc::downgrade(&slot));
     RawHandle { slot }
+}
+
+/// Registrations so far (see [`Slot::born`]).
+static BORN: AtomicU64 = AtomicU64::new(0);
+
+/// Drops the state of every live instance, the last registered first (an instance built with
+/// handles to earlier ones may use them in its `Drop`), each with its gate taken for good: a
+/// call that comes after waits until the process exits. For a process that is about to exit
+/// (replaced by a hand-off), so that its components' `Drop` runs (journals flush, files
+/// close). The instances in `held` are held at their gates by the caller already (the
+/// hand-off's hold, never released); the others' calls must drain before `within` is over, or
+/// they are left as they are. Returns how many were dropped and how many were left.
+pub(crate) fn drop_all_states(held: &[Arc<Slot>], within: std::time::Duration) -> (usize, usize) {
+    let mut slots: Vec<Arc<Slot>> = types_snapshot()
+        .iter()
+        .flat_map(|t| lock(&t.inner).live_slots())
+        .collect();
+    slots.sort_by_key(|s| std::cmp::Reverse(s.born));
+    let deadline = std::time::Instant::now() + within;
+    let (mut dropped, mut left) = (0, 0);
+    for s in slots {
+        if held.iter().any(|h| Arc::ptr_eq(h, &s)) {
+            // SAFETY: held by the caller, for good.
+            if unsafe { drop_held(&s) } {
+                dropped += 1;
+            }
+            continue;
+        }
+        s.gate.set_pending();
+        let mut taken = s.gate.try_lock_for_update();
+        while !taken && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            taken = s.gate.try_lock_for_update();
+        }
+        if !taken {
+            left += 1;
+            continue;
+        }
+        // SAFETY: taken above, never released.
+        if unsafe { drop_held(&s) } {
+            dropped += 1;
+        }
+    }
+    (dropped, left)
+}
+
+/// Drops the state of `s`, leaving a null that keeps `Slot::drop` from dropping it again.
+/// Returns whether there was one.
+///
+/// # Safety
+/// The caller holds `s`'s gate exclusively and never releases it.
+unsafe fn drop_held(s: &Slot) -> bool {
+    // Relaxed: the gate is held; the state is swapped only under it.
+    let state = s.state.swap(std::ptr::null_mut(), Ordering::Relaxed);
+    if state.is_null() {
+        return false;
+    }
+    let table = s.current_table();
+    // SAFETY: the state belongs to the installed table's version; nothing else can reach it
+    // (caller's contract).
+    unsafe { (table.desc.drop_state)(state) };
+    true
 }
 
 /// Drops a boxed state of type `T` (the `drop_state` of every descriptor).

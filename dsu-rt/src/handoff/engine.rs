@@ -204,7 +204,10 @@ pub(crate) fn run(
             rec,
             format!("{reason}; it was killed and the old process keeps serving"),
         );
+        return;
     }
+    // Held for good: this process drops their states just before it exits.
+    super::successor::hold_until_exit(ready.slots.iter().map(|(_, s)| s.clone()).collect());
 }
 
 /// Stream: serializes what a hand-off passes, with every component held.

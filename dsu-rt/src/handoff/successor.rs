@@ -289,14 +289,14 @@ static SUPERSEDED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::
 /// Marks this process as replaced by a committed hand-off: it exits once the initiator has
 /// its answer (`exit_if_superseded`), or after a short grace when the update was applied
 /// in-process and nobody waits for an answer. Its sockets and components stay held until then,
-/// and later updates are refused.
+/// and later updates are refused; its components are dropped just before it exits.
 pub(crate) fn superseded(new_pid: u32) {
     SUPERSEDED.store(new_pid.max(1), std::sync::atomic::Ordering::SeqCst);
     let _ = std::thread::Builder::new()
         .name("dsu-superseded".into())
         .spawn(|| {
             std::thread::sleep(Duration::from_secs(2));
-            std::process::exit(0);
+            exit_superseded();
         });
 }
 
@@ -311,6 +311,64 @@ pub(crate) fn superseded_by() -> Option<u32> {
 /// Exits if a hand-off has replaced this process (see [`superseded`]).
 pub(crate) fn exit_if_superseded() {
     if superseded_by().is_some() {
-        std::process::exit(0);
+        exit_superseded();
     }
+}
+
+/// The instances the committed hand-off holds at their gates (it never releases them).
+static HELD: std::sync::Mutex<Vec<std::sync::Arc<crate::call::component::Slot>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Records the instances a committed hand-off holds, for [`exit_superseded`] to drop.
+pub(crate) fn hold_until_exit(slots: Vec<std::sync::Arc<crate::call::component::Slot>>) {
+    crate::call::thread::lock(&HELD).extend(slots);
+}
+
+/// How long a replaced process waits for its components' calls to drain before it drops them.
+const DRAIN_BEFORE_EXIT: Duration = Duration::from_secs(3);
+/// How long the drops themselves may take, after that, before the process exits regardless.
+const DROPS_AT_MOST: Duration = Duration::from_secs(10);
+
+/// Ends a process a committed hand-off replaced: its components are dropped (their `Drop`
+/// runs: journals flush, files close), then it exits with status 0 (std flushes stdout). The
+/// new process serves already; the sockets' gate keeps this one from serving meanwhile. A
+/// second caller waits for the first to end the process.
+fn exit_superseded() -> ! {
+    static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if EXITING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+    let held = std::mem::take(&mut *crate::call::thread::lock(&HELD));
+    // On a thread of its own, bounded: a `Drop` that calls another component would wait for a
+    // gate the hand-off holds for good, and the process must end anyway.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dropping = std::thread::Builder::new()
+        .name("dsu-drop-components".into())
+        .spawn(move || {
+            let _ = tx.send(crate::call::component::drop_all_states(
+                &held,
+                DRAIN_BEFORE_EXIT,
+            ));
+        });
+    let limit = DRAIN_BEFORE_EXIT + DROPS_AT_MOST;
+    match dropping.map(|_| rx.recv_timeout(limit)) {
+        Ok(Ok((_, 0))) => {}
+        Ok(Ok((_, left))) => eprintln!(
+            "dsu: replaced by a hand-off: {left} component instance(s) still had calls in flight \
+             after {} s and were not dropped",
+            DRAIN_BEFORE_EXIT.as_secs()
+        ),
+        Ok(Err(_)) => eprintln!(
+            "dsu: replaced by a hand-off: dropping the components took more than {} s (a `Drop` \
+             that calls another component waits for ever); exiting without the rest",
+            limit.as_secs()
+        ),
+        Err(e) => eprintln!(
+            "dsu: replaced by a hand-off: cannot start a thread to drop the components ({e}); \
+             exiting without dropping them"
+        ),
+    }
+    std::process::exit(0)
 }

@@ -79,6 +79,29 @@ impl Keys {
     }
 }
 
+/// Writes a marker file when its state is dropped, for the test of a clean exit after a
+/// hand-off (`mark PATH`). The same in every version.
+#[dsu::state]
+#[derive(Default)]
+pub struct Closer {
+    marker: Option<String>,
+}
+
+#[dsu::component]
+impl Closer {
+    pub fn mark(&mut self, path: String) {
+        self.marker = Some(path);
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        if let Some(path) = &self.marker {
+            let _ = std::fs::write(path, format!("dropped by pid {}", std::process::id()));
+        }
+    }
+}
+
 fn main() {
     let args = server::Args::parse();
     let rt = dsu::Runtime::builder()
@@ -89,6 +112,7 @@ fn main() {
         .expect("start the dsu runtime");
     let dir = rt.register(Dir::default());
     let keys = rt.register(Keys::default());
+    let closer = rt.register(Closer::default());
     server::serve(args.port, || rt.ready(), move |line| {
         let p: Vec<&str> = line.split_whitespace().collect();
         match p.as_slice() {
@@ -116,6 +140,10 @@ fn main() {
                 "ok".to_string()
             }
             ["kget", k] => keys.get(k.as_bytes()),
+            ["mark", path] => {
+                closer.mark(path.to_string());
+                "ok".to_string()
+            }
             ["len"] => dir.len(),
             ["pending"] => format!("{} {}", dir.pending(), keys.pending()),
             ["version"] => dir.version(),
