@@ -72,6 +72,7 @@ pub use abi::build;
 #[cfg(not(dsu_off))]
 pub use abi::fingerprint;
 pub use abi::lazy::LazyMap;
+pub use abi::staged::write_staged;
 #[cfg(not(dsu_off))]
 pub use call::component::{register, Component, Handle, State};
 #[cfg(not(dsu_off))]

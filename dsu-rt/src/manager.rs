@@ -22,7 +22,7 @@ use crate::update::load::{self, LoadedPatch};
 use crate::update::plan::{self, Plan};
 use crate::update::prepare::prepare;
 use crate::update::record::{component_statuses, ms, ApplyOptions, Outcome, Status, UpdateRecord};
-use crate::update::{check, commit, swap, transfer, validate, verify, wait};
+use crate::update::{check, commit, staging, swap, transfer, validate, verify, wait};
 
 static MANAGER: Shared<Manager> = Shared::new("manager", Manager::new);
 
@@ -298,7 +298,11 @@ impl Manager {
             }
         };
         let swapped = swap::install(plan, ready, &produced, guards);
-        if let Err(reason) = check::run(plan, ready) {
+        // What `migrate` writes with `dsu::write_staged` is moved into place only if the
+        // checks pass, and with the commit; a rollback deletes it.
+        staging::begin();
+        if let Err(reason) = check::run(plan, ready).and_then(|()| staging::commit()) {
+            staging::discard();
             swapped.undo(plan, ready, &produced);
             commit::roll_back(plan, ready, produced, rec, reason);
             return false;

@@ -239,9 +239,48 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
     assert!(!std::fs::read_to_string(&aof)
         .unwrap()
         .starts_with("KVAOF 2"));
-    // First with a fault: the migration cannot write its new file (a directory is in the way).
+    // First a health check that fails after the migration ran (a directory is where its probe
+    // file goes): the update rolls back, and the file is as v5 wrote it, because the migrated
+    // one was only staged (`dsu::write_staged`) and is deleted, never moved into place.
+    let probe = server.data.join("kvstore.aof.health");
+    std::fs::create_dir(&probe).unwrap();
+    let o = run_dsu(&[
+        "apply",
+        packages[4].to_str().unwrap(),
+        "--socket",
+        server.socket.to_str().unwrap(),
+    ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(
+        out.contains("rolledback")
+            && out.contains("health check (`health_check`) of component `journal::Journal` failed"),
+        "{out}"
+    );
+    assert_eq!(info_field(&mut c, "kvstore_version"), 5);
+    let text = std::fs::read_to_string(&aof).unwrap();
+    assert!(
+        !text.contains("KVAOF"),
+        "the file was migrated: {}",
+        &text[..80.min(text.len())]
+    );
+    for leftover in ["kvstore.aof.dsu-staged", "kvstore.aof.dsu-backup"] {
+        assert!(
+            !server.data.join(leftover).exists(),
+            "{leftover} was left behind"
+        );
+    }
+    assert_eq!(
+        c.cmd(&["SET", "after-rollback", "v5"]),
+        Reply::Simple("OK".into())
+    );
+    std::fs::remove_dir(&probe).unwrap();
+    // Then the migration cannot write its new file (a directory is in the way).
     // The update rolls back; v5 keeps serving with its file and state as they were.
-    let blocker = server.data.join("kvstore.aof.migrating");
+    let blocker = server.data.join("kvstore.aof.dsu-staged");
     std::fs::create_dir(&blocker).unwrap();
     let o = run_dsu(&[
         "apply",
@@ -275,6 +314,10 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
     assert_eq!(
         c.cmd(&["SET", "after-migration", "yes"]),
         Reply::Simple("OK".into())
+    );
+    assert_eq!(
+        c.cmd(&["GET", "after-rollback"]),
+        Reply::Bulk(Some(b"v5".to_vec()))
     );
 
     let out = bench.wait_with_output().unwrap();
@@ -325,9 +368,11 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(v["status"]["version"], "6.0.0");
     let mut history = v["status"]["history"].as_array().unwrap().clone();
-    assert_eq!(history.len(), 6);
-    let failed = history.remove(4);
-    assert_eq!(failed["outcome"], "rolled_back");
+    // Two rolled back (the failed health check, then the blocked migration), four committed.
+    assert_eq!(history.len(), 7);
+    for failed in [history.remove(4), history.remove(4)] {
+        assert_eq!(failed["outcome"], "rolled_back");
+    }
     assert!(history.iter().all(|r| r["outcome"] == "committed"));
     let categories: Vec<u64> = history
         .iter()

@@ -18,6 +18,8 @@ pub(crate) mod lazy;
 pub(crate) mod root;
 #[cfg(not(dsu_off))]
 pub(crate) mod shared;
+// Files a `migrate` hook writes as part of its update; in every build.
+pub(crate) mod staged;
 #[cfg(not(dsu_off))]
 pub(crate) mod trace;
 #[cfg(not(dsu_off))]

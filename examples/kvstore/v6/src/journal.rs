@@ -97,8 +97,9 @@ impl Journal {
     }
 
     /// Moves the file to format 2 (run by the update manager when this version is loaded into a
-    /// running process): written beside the old file, then renamed over it, so a failure leaves
-    /// the old file as it was.
+    /// running process). The new file is staged (`dsu::write_staged`): the runtime moves it
+    /// over the old one when the update commits and deletes it when the update rolls back, so
+    /// a failure here or in a health check after leaves the old file as the old version wrote it.
     pub fn migrate(&mut self) -> Result<(), String> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
@@ -112,17 +113,20 @@ impl Journal {
         for op in parse(&text) {
             out.push_str(&line_of(&op));
         }
-        let tmp = self.path.with_extension("aof.migrating");
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(out.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        // Appends go to the new file from now on.
+        dsu::write_staged(&self.path, out.as_bytes())
+            .map_err(|e| format!("cannot write the new {}: {e}", self.path.display()))?;
+        // Appends go to the new file from now on (in place once the update commits).
         self.file = None;
         Ok(())
+    }
+
+    /// The data directory still takes new files (appends after the update need it): creates
+    /// and removes `NAME.health` beside the journal.
+    pub fn health_check(&self) -> Result<(), String> {
+        let probe = self.path.with_extension("aof.health");
+        File::create(&probe)
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|e| format!("the data directory takes no new file ({}): {e}", probe.display()))
     }
 
     pub fn record(&mut self, op: Op) {
