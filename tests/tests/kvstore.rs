@@ -95,6 +95,22 @@ fn start_on(exe: &Path, data: Option<&Path>) -> Server {
     }
 }
 
+/// `cargo dsu apply PKG`, which must end rolled back (exit 2) with `why` in its report.
+fn apply_rolled_back(server: &Server, pkg: &Path, why: &str) {
+    let o = run_dsu(&[
+        "apply",
+        pkg.to_str().unwrap(),
+        "--socket",
+        server.socket.to_str().unwrap(),
+    ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
+    assert!(out.contains("rolledback") && out.contains(why), "{out}");
+}
+
 fn apply(server: &Server, pkg: &Path) {
     let o = run_dsu(&[
         "apply",
@@ -244,21 +260,10 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
     // one was only staged (`dsu::write_staged`) and is deleted, never moved into place.
     let probe = server.data.join("kvstore.aof.health");
     std::fs::create_dir(&probe).unwrap();
-    let o = run_dsu(&[
-        "apply",
-        packages[4].to_str().unwrap(),
-        "--socket",
-        server.socket.to_str().unwrap(),
-    ]);
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
-    assert!(
-        out.contains("rolledback")
-            && out.contains("health check (`health_check`) of component `journal::Journal` failed"),
-        "{out}"
+    apply_rolled_back(
+        &server,
+        &packages[4],
+        "health check (`health_check`) of component `journal::Journal` failed",
     );
     assert_eq!(info_field(&mut c, "kvstore_version"), 5);
     let text = std::fs::read_to_string(&aof).unwrap();
@@ -282,21 +287,10 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
     // The update rolls back; v5 keeps serving with its file and state as they were.
     let blocker = server.data.join("kvstore.aof.dsu-staged");
     std::fs::create_dir(&blocker).unwrap();
-    let o = run_dsu(&[
-        "apply",
-        packages[4].to_str().unwrap(),
-        "--socket",
-        server.socket.to_str().unwrap(),
-    ]);
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert_eq!(o.status.code(), Some(2), "{out}\n{err}");
-    assert!(
-        out.contains("rolledback")
-            && out.contains("data migration (`migrate`) of component `journal::Journal` failed"),
-        "{out}"
+    apply_rolled_back(
+        &server,
+        &packages[4],
+        "data migration (`migrate`) of component `journal::Journal` failed",
     );
     assert_eq!(info_field(&mut c, "kvstore_version"), 5);
     assert!(!std::fs::read_to_string(&aof)

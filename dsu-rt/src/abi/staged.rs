@@ -24,6 +24,13 @@ pub(crate) struct StagedFile {
 pub(crate) static STAGED: Shared<Mutex<Option<Vec<StagedFile>>>> =
     Shared::new("staged-files", || Mutex::new(None));
 
+/// The list of [`STAGED`] files, locked (a poisoned lock is taken as it is: the list is plain
+/// data).
+#[cfg(not(dsu_off))]
+pub(crate) fn staged_files() -> std::sync::MutexGuard<'static, Option<Vec<StagedFile>>> {
+    STAGED.get().lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The staging name of `path`: `NAME.dsu-staged` beside it.
 pub(crate) fn staging_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -44,7 +51,7 @@ pub fn write_staged(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> std::
     write_synced(&staged, contents.as_ref())?;
     #[cfg(not(dsu_off))]
     {
-        let mut list = STAGED.get().lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = staged_files();
         if let Some(files) = list.as_mut() {
             files.retain(|f| f.target != path);
             files.push(StagedFile {

@@ -3,11 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::abi::staged::{StagedFile, STAGED};
-
-fn list() -> std::sync::MutexGuard<'static, Option<Vec<StagedFile>>> {
-    STAGED.get().lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::abi::staged::{staged_files as list, StagedFile};
 
 /// From now on `dsu::write_staged` stages into this update.
 pub(crate) fn begin() {
