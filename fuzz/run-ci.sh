@@ -27,16 +27,18 @@ cargo_fuzz_version="0.13.2"
 common_flags=(-timeout=5 -rss_limit_mb=512 -malloc_limit_mb=512 -print_final_stats=1)
 
 # The largest input each target is given: packages are kept small (the reader's cost is
-# linear in the input); requests go past the control socket's 64 KiB limit.
+# linear in the input); requests go past the control socket's 64 KiB limit; a hand-off channel
+# holds a few components' states (the seeds are under 8 KiB).
 max_len() {
     case "$1" in
         package_reader) echo 16384 ;;
         control_request) echo 70000 ;;
+        handoff_stream) echo 32768 ;;
         *) echo "error: no input size limit set for fuzz target \`$1\`; add it to max_len in $0" >&2; exit 2 ;;
     esac
 }
 
-targets=(package_reader control_request)
+targets=(package_reader control_request handoff_stream)
 [ "$#" -eq 0 ] || targets=("$@")
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -83,6 +83,11 @@ enum Command {
         /// Prepare-to-die timeout, overriding the package's.
         #[arg(long, value_name = "MS")]
         timeout_ms: Option<u64>,
+        /// Apply even if a component the update replaces is poisoned (a `&mut self` call
+        /// panicked in it): the new version takes its state as the panic left it, and the
+        /// poison ends when the update commits. Without it, such an update is refused.
+        #[arg(long)]
+        clear_poison: bool,
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
@@ -163,8 +168,9 @@ fn execute(cmd: Command, shell: &Shell) -> Result<i32> {
             package,
             socket,
             timeout_ms,
+            clear_poison,
             format,
-        } => cmd::apply::apply(shell, &package, &socket, timeout_ms, format),
+        } => cmd::apply::apply(shell, &package, &socket, timeout_ms, clear_poison, format),
         Command::Status { socket, format } => cmd::status::status(shell, &socket, format),
         Command::Watch {
             socket,

@@ -154,6 +154,13 @@ pub mod __private {
     pub use serde;
 }
 
+/// Not public API: the entry points of the fuzz targets in fuzz/.
+#[cfg(not(dsu_off))]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::handoff::fuzzing::{read_channel, seed_channel};
+}
+
 #[cfg(not(dsu_off))]
 /// Defines a patch's root: its layout-checked abi_stable header, its `adopt` entry point and
 /// its forwarding global allocator. cargo-dsu appends `::dsu::__private::patch_root!{}` to the

@@ -22,7 +22,7 @@ use crate::update::load::{self, LoadedPatch};
 use crate::update::plan::{self, Plan};
 use crate::update::prepare::prepare;
 use crate::update::record::{component_statuses, ms, ApplyOptions, Outcome, Status, UpdateRecord};
-use crate::update::{check, commit, staging, swap, transfer, validate, verify, wait};
+use crate::update::{check, commit, poison, staging, swap, transfer, validate, verify, wait};
 
 static MANAGER: Shared<Manager> = Shared::new("manager", Manager::new);
 
@@ -236,6 +236,13 @@ impl Manager {
         };
         plan.policy = policy;
         rec.components = plan.types.iter().map(|t| t.ty.id.clone()).collect();
+        // Refused at once, before any wait; checked again once the components are held.
+        let slots = plan::all_slots(&plan);
+        if let Err(reason) = poison::check(slots.iter().map(|(_, s)| s), opts.clear_poison) {
+            rec.outcome = Outcome::Refused;
+            return self.end(rec, Some(reason), started);
+        }
+        drop(slots);
         let attempts = 1 + plan.policy.retries();
         for attempt in 1..=attempts {
             rec.attempts = attempt;
@@ -249,7 +256,7 @@ impl Manager {
             match prepare(&plan) {
                 Ok(ready) => {
                     rec.prepare_ms = ms(ready.prepared_at - ready.pending_at);
-                    if self.swap(&plan, &ready, &mut rec) {
+                    if self.swap(&plan, &ready, opts.clear_poison, &mut rec) {
                         let mut m = lock(&self.inner);
                         let states = m.states.get_or_insert_with(plan::host_states);
                         for s in &plan.new_states {
@@ -283,9 +290,22 @@ impl Manager {
         &self,
         plan: &Plan,
         ready: &crate::update::prepare::Ready,
+        clear_poison: bool,
         rec: &mut UpdateRecord,
     ) -> bool {
         let guards = swap::lock_types(plan);
+        // A call may have poisoned an instance while prepare-to-die waited for it.
+        let poisoned = match poison::check(ready.slots.iter().map(|(_, s)| s), clear_poison) {
+            Ok(p) => p,
+            Err(reason) => {
+                drop(guards);
+                commit::release(plan, ready);
+                rec.pause_ms = ms(ready.pending_at.elapsed());
+                rec.outcome = Outcome::Refused;
+                rec.reason = Some(reason);
+                return false;
+            }
+        };
         let t0 = Instant::now();
         let produced = transfer::run(plan, ready);
         rec.transfer_ms = ms(t0.elapsed());
@@ -308,6 +328,9 @@ impl Manager {
             return false;
         }
         drop(swapped);
+        // The gates are still held: no call sees the poison end before the new version runs.
+        rec.cleared_poison = poison::describe(&poisoned);
+        poison::clear(&poisoned);
         commit::commit(plan, ready, produced, rec);
         true
     }
@@ -326,6 +349,7 @@ impl Manager {
             .refuse_if_shutting_down()
             .and_then(|()| self.verify(&pkg))
             .and_then(|()| handoff::engine::check(&pkg, opts, &self.program()))
+            .and_then(|()| poison::check(&poison::all_instances(), opts.clear_poison).map(drop))
             .and_then(|()| load::patch_dir(lock(&self.inner).patch_dir.clone()))
             .and_then(|dir| load::write_payload(&dir, &pkg, rec.id, "handoff", 0o700))
         {

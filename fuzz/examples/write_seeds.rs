@@ -10,6 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
+#[path = "../fuzz_targets/handoff_state.rs"]
+mod handoff_state;
+
 use dsu::control::MAX_REQUEST;
 use dsu::package::{BaseComponent, Change};
 use dsu::{Constraints, Manifest, Package, Policy, TimeOfDay};
@@ -20,6 +23,7 @@ fn main() -> std::io::Result<()> {
     for (target, seeds) in [
         ("package_reader", package_seeds()),
         ("control_request", control_seeds()),
+        ("handoff_stream", handoff_seeds()),
     ] {
         let dir = corpus.join(target);
         std::fs::create_dir_all(&dir)?;
@@ -233,5 +237,47 @@ fn control_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("reply-pieces", b"error \"quoted\" \\ \x01\x1f\xe2\x80\xa8\0\x01\0one\0two\0\xff\xff\xff\xff\xff\xff\xff\x7f\0".to_vec()),
         ("at-limit", padded(limit)),
         ("over-limit", padded(limit + 1)),
+    ]
+}
+
+/// Hand-off channels as `handoff_stream` reads them: this process's components (the target's
+/// types, registered here with some state) as a hand-off would stream them, with and without
+/// pre-copied batches; with descriptor names; and cut or with a length no sender would write.
+fn handoff_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use handoff_state::{Dir, Keys, Plain};
+    let dir = dsu::register(Dir::default());
+    let keys = dsu::register(Keys::default());
+    let plain = dsu::register(Plain::default());
+    for i in 0..40u32 {
+        dir.put(format!("k{i}"), format!("name-{i}"), i % 7);
+        keys.set(format!("key:{i}").into_bytes(), vec![i as u8; (i % 5) as usize]);
+        plain.count(format!("c{}", i % 6));
+    }
+    let plain_seed = dsu::__fuzz::seed_channel(false).expect("a seed channel");
+    let precopied = dsu::__fuzz::seed_channel(true).expect("a pre-copied seed channel");
+    let with_names = |seed: &[u8], names: &[&str]| {
+        let mut out = vec![seed[0], names.len() as u8];
+        for n in names {
+            out.push(n.len() as u8);
+            out.extend_from_slice(n.as_bytes());
+        }
+        out.extend_from_slice(&seed[2..]);
+        out
+    };
+    let mut huge = vec![0u8, 0];
+    huge.extend_from_slice(&u64::MAX.to_le_bytes());
+    let mut huge_batch = vec![1u8, 0];
+    huge_batch.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    vec![
+        ("stream", plain_seed.clone()),
+        ("precopy", precopied.clone()),
+        ("names", with_names(&plain_seed, &["K", "L redis"])),
+        ("unknown-name", with_names(&plain_seed, &["X"])),
+        ("connection-without-description", with_names(&plain_seed, &["C 7"])),
+        ("cut-stream", plain_seed[..plain_seed.len() / 2].to_vec()),
+        ("cut-precopy", precopied[..precopied.len() / 3].to_vec()),
+        ("huge-length", huge),
+        ("huge-batch", huge_batch),
+        ("empty", Vec::new()),
     ]
 }

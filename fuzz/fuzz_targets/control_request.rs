@@ -171,6 +171,9 @@ fn record(pieces: &mut Pieces) -> UpdateRecord {
             Engine::InPlace
         },
         new_pid: (pieces.number() % 2 == 1).then(|| pieces.number() as u32),
+        cleared_poison: (pieces.number() % 2 == 1)
+            .then(|| vec![pieces.string()])
+            .unwrap_or_default(),
     }
 }
 

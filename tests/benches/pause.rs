@@ -519,6 +519,7 @@ fn measure(
             package: package.to_path_buf(),
             timeout_ms: None,
             policy: None,
+            clear_poison: false,
         },
     );
     let t1 = epoch.elapsed();

@@ -305,6 +305,7 @@ impl Server {
                 package: package.to_path_buf(),
                 timeout_ms: None,
                 policy: None,
+                clear_poison: false,
             },
         )?;
         let rec = resp

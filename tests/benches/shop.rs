@@ -174,6 +174,7 @@ fn measure_update(exe: &Path, package: &Path, o: &Opts) -> Result<(f64, f64, f64
                         package,
                         timeout_ms: None,
                         policy: None,
+                        clear_poison: false,
                     },
                 )?;
                 resp.report.context("no report")

@@ -270,11 +270,26 @@ impl Process {
         timeout_ms: Option<u64>,
         policy: Option<dsu::Policy>,
     ) -> Result<UpdateRecord> {
-        let resp = self.control(&Request::Apply {
+        self.apply_request(Request::Apply {
             package: package.to_path_buf(),
             timeout_ms,
             policy,
-        })?;
+            clear_poison: false,
+        })
+    }
+
+    /// Applies a package over poisoned components, clearing their poison if it commits.
+    pub fn apply_clearing_poison(&self, package: &Path) -> Result<UpdateRecord> {
+        self.apply_request(Request::Apply {
+            package: package.to_path_buf(),
+            timeout_ms: None,
+            policy: None,
+            clear_poison: true,
+        })
+    }
+
+    fn apply_request(&self, req: Request) -> Result<UpdateRecord> {
+        let resp = self.control(&req)?;
         resp.report
             .ok_or_else(|| anyhow!("apply failed: {:?}", resp.error))
     }

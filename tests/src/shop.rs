@@ -196,6 +196,7 @@ pub fn run(items: usize, window: Duration, log: &mut dyn FnMut(String)) -> Resul
                 package: pkg.clone(),
                 timeout_ms: None,
                 policy: None,
+                clear_poison: false,
             },
         )?;
         let took = t.elapsed();

@@ -196,6 +196,18 @@ fn a_handoff_precopies_the_lazy_maps_and_every_acknowledged_write_reaches_the_ne
     let marker = marks.path().join("dropped");
     assert_eq!(c.cmd(&format!("mark {}", marker.display()))?, "ok");
     let old_pid = p.pid();
+    // A `&mut self` call that panics poisons Closer. A hand-off would carry its state on and
+    // end the poison, so it is refused (no new process started) unless asked to.
+    assert!(p.connect()?.cmd("poison").is_err());
+    let rec = p.apply(&pkg, None)?;
+    assert_eq!(rec.outcome, Outcome::Refused, "{rec:#?}");
+    let reason = rec.reason.unwrap_or_default();
+    ensure!(
+        reason.contains("poisoned instances: Closer (fail)") && reason.contains("--clear-poison"),
+        "{reason}"
+    );
+    assert_eq!(rec.new_pid, None);
+    assert_eq!(c.cmd("version")?, "v1");
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..2)
@@ -224,9 +236,11 @@ fn a_handoff_precopies_the_lazy_maps_and_every_acknowledged_write_reaches_the_ne
         })
         .collect();
     std::thread::sleep(Duration::from_millis(200));
-    let rec = p.apply(&pkg, None)?;
+    let rec = p.apply_clearing_poison(&pkg)?;
     assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
-    let _new = KillPid(rec.new_pid.expect("the new pid"));
+    let new_pid = rec.new_pid.expect("the new pid");
+    let _new = KillPid(new_pid);
+    assert_eq!(rec.cleared_poison, vec!["Closer (fail)".to_string()]);
     let pre = rec.precopy.clone().expect("the hand-off pre-copied");
     eprintln!(
         "pre-copy: {:.1} ms, {} rounds, {} batches, {} entries, longest hold {:.2} ms, {} left \
@@ -300,6 +314,11 @@ fn a_handoff_precopies_the_lazy_maps_and_every_acknowledged_write_reaches_the_ne
     converted(&mut c)?;
     assert_eq!(c.cmd("put after x 1")?, "ok");
     assert_eq!(c.cmd("show after")?, "x tag-after,second 1 seen=0");
+    // The stream carries no poison: the new process's Closer is not poisoned.
+    let status = p.status()?;
+    assert_eq!(status.pid, new_pid);
+    let closer = status.components.iter().find(|s| s.id == "Closer").unwrap();
+    assert!(closer.poisoned.is_empty(), "{:?}", closer.poisoned);
     // The old process has ended, and it dropped its components first (the new process, which
     // received the marker's path with the state, is still serving).
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -39,11 +39,13 @@ fn a_staged_update_waits_for_the_operators_commit() -> Result<()> {
     let resp = p.control(&Request::Commit {
         id: rec.id + 100,
         timeout_ms: None,
+        clear_poison: false,
     })?;
     assert!(!resp.ok && resp.error.unwrap().contains("no staged update"));
     let resp = p.control(&Request::Commit {
         id: rec.id,
         timeout_ms: None,
+        clear_poison: false,
     })?;
     assert_eq!(resp.report.unwrap().outcome, Outcome::Committed);
     assert!(c.cmd("version")?.starts_with("v2"));

@@ -159,6 +159,56 @@ fn a_panic_after_commit_poisons_its_component_and_nothing_else() -> Result<()> {
         .find(|s| s.id == "Counter")
         .unwrap();
     assert!(counter.poisoned.is_empty());
+
+    // v3-fixed fixes `set` and adds a field to Store's state. Applied as usual, it is refused:
+    // it would carry the state the panic left into the new version and end the poison.
+    let fix = build_patch(&app("v2-crash"), &app("v3-fixed"))?;
+    let rec = p.apply(&fix, None)?;
+    assert_eq!(rec.outcome, Outcome::Refused, "{rec:#?}");
+    let reason = rec.reason.unwrap_or_default();
+    assert!(
+        reason.contains("poisoned instances: Store (set)")
+            && reason.contains("nothing changed")
+            && reason.contains("--clear-poison"),
+        "{reason}"
+    );
+    assert!(rec.cleared_poison.is_empty());
+    let store_now = |p: &Process| -> Result<dsu::ComponentStatus> {
+        let status = p.status()?;
+        Ok(status
+            .components
+            .into_iter()
+            .find(|s| s.id == "Store")
+            .unwrap())
+    };
+    let store = store_now(&p)?;
+    let state_before = store.state.clone();
+    assert_eq!(
+        (store.version, store.poisoned),
+        (2, vec!["set".to_string()])
+    );
+    assert!(p.connect()?.cmd("lookup a").is_err(), "still poisoned");
+    assert_eq!(c.cmd("version")?, "v2-crash");
+
+    // Asked to, the update takes the state as the panic left it (the map holds `boom`) and
+    // the poison ends with the commit.
+    let rec = p.apply_clearing_poison(&fix)?;
+    assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
+    assert_eq!(rec.cleared_poison, vec!["Store (set)".to_string()]);
+    let store = store_now(&p)?;
+    assert_eq!(store.version, 3);
+    assert_ne!(
+        store.state, state_before,
+        "the state was transferred to v3's type"
+    );
+    assert!(store.poisoned.is_empty(), "{:?}", store.poisoned);
+    let mut c = p.connect()?;
+    assert_eq!(c.cmd("version")?, "v3-fixed");
+    assert_eq!(c.cmd("lookup a")?, "1");
+    assert_eq!(c.cmd("lookup boom")?, "3");
+    assert_eq!(c.cmd("set boom 4")?, "ok");
+    assert_eq!(c.cmd("lookup boom")?, "4");
+    assert_eq!(c.cmd("get")?, n.to_string());
     Ok(())
 }
 
@@ -196,6 +246,7 @@ fn an_update_that_meets_a_shutdown_ends_before_the_process_does() -> Result<()> 
                     package: pkg,
                     timeout_ms: Some(10_000),
                     policy: None,
+                    clear_poison: false,
                 },
             )
         })
@@ -213,7 +264,10 @@ fn an_update_that_meets_a_shutdown_ends_before_the_process_does() -> Result<()> 
     // after it; one that did not answers about 400 ms after it. (Checking a flag the holder's
     // thread sets raced with that thread being scheduled.)
     let waited = before_hold.elapsed();
-    assert!(waited >= hold, "the shutdown did not wait: `bye` after {waited:?}");
+    assert!(
+        waited >= hold,
+        "the shutdown did not wait: `bye` after {waited:?}"
+    );
     let first = first.join().unwrap()?.report.expect("a report");
     assert_eq!(first.outcome, Outcome::Committed, "{first:#?}");
     // The queued one got an answer, not a closed connection: refused, nothing applied.

@@ -82,6 +82,7 @@ fn a_socket_activated_program_serves_on_the_listener_it_was_handed() -> Result<(
             package: pkg,
             timeout_ms: None,
             policy: None,
+            clear_poison: false,
         },
     )?;
     let rec = resp.report.context("an apply report")?;
@@ -119,6 +120,7 @@ fn a_socket_activated_program_is_handed_off_with_its_listener_and_its_clients() 
             package: pkg,
             timeout_ms: None,
             policy: None,
+            clear_poison: false,
         },
     )?;
     let rec = resp.report.context("an apply report")?;
@@ -183,6 +185,7 @@ fn apply(
             package: pkg.to_path_buf(),
             timeout_ms,
             policy: None,
+            clear_poison: false,
         },
     )?;
     resp.report.context("an apply report")

@@ -15,6 +15,7 @@ pub(crate) fn apply(
     package: &Path,
     socket: &Path,
     timeout_ms: Option<u64>,
+    clear_poison: bool,
     format: Format,
 ) -> Result<i32> {
     if !package.is_file() {
@@ -57,6 +58,7 @@ pub(crate) fn apply(
             package: abs,
             timeout_ms,
             policy: None,
+            clear_poison,
         },
     )?;
     let rec = match (resp.ok, resp.report) {

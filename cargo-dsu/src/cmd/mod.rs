@@ -122,6 +122,12 @@ pub(crate) fn describe_record(r: &dsu::UpdateRecord) -> String {
     if let Some(reason) = &r.reason {
         s.push_str(&format!("\n  reason: {reason}"));
     }
+    if !r.cleared_poison.is_empty() {
+        s.push_str(&format!(
+            "\n  poison cleared (state taken as it was): {}",
+            r.cleared_poison.join(", ")
+        ));
+    }
     for b in &r.busy {
         s.push_str(&format!(
             "\n  busy: {}{} on thread `{}` (tid {}) for {:.0} ms",

@@ -244,6 +244,7 @@ fn one_update(
             package: file,
             timeout_ms: None,
             policy: None,
+            clear_poison: false,
         },
     )?;
     let rec = resp

@@ -169,6 +169,22 @@ impl Slot {
         // Release store in `install` (readers that are not inside the gate, e.g. status).
         unsafe { &*self.table.load(Ordering::Acquire) }
     }
+
+    /// The `&mut self` method whose panic poisoned the instance, if one did.
+    pub(crate) fn poisoned_by(&self) -> Option<&'static str> {
+        // Relaxed: a flag read outside the gate (calls read it inside, the update manager
+        // while it holds the gate).
+        let m = self.poisoned.load(Ordering::Relaxed);
+        // SAFETY: method descriptors are never freed (libraries are never unloaded).
+        unsafe { m.as_ref() }.map(|m| m.name)
+    }
+
+    /// Clears the poison.
+    pub(crate) fn clear_poison(&self) {
+        // Relaxed: calls that enter the gate afterwards are ordered by the gate.
+        self.poisoned.store(std::ptr::null_mut(), Ordering::Relaxed);
+        self.watch.fetch_and(!WATCH_POISON, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Slot {
@@ -254,23 +270,13 @@ impl<T: Component> Handle<T> {
     /// Whether a `&mut self` call panicked and left the component poisoned: every call then
     /// panics, as calls on a poisoned `Mutex` would with `lock().unwrap()`.
     pub fn is_poisoned(this: &Self) -> bool {
-        // Relaxed: a flag read outside the gate; calls read it inside.
-        !this
-            .proxy
-            .raw()
-            .slot
-            .poisoned
-            .load(Ordering::Relaxed)
-            .is_null()
+        this.proxy.raw().slot.poisoned_by().is_some()
     }
 
     /// Clears the poison, once the program has checked or repaired the state (like
     /// `Mutex::clear_poison`).
     pub fn clear_poison(this: &Self) {
-        // Relaxed: calls that enter the gate afterwards are ordered by the gate.
-        let slot = &this.proxy.raw().slot;
-        slot.poisoned.store(std::ptr::null_mut(), Ordering::Relaxed);
-        slot.watch.fetch_and(!WATCH_POISON, Ordering::Relaxed);
+        this.proxy.raw().slot.clear_poison();
     }
 }
 

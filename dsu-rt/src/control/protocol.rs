@@ -26,12 +26,18 @@ pub enum Request {
         timeout_ms: Option<u64>,
         #[serde(default)]
         policy: Option<Policy>,
+        /// Apply even over poisoned instances, taking their states as they are, and clear
+        /// their poison on a commit (otherwise such an update is refused).
+        #[serde(default)]
+        clear_poison: bool,
     },
     /// Apply a staged update.
     Commit {
         id: u64,
         #[serde(default)]
         timeout_ms: Option<u64>,
+        #[serde(default)]
+        clear_poison: bool,
     },
     /// The running version, components and update history.
     Status,

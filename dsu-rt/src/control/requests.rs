@@ -19,6 +19,7 @@ pub(super) fn execute(req: Request) -> Response {
             package,
             timeout_ms,
             policy,
+            clear_poison,
         } => match Package::read(&package) {
             Err(e) => {
                 // Refused before anything was opened; kept in the history like every refusal.
@@ -31,7 +32,14 @@ pub(super) fn execute(req: Request) -> Response {
                 }
             }
             Ok(pkg) => {
-                let report = manager.apply(pkg, &ApplyOptions { timeout_ms, policy });
+                let report = manager.apply(
+                    pkg,
+                    &ApplyOptions {
+                        timeout_ms,
+                        policy,
+                        clear_poison,
+                    },
+                );
                 Response {
                     ok: true,
                     error: None,
@@ -40,12 +48,17 @@ pub(super) fn execute(req: Request) -> Response {
                 }
             }
         },
-        Request::Commit { id, timeout_ms } => {
+        Request::Commit {
+            id,
+            timeout_ms,
+            clear_poison,
+        } => {
             match manager.commit_staged(
                 id,
                 &ApplyOptions {
                     timeout_ms,
                     policy: None,
+                    clear_poison,
                 },
             ) {
                 Ok(report) => Response {

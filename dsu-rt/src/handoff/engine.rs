@@ -6,22 +6,24 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::stream::{encode, guarded, SavedState, Stream, FORMAT};
 use super::successor::{spawn_successor, DEFAULT_READY_TIMEOUT};
 use crate::abi::build;
 use crate::abi::lazy::precopy::{sending, Mode};
+use crate::call::component::Slot;
 use crate::call::global;
 use crate::call::thread::lock;
 use crate::package::policy::Policy;
 use crate::package::Package;
 use crate::sockets;
 use crate::update::commit::release_after;
-use crate::update::plan;
 use crate::update::prepare::{prepare, Ready};
 use crate::update::record::{ms, ApplyOptions, Outcome, UpdateRecord};
 use crate::update::validate::{check_base, check_program};
+use crate::update::{plan, poison};
 
 /// What the old process passes on besides the state: who it is and what it went through.
 pub(crate) struct Predecessor {
@@ -162,11 +164,24 @@ pub(crate) fn run(
         release_after(&plan);
         gate.open();
     };
+    // A call may have poisoned an instance while prepare-to-die waited for it. The stream
+    // carries no poison: with `clear_poison` the new process starts with the states as they are.
+    let poisoned = match poison::check(ready.slots.iter().map(|(_, s)| s), opts.clear_poison) {
+        Ok(p) => p,
+        Err(reason) => {
+            successor.kill();
+            release(&ready);
+            forget();
+            rec.outcome = Outcome::Refused;
+            rec.pause_ms = ms(pending_at.elapsed());
+            return fail(rec, reason);
+        }
+    };
     // 3. Stream, wait for ready.
     let t0 = Instant::now();
     let stream = match epoch {
-        Some(e) => sending(Mode::Final, e, 0, || stream(&ready, from)).0,
-        None => stream(&ready, from),
+        Some(e) => sending(Mode::Final, e, 0, || stream(&ready.slots, from)).0,
+        None => stream(&ready.slots, from),
     };
     rec.transfer_ms = ms(t0.elapsed());
     let result = match stream {
@@ -194,12 +209,14 @@ pub(crate) fn run(
     rec.new_pid = Some(successor.pid());
     rec.pause_ms = ms(pending_at.elapsed());
     rec.total_ms = ms(started.elapsed());
+    rec.cleared_poison = poison::describe(&poisoned);
     if let Err(reason) = successor.commit(rec) {
         successor.kill();
         release(&ready);
         forget();
         rec.outcome = Outcome::RolledBack;
         rec.new_pid = None;
+        rec.cleared_poison.clear();
         fail(
             rec,
             format!("{reason}; it was killed and the old process keeps serving"),
@@ -210,11 +227,14 @@ pub(crate) fn run(
     super::successor::hold_until_exit(ready.slots.iter().map(|(_, s)| s.clone()).collect());
 }
 
-/// Stream: serializes what a hand-off passes, with every component held.
-fn stream(ready: &Ready, from: Predecessor) -> Result<(Vec<u8>, sockets::Snapshot), String> {
+/// Stream: serializes what a hand-off passes (`slots`, every component instance, held).
+pub(super) fn stream(
+    slots: &[(usize, Arc<Slot>)],
+    from: Predecessor,
+) -> Result<(Vec<u8>, sockets::Snapshot), String> {
     let mut components = Vec::new();
     let mut instance: HashMap<String, usize> = HashMap::new();
-    for (_, slot) in &ready.slots {
+    for (_, slot) in slots {
         let n = instance.entry(slot.ty.id.clone()).or_insert(0);
         let layout = slot.current_table().desc.state;
         // Relaxed: the manager holds the gate.

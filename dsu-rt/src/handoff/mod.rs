@@ -35,6 +35,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::AtomicI32;
 
 pub(crate) mod engine;
+pub mod fuzzing;
 mod precopy;
 mod receive;
 mod stream;

@@ -11,7 +11,10 @@ use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::precopy::Chunk;
-use super::stream::{decode, guarded, SavedState, Stream, CONTROL, FD_ENV, FORMAT, PRECOPY_ENV};
+use super::stream::CONTROL;
+use super::stream::{
+    check_stream, decode, guarded, read_sized, read_stream, SavedState, Stream, FD_ENV, PRECOPY_ENV,
+};
 use crate::abi::lazy::mirror::{discard_mirrors, receiving};
 
 use crate::abi::artifact::{COMPONENTS, GLOBALS, GLOBAL_TRANSFERS, TRANSFERS};
@@ -98,29 +101,16 @@ pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
             take_batches(&chan)?;
         }
         let fds = sockets::recv_fds(&chan).map_err(|e| format!("receiving the sockets: {e}"))?;
-        let mut len = [0u8; 8];
-        (&chan)
-            .read_exact(&mut len)
-            .map_err(|e| format!("receiving the state: {e}"))?;
-        let len = u64::from_le_bytes(len) as usize;
-        let mut bytes = vec![0u8; len];
-        (&chan)
-            .read_exact(&mut bytes)
-            .map_err(|e| format!("receiving the state ({len} bytes): {e}"))?;
-        let stream: Stream =
-            decode(&bytes).map_err(|e| format!("the state stream is unreadable: {e}"))?;
+        let stream = read_stream(&chan)?;
+        let names: Vec<&str> = fds.iter().map(|f| f.name.as_str()).collect();
+        check_stream(&stream, &names)?;
         Ok((fds, stream))
     })();
     let (fds, stream) = match got {
         Ok(g) => g,
         Err(e) => fail(&e),
     };
-    if stream.format != FORMAT {
-        fail(&format!(
-            "the old process streams format {}, this version reads format {FORMAT}",
-            stream.format
-        ));
-    }
+    // Checked above: each connection's descriptor has its description.
     let mut unconsumed: HashMap<String, SavedConnection> = stream
         .connections
         .iter()
@@ -130,10 +120,7 @@ pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
     for f in fds {
         if let Some(name) = f.name.strip_prefix("L ") {
             sockets::inherit_named(name.to_string(), f.fd);
-        } else if let Some(name) = f.name.strip_prefix("C ") {
-            let Some(c) = unconsumed.remove(name) else {
-                fail(&format!("connection `{name}` came without its description"));
-            };
+        } else if let Some(c) = f.name.strip_prefix("C ").and_then(|n| unconsumed.remove(n)) {
             lock(sockets::handed_connections()).push(sockets::HandedConnection {
                 listener: c.listener,
                 name: c.name,
@@ -142,8 +129,6 @@ pub(crate) fn receive() -> Option<(Option<OwnedFd>, Stream)> {
             });
         } else if f.name == CONTROL {
             control = Some(f.fd);
-        } else {
-            fail(&format!("an unexpected descriptor named {:?}", f.name));
         }
     }
     let inc = incoming().get().expect("set above");
@@ -174,29 +159,14 @@ fn transfer_from(new: &StateLayout, schema: u64) -> Option<&'static TransferDesc
 static PRECOPIED: AtomicBool = AtomicBool::new(false);
 
 /// Reads a frame's length and bytes (`handoff/precopy.rs`); `None` for the end frame.
-fn read_frame(chan: &UnixStream) -> Result<Option<Vec<u8>>, String> {
-    let mut len = [0u8; 8];
-    let mut r = chan;
-    r.read_exact(&mut len)
-        .map_err(|e| format!("receiving a pre-copied batch: {e}"))?;
-    let len = u64::from_le_bytes(len);
-    if len == 0 {
-        return Ok(None);
-    }
-    // A length the old process cannot have meant: refuse before allocating it.
-    if len > 1 << 34 {
-        return Err(format!("a pre-copied batch claims {len} bytes"));
-    }
-    let mut bytes = vec![0u8; len as usize];
-    r.read_exact(&mut bytes)
-        .map_err(|e| format!("receiving a pre-copied batch ({len} bytes): {e}"))?;
-    Ok(Some(bytes))
+fn read_frame(chan: impl Read) -> Result<Option<Vec<u8>>, String> {
+    read_sized(chan, "a pre-copied batch")
 }
 
 /// Takes the pre-copied batches, each applied to the mirrors of its maps as it comes, until the
 /// end frame.
-fn take_batches(chan: &UnixStream) -> Result<(), String> {
-    while let Some(frame) = read_frame(chan)? {
+pub(super) fn take_batches(mut chan: impl Read) -> Result<(), String> {
+    while let Some(frame) = read_frame(&mut chan)? {
         let chunk: Chunk =
             decode(&frame).map_err(|e| format!("a pre-copied batch is unreadable: {e}"))?;
         apply_batch(&chunk)?;
@@ -251,6 +221,12 @@ fn start_passes(passes: Vec<(usize, ConvertSome)>) {
     }
 }
 
+/// Drops what the batches left (the mirrors no state took) and forgets they came.
+pub(super) fn forget_batches() {
+    discard_mirrors();
+    PRECOPIED.store(false, Ordering::Relaxed);
+}
+
 /// Runs a read of the pause's stream, with the maps it names taken from their mirrors.
 fn last<R>(f: impl FnOnce() -> R) -> R {
     if PRECOPIED.load(Ordering::Relaxed) {
@@ -262,12 +238,20 @@ fn last<R>(f: impl FnOnce() -> R) -> R {
 
 /// Reads a streamed state of the type `new` describes: directly when the serialized form is
 /// `new`'s own, or as the old type and through the transfer this binary carries (the one
-/// `cargo dsu diff` generated, or a `#[dsu::transfer]`).
+/// `cargo dsu diff` generated, or a `#[dsu::transfer]`). A failure ends the hand-off.
 fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut () {
-    let bytes = saved
-        .bytes
-        .as_deref()
-        .expect("only streamed states are kept");
+    try_read_state(what, saved, new).unwrap_or_else(|e| fail(&e))
+}
+
+/// [`read_state`], returning why it cannot.
+pub(super) fn try_read_state(
+    what: &str,
+    saved: &SavedState,
+    new: &'static StateLayout,
+) -> Result<*mut (), String> {
+    let Some(bytes) = saved.bytes.as_deref() else {
+        return Err(format!("{what}: nothing was streamed"));
+    };
     // A transfer from the streamed form comes first: `cargo dsu diff` generates one whenever
     // the type changed, also deep inside (a field's type's definition), which the schema
     // fingerprint of the outer type alone does not show.
@@ -276,8 +260,7 @@ fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut
         let load = t.old.load.expect("checked");
         let old = guarded(&format!("reading the old state of {what}"), || {
             last(|| load(bytes))
-        })
-        .unwrap_or_else(|e| fail(&e));
+        })?;
         // SAFETY: `old` is a box of the transfer's old type, just read.
         return match unsafe { (t.transfer)(old) } {
             Ok(new) => {
@@ -289,16 +272,16 @@ fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut
                 }
                 // SAFETY: the transfer succeeded; the old box is released exactly once.
                 unsafe { (t.release_old)(old) };
-                if let Some(step) = t.convert_some {
-                    lock(&incoming().get().expect("a successor").passes).push((new as usize, step));
+                if let (Some(step), Some(inc)) = (t.convert_some, incoming().get()) {
+                    lock(&inc.passes).push((new as usize, step));
                 }
-                new
+                Ok(new)
             }
-            Err(f) => fail(&format!("the state transfer of {what} {f}")),
+            Err(f) => Err(format!("the state transfer of {what} {f}")),
         };
     }
     if new.schema() != saved.schema {
-        fail(&format!(
+        return Err(format!(
             "{what}: the running process's state type `{}` is not this version's `{}` and this \
              executable carries no transfer from it; build the new version with `cargo dsu diff \
              --engine handoff OLD NEW`, which generates the transfer",
@@ -307,7 +290,7 @@ fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut
         ));
     }
     let Some(load) = new.load else {
-        fail(&format!(
+        return Err(format!(
             "{what}: the old process streamed its state, but this version's `{}` is \
              `#[dsu::state(rebuild)]`",
             new.id()
@@ -316,7 +299,6 @@ fn read_state(what: &str, saved: &SavedState, new: &'static StateLayout) -> *mut
     guarded(&format!("reading the state of {what}"), || {
         last(|| load(bytes))
     })
-    .unwrap_or_else(|e| fail(&e))
 }
 
 /// Called by `register`: the streamed state of the next instance of component `id`, whose

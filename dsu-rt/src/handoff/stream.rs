@@ -1,6 +1,8 @@
 //! The stream: what the old process passes besides descriptors, and how states are written
 //! into it and read back.
 
+use std::io::Read;
+
 use serde::{Deserialize, Serialize};
 
 use crate::abi::desc::payload_message;
@@ -141,4 +143,60 @@ pub(crate) fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R, String>) -> R
         Ok(Err(e)) => Err(format!("{what}: {e}")),
         Err(p) => Err(format!("{what} panicked: {}", payload_message(&*p))),
     }
+}
+
+/// The most a frame's length is trusted for before its bytes come: a larger frame grows its
+/// buffer as the bytes arrive, so a length the old process cannot have meant costs nothing.
+const TRUSTED_LEN: usize = 64 << 20;
+
+/// Reads a length (8 bytes, little-endian) and that many bytes: `what` says which, in errors.
+pub(super) fn read_sized(mut r: impl Read, what: &str) -> Result<Option<Vec<u8>>, String> {
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len)
+        .map_err(|e| format!("receiving {what}: {e}"))?;
+    let len = u64::from_le_bytes(len);
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity((len as usize).min(TRUSTED_LEN));
+    r.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("receiving {what} ({len} bytes): {e}"))?;
+    if (bytes.len() as u64) < len {
+        return Err(format!(
+            "receiving {what}: the channel ended after {} of {len} bytes",
+            bytes.len()
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+/// Reads the pause's stream: its length, then its bytes, decoded.
+pub(super) fn read_stream(chan: impl Read) -> Result<Stream, String> {
+    let bytes = read_sized(chan, "the state")?.unwrap_or_default();
+    decode(&bytes).map_err(|e| format!("the state stream is unreadable: {e}"))
+}
+
+/// Checks a stream and the names of the descriptors that came with it, before anything of
+/// them is used: the format, and that each descriptor is a listener (`L name`), a connection
+/// with its description in the stream (`C name`), or the control socket.
+pub(super) fn check_stream(stream: &Stream, names: &[&str]) -> Result<(), String> {
+    if stream.format != FORMAT {
+        return Err(format!(
+            "the old process streams format {}, this version reads format {FORMAT}",
+            stream.format
+        ));
+    }
+    for name in names {
+        if name.strip_prefix("L ").is_some() || *name == CONTROL {
+            continue;
+        }
+        let Some(c) = name.strip_prefix("C ") else {
+            return Err(format!("an unexpected descriptor named {name:?}"));
+        };
+        if !stream.connections.iter().any(|d| d.name == c) {
+            return Err(format!("connection `{c}` came without its description"));
+        }
+    }
+    Ok(())
 }

@@ -197,3 +197,43 @@ fn the_stream_keeps_byte_strings_compact() {
     let back: SavedState = decode(&out).unwrap();
     assert_eq!(back.bytes, s.bytes);
 }
+
+/// The new process's reading of its channel (through `fuzzing::read_channel`, what the fuzz
+/// target drives): a channel the old process's code wrote reads back; a cut one, one that
+/// claims more bytes than any sender would write, and descriptors the stream does not describe
+/// are errors, and none of them allocates what a length field claims.
+#[test]
+fn a_channel_reads_back_and_malformed_ones_are_errors_not_allocations() {
+    use super::fuzzing::{read_channel, seed_channel};
+    let seed = seed_channel(false).unwrap();
+    assert!(read_channel(&seed).is_ok(), "{:?}", read_channel(&seed));
+    let cut = read_channel(&seed[..seed.len() - 1]).unwrap_err();
+    assert!(cut.contains("the channel ended after"), "{cut}");
+    // 2^60 bytes claimed: refused when the bytes do not come, not by failing to allocate.
+    let mut huge = vec![0u8, 0];
+    huge.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    huge.extend_from_slice(b"short");
+    let e = read_channel(&huge).unwrap_err();
+    assert!(e.contains("after 5 of 1152921504606846976 bytes"), "{e}");
+    let mut batch = vec![1u8, 0];
+    batch.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    let e = read_channel(&batch).unwrap_err();
+    assert!(e.contains("receiving a pre-copied batch"), "{e}");
+    let named = |names: &[&str]| {
+        let mut v = vec![0u8, names.len() as u8];
+        for n in names {
+            v.push(n.len() as u8);
+            v.extend_from_slice(n.as_bytes());
+        }
+        v.extend_from_slice(&seed[2..]);
+        v
+    };
+    assert!(read_channel(&named(&["K", "L redis"])).is_ok());
+    let e = read_channel(&named(&["C 3"])).unwrap_err();
+    assert!(
+        e.contains("connection `3` came without its description"),
+        "{e}"
+    );
+    let e = read_channel(&named(&["Z"])).unwrap_err();
+    assert!(e.contains("an unexpected descriptor named \"Z\""), "{e}");
+}

@@ -2,7 +2,6 @@
 //! its safe state, and the status report. Every stage writes into the record; nothing here
 //! changes the running program.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -77,6 +76,10 @@ pub struct UpdateRecord {
     /// or `DSU_PRECOPY=0`).
     #[serde(default)]
     pub precopy: Option<Precopy>,
+    /// The poisoned instances the update took over as they were, asked to by `clear_poison`
+    /// (each as `Component (method)`): their poison was cleared when it committed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cleared_poison: Vec<String>,
 }
 
 /// What a hand-off's pre-copy did while the old process served (DESIGN.md §8, "Pre-copy").
@@ -102,6 +105,10 @@ pub type UpdateReport = UpdateRecord;
 pub struct ApplyOptions {
     pub timeout_ms: Option<u64>,
     pub policy: Option<Policy>,
+    /// Take over poisoned instances as they are (and clear their poison on a commit) instead
+    /// of refusing the update (see `update::poison`).
+    #[serde(default)]
+    pub clear_poison: bool,
 }
 
 /// A component type in a status report.
@@ -173,6 +180,7 @@ impl UpdateRecord {
             engine: Engine::InPlace,
             new_pid: None,
             precopy: None,
+            cleared_poison: Vec::new(),
         }
     }
 }
@@ -204,12 +212,7 @@ pub(crate) fn component_statuses() -> Vec<ComponentStatus> {
                     .collect(),
                 poisoned: slots
                     .iter()
-                    .filter_map(|s| {
-                        // Relaxed: a snapshot for the report.
-                        let m = s.poisoned.load(Ordering::Relaxed);
-                        // SAFETY: method descriptors are never freed.
-                        unsafe { m.as_ref() }.map(|m| m.name.to_string())
-                    })
+                    .filter_map(|s| s.poisoned_by().map(str::to_string))
                     .collect(),
                 code: format!("{:016x}", inner.table.desc.code),
                 state: format!("{:016x}", inner.table.desc.state.fingerprint()),

@@ -245,6 +245,7 @@ impl Server {
                 package: package.to_path_buf(),
                 timeout_ms: None,
                 policy: None,
+                clear_poison: false,
             },
         )?;
         resp.report

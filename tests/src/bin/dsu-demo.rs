@@ -134,6 +134,7 @@ fn main() -> Result<()> {
                 package: pkg.clone(),
                 timeout_ms: None,
                 policy: None,
+                clear_poison: false,
             },
         )?;
         let took = t.elapsed();

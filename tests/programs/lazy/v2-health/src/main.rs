@@ -108,7 +108,7 @@ impl Keys {
 }
 
 /// Writes a marker file when its state is dropped, for the test of a clean exit after a
-/// hand-off (`mark PATH`). The same in every version.
+/// hand-off (`mark PATH`); `poison` poisons it. The same in every version.
 #[dsu::state]
 #[derive(Default)]
 pub struct Closer {
@@ -119,6 +119,12 @@ pub struct Closer {
 impl Closer {
     pub fn mark(&mut self, path: String) {
         self.marker = Some(path);
+    }
+
+    /// Panics, which poisons the component (`poison`, for the test of poison across a
+    /// hand-off).
+    pub fn fail(&mut self) {
+        panic!("asked to fail");
     }
 }
 
@@ -170,6 +176,10 @@ fn main() {
             ["kget", k] => keys.get(k.as_bytes()),
             ["mark", path] => {
                 closer.mark(path.to_string());
+                "ok".to_string()
+            }
+            ["poison"] => {
+                closer.fail();
                 "ok".to_string()
             }
             ["len"] => dir.len(),
