@@ -255,6 +255,10 @@ fn handoff_seeds() -> Vec<(&'static str, Vec<u8>)> {
     }
     let plain_seed = dsu::__fuzz::seed_channel(false).expect("a seed channel");
     let precopied = dsu::__fuzz::seed_channel(true).expect("a pre-copied seed channel");
+    // Both read back whole, in the binary that wrote them: all three components' states.
+    for seed in [&plain_seed, &precopied] {
+        assert_eq!(dsu::__fuzz::read_channel(seed), Ok(3));
+    }
     let with_names = |seed: &[u8], names: &[&str]| {
         let mut out = vec![seed[0], names.len() as u8];
         for n in names {

@@ -184,3 +184,65 @@ fn a_process_that_trusts_no_key_takes_signed_and_unsigned_packages() -> Result<(
     assert!(stderr.contains("lists no key"), "{stderr}");
     Ok(())
 }
+
+/// Checks before code: a patch library whose build facts (read from the file) do not match
+/// the process is refused before it is opened, so its static initialiser never runs. The same
+/// library untouched is opened, and its initialiser does run: the marker shows it would have.
+#[test]
+fn a_refused_patch_runs_none_of_its_code() -> Result<()> {
+    let exe = build_base(&app("v1"))?;
+    let good = build_patch(&app("v1"), &app("v2-code"))?;
+    let dir = tempfile::tempdir()?;
+    let marker = dir.path().join("initialised");
+    let p = Process::start_with_env(&exe, &[("APP_INIT_MARKER", marker.as_os_str())])?;
+    let mut c = p.connect()?;
+    assert_eq!(c.cmd("add 2")?, "2");
+
+    let pkg = Package::read(&good)?;
+    let facts = |lib: &[u8]| {
+        lib.windows(10)
+            .position(|w| w == b"DSUFACTS1\n")
+            .expect("the library carries its facts")
+    };
+    let altered = |name: &str, edit: &dyn Fn(&mut Vec<u8>)| -> Result<std::path::PathBuf> {
+        let mut lib = pkg.library.clone();
+        edit(&mut lib);
+        let path = dir.path().join(name);
+        Package::new(pkg.manifest.clone(), lib).write(&path)?;
+        Ok(path)
+    };
+    // The manifest is the good one; only the library's facts say another runtime.
+    let other_rt = altered("other-rt.dsu", &|lib| {
+        let at = facts(lib);
+        let key = b"\ndsu_rt=";
+        let v = at + lib[at..].windows(key.len()).position(|w| w == key).unwrap() + key.len();
+        lib[v] = b'9';
+    })?;
+    let rec = p.apply(&other_rt, None)?;
+    assert_eq!(rec.outcome, Outcome::Refused, "{rec:#?}");
+    let reason = rec.reason.unwrap_or_default();
+    assert!(reason.contains("built against dsu-rt `9"), "{reason}");
+    assert!(!marker.exists(), "the refused library's initialiser ran");
+    // The facts section renamed: no facts, refused the same way.
+    let no_facts = altered("no-facts.dsu", &|lib| {
+        let name = b".dsu_facts\0";
+        let at = lib.windows(name.len()).rposition(|w| w == name).unwrap();
+        lib[at + name.len() - 2] = b'z';
+    })?;
+    let rec = p.apply(&no_facts, None)?;
+    assert_eq!(rec.outcome, Outcome::Refused, "{rec:#?}");
+    let reason = rec.reason.unwrap_or_default();
+    assert!(
+        reason.contains("carries no dsu facts") && reason.contains("no `.dsu_facts` section"),
+        "{reason}"
+    );
+    assert!(!marker.exists(), "the refused library's initialiser ran");
+    assert_eq!(c.cmd("add 1")?, "3");
+    assert_eq!(c.cmd("version")?, "v1");
+
+    let rec = p.apply(&good, None)?;
+    assert_eq!(rec.outcome, Outcome::Committed, "{rec:#?}");
+    assert_eq!(std::fs::read_to_string(&marker)?, p.pid().to_string());
+    assert!(c.cmd("version")?.starts_with("v2 total="));
+    Ok(())
+}

@@ -1,5 +1,8 @@
 //! Facts about this build of the runtime, compared against a patch's before it is loaded.
 
+/// Version of the loader/patch protocol. Bumped whenever what crosses the boundary changes
+/// (and spelled out in `abi/facts.rs`).
+pub const PATCH_FORMAT: u32 = 2;
 /// The rustc that built this copy of the runtime (`release (commit)`).
 pub const RUSTC: &str = env!("DSU_RUSTC_VERSION");
 /// The target triple.

@@ -12,6 +12,8 @@ pub mod build;
 #[cfg(not(dsu_off))]
 pub(crate) mod desc;
 #[cfg(not(dsu_off))]
+pub(crate) mod facts;
+#[cfg(not(dsu_off))]
 pub mod fingerprint;
 pub(crate) mod lazy;
 #[cfg(not(dsu_off))]

@@ -15,8 +15,7 @@ use super::artifact::{COMPONENTS, GLOBALS, GLOBAL_TRANSFERS, STATES, TRANSFERS};
 use super::build;
 use super::desc::{ComponentDesc, GlobalDesc, GlobalTransferDesc, StateLayout, TransferDesc};
 
-/// Version of the loader/patch protocol. Bumped whenever what crosses the boundary changes.
-pub const PATCH_FORMAT: u32 = 2;
+pub use super::build::PATCH_FORMAT;
 
 /// The loader-facing root of a patch.
 #[repr(C)]
@@ -64,6 +63,8 @@ pub fn patch_root_module(adopt: unsafe extern "C" fn(*const ())) -> PatchRootRef
         Box::into_raw(d) as *const ()
     }
     use abi_stable::prefix_type::PrefixTypeTrait;
+    // Keeps the facts section in every patch (the linker drops sections nothing refers to).
+    std::hint::black_box(&super::facts::FACTS);
     PatchRoot {
         format: PATCH_FORMAT,
         dsu_rt: RStr::from_str(build::DSU_RT),

@@ -1,6 +1,8 @@
-//! Load: the patch library is opened from a path of its own, its root checked against this
-//! process (format, dsu-rt, rustc, target, debug assertions) before any of its code runs, and
-//! then its `adopt` is called with the host's context and its descriptors read. A library is
+//! Load: the patch library's build facts are read from its bytes and checked against this
+//! process (format, dsu-rt, rustc, target, debug assertions, shared dependencies; `facts.rs`)
+//! before any of its code runs; then it is opened from a path of its own, its root checked
+//! again (and the dependency builds, which need it opened), its `adopt` called with the host's
+//! context and its descriptors read. A library is
 //! never unloaded (DESIGN.md says why).
 
 use std::path::{Path, PathBuf};
@@ -230,6 +232,26 @@ pub(crate) struct LoadedPatch {
 pub(crate) fn load_patch(pkg: Package, id: u64, dir: &Path) -> Result<LoadedPatch, String> {
     // dlopen hands back the library it already has for a path it has seen, so every patch
     // gets a path of its own.
+    // Checks before code: the library's build facts, from its bytes, before it is opened.
+    match super::facts::check(&pkg.library) {
+        Ok(()) => {}
+        Err(super::facts::FactsError::Missing(why)) => {
+            return Err(LoadError::Root(format!(
+                "its library carries no dsu facts: {why}; it was not built by cargo-dsu for \
+                 this dsu-rt, or was altered. Rebuild it with `cargo dsu diff`"
+            ))
+            .to_string())
+        }
+        Err(super::facts::FactsError::Mismatch("with shared dependencies", patch, _)) => {
+            return Err(LoadError::Shared {
+                patch: patch == "true",
+            }
+            .to_string())
+        }
+        Err(super::facts::FactsError::Mismatch(what, patch, host)) => {
+            return Err(LoadError::Mismatch { what, patch, host }.to_string())
+        }
+    }
     let path = dir.join(format!("patch-{id}-{}.so", sanitize(&pkg.manifest.to)));
     std::fs::write(&path, &pkg.library)
         .map_err(|e| format!("cannot write the patch library to {}: {e}", path.display()))?;

@@ -7,6 +7,7 @@
 pub(crate) mod check;
 pub(crate) mod commit;
 pub(crate) mod convert;
+pub(crate) mod facts;
 pub(crate) mod load;
 pub(crate) mod plan;
 pub(crate) mod poison;

@@ -9,6 +9,20 @@ mod server;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A static initialiser (as the `ctor` crate makes): it runs when the patch library is opened,
+/// and writes the pid to `$APP_INIT_MARKER` if set, for the test that a refused patch runs no
+/// code.
+#[used]
+#[link_section = ".init_array"]
+static INIT_MARKER: extern "C" fn() = {
+    extern "C" fn mark() {
+        if let Some(path) = std::env::var_os("APP_INIT_MARKER") {
+            let _ = std::fs::write(path, std::process::id().to_string());
+        }
+    }
+    mark
+};
+
 /// Incremented by every `add`: a global that must survive updates.
 #[dsu::global]
 static TOTAL: AtomicU64 = AtomicU64::new(0);
