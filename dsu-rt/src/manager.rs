@@ -18,6 +18,7 @@ use crate::handoff::{self, engine::Predecessor};
 use crate::package::policy::Policy;
 use crate::package::signing::PublicKey;
 use crate::package::{Change, Engine, Package};
+use crate::update::fault::{self, Fault, Point};
 use crate::update::load::{self, LoadedPatch};
 use crate::update::plan::{self, Plan};
 use crate::update::prepare::prepare;
@@ -243,6 +244,13 @@ impl Manager {
             return self.end(rec, Some(reason), started);
         }
         drop(slots);
+        let fault = match fault::take() {
+            Ok(f) => f,
+            Err(reason) => {
+                rec.outcome = Outcome::Refused;
+                return self.end(rec, Some(reason), started);
+            }
+        };
         let attempts = 1 + plan.policy.retries();
         for attempt in 1..=attempts {
             rec.attempts = attempt;
@@ -256,7 +264,13 @@ impl Manager {
             match prepare(&plan) {
                 Ok(ready) => {
                     rec.prepare_ms = ms(ready.prepared_at - ready.pending_at);
-                    if self.swap(&plan, &ready, opts.clear_poison, &mut rec) {
+                    if let Err(reason) = fault::hit(fault, Point::Prepare) {
+                        commit::release(&plan, &ready);
+                        rec.pause_ms = ms(ready.pending_at.elapsed());
+                        rec.outcome = Outcome::Aborted;
+                        return self.end(rec, Some(reason), started);
+                    }
+                    if self.swap(&plan, &ready, opts.clear_poison, fault, &mut rec) {
                         let mut m = lock(&self.inner);
                         let states = m.states.get_or_insert_with(plan::host_states);
                         for s in &plan.new_states {
@@ -291,6 +305,7 @@ impl Manager {
         plan: &Plan,
         ready: &crate::update::prepare::Ready,
         clear_poison: bool,
+        fault: Option<Fault>,
         rec: &mut UpdateRecord,
     ) -> bool {
         let guards = swap::lock_types(plan);
@@ -309,7 +324,10 @@ impl Manager {
         let t0 = Instant::now();
         let produced = transfer::run(plan, ready);
         rec.transfer_ms = ms(t0.elapsed());
-        let produced = match produced {
+        let produced = match produced.and_then(|p| match fault::hit(fault, Point::Transfer) {
+            Ok(()) => Ok(p),
+            Err(reason) => Err((p, reason)),
+        }) {
             Ok(p) => p,
             Err((produced, reason)) => {
                 drop(guards);
@@ -321,13 +339,17 @@ impl Manager {
         // What `migrate` writes with `dsu::write_staged` is moved into place only if the
         // checks pass, and with the commit; a rollback deletes it.
         staging::begin();
-        if let Err(reason) = check::run(plan, ready).and_then(|()| staging::commit()) {
+        if let Err(reason) = check::run(plan, ready)
+            .and_then(|()| fault::hit(fault, Point::Check))
+            .and_then(|()| staging::commit())
+        {
             staging::discard();
             swapped.undo(plan, ready, &produced);
             commit::roll_back(plan, ready, produced, rec, reason);
             return false;
         }
         drop(swapped);
+        fault::hit(fault, Point::Commit).expect("a fault at commit only kills");
         // The gates are still held: no call sees the poison end before the new version runs.
         rec.cleared_poison = poison::describe(&poisoned);
         poison::clear(&poisoned);
