@@ -18,12 +18,12 @@ use crate::handoff::{self, engine::Predecessor};
 use crate::package::policy::Policy;
 use crate::package::signing::PublicKey;
 use crate::package::{Change, Engine, Package};
-use crate::update::fault::{self, Fault, Point};
+use crate::update::fault::{self, Point};
 use crate::update::load::{self, LoadedPatch};
 use crate::update::plan::{self, Plan};
 use crate::update::prepare::prepare;
 use crate::update::record::{component_statuses, ms, ApplyOptions, Outcome, Status, UpdateRecord};
-use crate::update::{check, commit, poison, staging, swap, transfer, validate, verify, wait};
+use crate::update::{commit, poison, swap, validate, verify, wait};
 
 static MANAGER: Shared<Manager> = Shared::new("manager", Manager::new);
 
@@ -270,7 +270,7 @@ impl Manager {
                         rec.outcome = Outcome::Aborted;
                         return self.end(rec, Some(reason), started);
                     }
-                    if self.swap(&plan, &ready, opts.clear_poison, fault, &mut rec) {
+                    if swap::to_commit(&plan, &ready, opts.clear_poison, fault, &mut rec) {
                         let mut m = lock(&self.inner);
                         let states = m.states.get_or_insert_with(plan::host_states);
                         for s in &plan.new_states {
@@ -296,65 +296,6 @@ impl Manager {
             rec.reason = Some(format!("gave up after {attempts} attempts; last: {reason}"));
         }
         self.end(rec, None, started)
-    }
-
-    /// With every affected component ready to die: transfer, swap, check, then commit or roll
-    /// back. Returns whether the update committed.
-    fn swap(
-        &self,
-        plan: &Plan,
-        ready: &crate::update::prepare::Ready,
-        clear_poison: bool,
-        fault: Option<Fault>,
-        rec: &mut UpdateRecord,
-    ) -> bool {
-        let guards = swap::lock_types(plan);
-        // A call may have poisoned an instance while prepare-to-die waited for it.
-        let poisoned = match poison::check(ready.slots.iter().map(|(_, s)| s), clear_poison) {
-            Ok(p) => p,
-            Err(reason) => {
-                drop(guards);
-                commit::release(plan, ready);
-                rec.pause_ms = ms(ready.pending_at.elapsed());
-                rec.outcome = Outcome::Refused;
-                rec.reason = Some(reason);
-                return false;
-            }
-        };
-        let t0 = Instant::now();
-        let produced = transfer::run(plan, ready);
-        rec.transfer_ms = ms(t0.elapsed());
-        let produced = match produced.and_then(|p| match fault::hit(fault, Point::Transfer) {
-            Ok(()) => Ok(p),
-            Err(reason) => Err((p, reason)),
-        }) {
-            Ok(p) => p,
-            Err((produced, reason)) => {
-                drop(guards);
-                commit::roll_back(plan, ready, produced, rec, reason);
-                return false;
-            }
-        };
-        let swapped = swap::install(plan, ready, &produced, guards);
-        // What `migrate` writes with `dsu::write_staged` is moved into place only if the
-        // checks pass, and with the commit; a rollback deletes it.
-        staging::begin();
-        if let Err(reason) = check::run(plan, ready)
-            .and_then(|()| fault::hit(fault, Point::Check))
-            .and_then(|()| staging::commit())
-        {
-            staging::discard();
-            swapped.undo(plan, ready, &produced);
-            commit::roll_back(plan, ready, produced, rec, reason);
-            return false;
-        }
-        drop(swapped);
-        fault::hit(fault, Point::Commit).expect("a fault at commit only kills");
-        // The gates are still held: no call sees the poison end before the new version runs.
-        rec.cleared_poison = poison::describe(&poisoned);
-        poison::clear(&poisoned);
-        commit::commit(plan, ready, produced, rec);
-        true
     }
 
     /// Applies a hand-off package: validated here, run by `handoff::engine`. On a commit this

@@ -1,16 +1,80 @@
 //! Swap: with every affected gate and type lock held, the new tables, the transferred states
 //! and the converted globals are installed. Until the update commits the swap can be undone:
-//! the old tables, states and globals are kept.
+//! the old tables, states and globals are kept. [`to_commit`] runs the in-place sequence from
+//! ready to die on: transfer, install, check, then commit or roll back.
 
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 
+use std::time::Instant;
+
+use super::fault::{self, Fault, Point};
 use super::plan::Plan;
 use super::prepare::Ready;
-use super::transfer::Produced;
+use super::record::{ms, Outcome, UpdateRecord};
+use super::transfer::{self, Produced};
+use super::{check, commit, poison, staging};
 use crate::call::component::{Table, TypeInner};
 use crate::call::global::{self, GlobalEntry};
 use crate::call::thread::lock;
+
+/// With every affected component ready to die: transfer, swap, check, then commit or roll
+/// back. Returns whether the update committed.
+pub(crate) fn to_commit(
+    plan: &Plan,
+    ready: &Ready,
+    clear_poison: bool,
+    fault: Option<Fault>,
+    rec: &mut UpdateRecord,
+) -> bool {
+    let guards = lock_types(plan);
+    // A call may have poisoned an instance while prepare-to-die waited for it.
+    let poisoned = match poison::check(ready.slots.iter().map(|(_, s)| s), clear_poison) {
+        Ok(p) => p,
+        Err(reason) => {
+            drop(guards);
+            commit::release(plan, ready);
+            rec.pause_ms = ms(ready.pending_at.elapsed());
+            rec.outcome = Outcome::Refused;
+            rec.reason = Some(reason);
+            return false;
+        }
+    };
+    let t0 = Instant::now();
+    let produced = transfer::run(plan, ready);
+    rec.transfer_ms = ms(t0.elapsed());
+    let produced = match produced.and_then(|p| match fault::hit(fault, Point::Transfer) {
+        Ok(()) => Ok(p),
+        Err(reason) => Err((p, reason)),
+    }) {
+        Ok(p) => p,
+        Err((produced, reason)) => {
+            drop(guards);
+            commit::roll_back(plan, ready, produced, rec, reason);
+            return false;
+        }
+    };
+    let swapped = install(plan, ready, &produced, guards);
+    // What `migrate` writes with `dsu::write_staged` is moved into place only if the
+    // checks pass, and with the commit; a rollback deletes it.
+    staging::begin();
+    if let Err(reason) = check::run(plan, ready)
+        .and_then(|()| fault::hit(fault, Point::Check))
+        .and_then(|()| staging::commit())
+    {
+        staging::discard();
+        swapped.undo(plan, ready, &produced);
+        commit::roll_back(plan, ready, produced, rec, reason);
+        return false;
+    }
+    drop(swapped);
+    fault::hit(fault, Point::Commit).expect("a fault at commit only kills");
+    // The gates are still held: no call sees the poison end before the new version runs.
+    rec.cleared_poison = poison::describe(&poisoned);
+    poison::clear(&poisoned);
+    commit::commit(plan, ready, produced, rec);
+    true
+}
 
 /// Every affected type's lock, taken in id order (the plan's) before the transfers run, so that
 /// no instance is registered between the transfer and the install.
