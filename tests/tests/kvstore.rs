@@ -187,6 +187,21 @@ fn assert_preloaded_keys(c: &mut Client) {
     }
 }
 
+/// Waits for redis-benchmark to end, which it must do successfully (it stops at the first
+/// error reply or dropped connection); returns what it printed (stdout, stderr).
+fn finish_benchmark(bench: Child) -> (String, String) {
+    let out = bench.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "redis-benchmark failed:\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
 /// Starts redis-benchmark (50 clients, pipelines of 16, `requests` in all) and waits until it
 /// is really running. It exits at once, non-zero, on any error reply or dropped connection.
 fn start_benchmark(benchmark: &Path, server: &Server, c: &mut Client, requests: u32) -> Child {
@@ -335,15 +350,7 @@ fn kvstore_is_updated_live_under_redis_benchmark() {
         Reply::Bulk(Some(b"v5".to_vec()))
     );
 
-    let out = bench.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success(),
-        "redis-benchmark failed:\n{stdout}\n{stderr}"
-    );
+    let (stdout, stderr) = finish_benchmark(bench);
     for t in ["SET:", "GET:", "INCR:"] {
         assert!(
             stdout.contains(t) && stdout.contains("requests per second"),
@@ -642,15 +649,7 @@ fn a_change_to_main_is_applied_by_handoff_under_redis_benchmark() {
     let _successor3 = Successor(v3_pid);
     let pause3_ms = rec["pause_ms"].as_f64().unwrap();
 
-    let out = bench.wait_with_output().unwrap();
-    let (bout, berr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success(),
-        "redis-benchmark failed:\n{bout}\n{berr}"
-    );
+    let (bout, berr) = finish_benchmark(bench);
     for bad in ["Error", "error", "reset", "Connection"] {
         assert!(!bout.contains(bad) && !berr.contains(bad), "{bout}\n{berr}");
     }
@@ -815,15 +814,7 @@ fn a_soak_of_updates_and_injected_faults_under_redis_benchmark_loses_nothing() {
             under_load += 1;
         }
     }
-    let out = bench.wait_with_output().unwrap();
-    let (bout, berr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success(),
-        "redis-benchmark failed:\n{bout}\n{berr}"
-    );
+    let (bout, berr) = finish_benchmark(bench);
     assert!(
         !bout.contains("ERR") && !berr.contains("Error"),
         "{bout}\n{berr}"
