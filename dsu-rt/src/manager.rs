@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use crate::abi::desc::StateLayout;
 use crate::abi::shared::Shared;
+use crate::call::component;
 use crate::call::thread::lock;
 use crate::handoff::{self, engine::Predecessor};
 use crate::package::policy::Policy;
@@ -312,7 +313,7 @@ impl Manager {
             .refuse_if_shutting_down()
             .and_then(|()| self.verify(&pkg))
             .and_then(|()| handoff::engine::check(&pkg, opts, &self.program()))
-            .and_then(|()| poison::check(&poison::all_instances(), opts.clear_poison).map(drop))
+            .and_then(|()| poison::check(&component::all_live_slots(), opts.clear_poison).map(drop))
             .and_then(|()| load::patch_dir(lock(&self.inner).patch_dir.clone()))
             .and_then(|dir| load::write_payload(&dir, &pkg, rec.id, "handoff", 0o700))
         {

@@ -422,6 +422,14 @@ pub(crate) unsafe fn register_raw(desc: &'static ComponentDesc, state: *mut ()) 
     RawHandle { slot }
 }
 
+/// Every live instance of every component type.
+pub(crate) fn all_live_slots() -> Vec<Arc<Slot>> {
+    types_snapshot()
+        .iter()
+        .flat_map(|t| lock(&t.inner).live_slots())
+        .collect()
+}
+
 /// Registrations so far (see [`Slot::born`]).
 static BORN: AtomicU64 = AtomicU64::new(0);
 
@@ -433,10 +441,7 @@ static BORN: AtomicU64 = AtomicU64::new(0);
 /// hand-off's hold, never released); the others' calls must drain before `within` is over, or
 /// they are left as they are. Returns how many were dropped and how many were left.
 pub(crate) fn drop_all_states(held: &[Arc<Slot>], within: std::time::Duration) -> (usize, usize) {
-    let mut slots: Vec<Arc<Slot>> = types_snapshot()
-        .iter()
-        .flat_map(|t| lock(&t.inner).live_slots())
-        .collect();
+    let mut slots = all_live_slots();
     slots.sort_by_key(|s| std::cmp::Reverse(s.born));
     let deadline = std::time::Instant::now() + within;
     let (mut dropped, mut left) = (0, 0);

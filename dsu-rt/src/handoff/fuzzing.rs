@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::engine::{stream, Predecessor};
 use super::precopy::Chunk;
 use super::receive::{forget_batches, take_batches, try_read_state};
-use super::stream::{check_stream, encode, guarded, read_stream};
+use super::stream::{check_stream, encode, guarded, read_stream, write_sized};
 use crate::abi::artifact::COMPONENTS;
 use crate::abi::lazy::precopy::{new_epoch, sending, Mode};
 use crate::call::component::Slot;
@@ -74,8 +74,7 @@ pub fn seed_channel(precopy: bool) -> Result<Vec<u8>, String> {
     let slots: Vec<(usize, Arc<Slot>)> = all_slots(&whole_process(Duration::from_secs(5)));
     let mut out = vec![u8::from(precopy), 0];
     let frame = |out: &mut Vec<u8>, bytes: &[u8]| {
-        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        out.extend_from_slice(bytes);
+        write_sized(out, bytes).map_err(|e| format!("cannot write a frame: {e}"))
     };
     let epoch = new_epoch();
     if precopy {
@@ -101,9 +100,9 @@ pub fn seed_channel(precopy: bool) -> Result<Vec<u8>, String> {
             };
             let mut f = Vec::new();
             encode(&chunk, &mut f)?;
-            frame(&mut out, &f);
+            frame(&mut out, &f)?;
         }
-        frame(&mut out, &[]);
+        frame(&mut out, &[])?;
     }
     let from = Predecessor {
         program: "seed".to_string(),
@@ -116,7 +115,7 @@ pub fn seed_channel(precopy: bool) -> Result<Vec<u8>, String> {
     } else {
         stream(&slots, from)
     }?;
-    frame(&mut out, &bytes);
+    frame(&mut out, &bytes)?;
     if precopy {
         // The maps forget what they sent, as after a hand-off that did not commit.
         super::precopy::forget(Duration::from_secs(5));

@@ -11,9 +11,9 @@ use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::precopy::Chunk;
-use super::stream::CONTROL;
 use super::stream::{
-    check_stream, decode, guarded, read_sized, read_stream, SavedState, Stream, FD_ENV, PRECOPY_ENV,
+    check_stream, decode, guarded, read_sized, read_stream, SavedState, Stream, CONTROL, FD_ENV,
+    PRECOPY_ENV,
 };
 use crate::abi::lazy::mirror::{discard_mirrors, receiving};
 
@@ -210,13 +210,11 @@ fn start_passes(passes: Vec<(usize, ConvertSome)>) {
     if passes.is_empty() {
         return;
     }
-    for ty in component::types_snapshot() {
-        for slot in lock(&ty.inner).live_slots() {
-            // Relaxed: registered by this thread's program before `ready`.
-            let state = slot.state.load(std::sync::atomic::Ordering::Relaxed) as usize;
-            if let Some(&(_, step)) = passes.iter().find(|(p, _)| *p == state) {
-                Pass::new(slot.clone(), state as *mut (), step).start();
-            }
+    for slot in component::all_live_slots() {
+        // Relaxed: registered by this thread's program before `ready`.
+        let state = slot.state.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        if let Some(&(_, step)) = passes.iter().find(|(p, _)| *p == state) {
+            Pass::new(slot, state as *mut (), step).start();
         }
     }
 }

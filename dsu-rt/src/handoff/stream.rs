@@ -1,7 +1,7 @@
 //! The stream: what the old process passes besides descriptors, and how states are written
 //! into it and read back.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -169,6 +169,13 @@ pub(super) fn read_sized(mut r: impl Read, what: &str) -> Result<Option<Vec<u8>>
         ));
     }
     Ok(Some(bytes))
+}
+
+/// Writes `bytes` as [`read_sized`] reads them: their length (8 bytes, little-endian), then
+/// the bytes.
+pub(super) fn write_sized(mut w: impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(&(bytes.len() as u64).to_le_bytes())?;
+    w.write_all(bytes)
 }
 
 /// Reads the pause's stream: its length, then its bytes, decoded.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use super::stream::{CONTROL, FD_ENV, PRECOPY_ENV};
+use super::stream::{write_sized, CONTROL, FD_ENV, PRECOPY_ENV};
 use crate::sockets;
 use crate::update::record::UpdateRecord;
 
@@ -110,11 +110,7 @@ impl Successor {
     /// Sends one pre-copy frame (`precopy.rs`); an empty one ends them.
     pub(crate) fn send_frame(&mut self, frame: &[u8]) -> Result<(), String> {
         let _ = self.chan.set_write_timeout(Some(DEFAULT_READY_TIMEOUT));
-        let mut w = &self.chan;
-        let sent = w
-            .write_all(&(frame.len() as u64).to_le_bytes())
-            .and_then(|()| w.write_all(frame));
-        match sent {
+        match write_sized(&self.chan, frame) {
             Ok(()) => Ok(()),
             Err(e) => {
                 // It may have said why it stopped reading.
@@ -186,11 +182,7 @@ impl Successor {
         if let Err(e) = sockets::send_fds(&self.chan, &pairs) {
             return Err(self.lost(&format!("passing the sockets failed: {e}")));
         }
-        let mut w = &self.chan;
-        if let Err(e) = w
-            .write_all(&(stream.len() as u64).to_le_bytes())
-            .and_then(|()| w.write_all(stream))
-        {
+        if let Err(e) = write_sized(&self.chan, stream) {
             return Err(self.lost(&format!("streaming the state failed: {e}")));
         }
         let late = format!(

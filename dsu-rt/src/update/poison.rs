@@ -9,8 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::call::component::{self, Slot};
-use crate::call::thread::lock;
+use crate::call::component::Slot;
 
 /// The poisoned instances among `slots`. With `clear` false, a poisoned one refuses the update:
 /// the reason names each with the method that poisoned it and says how to go on.
@@ -51,12 +50,4 @@ pub(crate) fn clear(poisoned: &[Arc<Slot>]) {
     for s in poisoned {
         s.clear_poison();
     }
-}
-
-/// Every live instance of every component type (what a hand-off carries).
-pub(crate) fn all_instances() -> Vec<Arc<Slot>> {
-    component::types_snapshot()
-        .iter()
-        .flat_map(|t| lock(&t.inner).live_slots())
-        .collect()
 }

@@ -27,12 +27,10 @@ pub(crate) fn to_commit(
     fault: Option<Fault>,
     rec: &mut UpdateRecord,
 ) -> bool {
-    let guards = lock_types(plan);
     // A call may have poisoned an instance while prepare-to-die waited for it.
     let poisoned = match poison::check(ready.slots.iter().map(|(_, s)| s), clear_poison) {
         Ok(p) => p,
         Err(reason) => {
-            drop(guards);
             commit::release(plan, ready);
             rec.pause_ms = ms(ready.pending_at.elapsed());
             rec.outcome = Outcome::Refused;
@@ -40,6 +38,7 @@ pub(crate) fn to_commit(
             return false;
         }
     };
+    let guards = lock_types(plan);
     let t0 = Instant::now();
     let produced = transfer::run(plan, ready);
     rec.transfer_ms = ms(t0.elapsed());
