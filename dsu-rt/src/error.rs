@@ -24,6 +24,8 @@ pub enum Error {
     UnsafeSocketDir { dir: PathBuf, problem: String },
     #[error("cannot read the trusted keys: {0}")]
     TrustedKeys(String),
+    #[error("the data directory cannot be used: {0}")]
+    DataDir(String),
     #[error("a dsu runtime is already running in this process")]
     AlreadyStarted,
     #[error("{0}")]

@@ -271,7 +271,14 @@ impl Manager {
                         rec.outcome = Outcome::Aborted;
                         return self.end(rec, Some(reason), started);
                     }
-                    if swap::to_commit(&plan, &ready, opts.clear_poison, fault, &mut rec) {
+                    if swap::to_commit(
+                        &plan,
+                        &ready,
+                        opts.clear_poison,
+                        fault,
+                        &self.program(),
+                        &mut rec,
+                    ) {
                         let mut m = lock(&self.inner);
                         let states = m.states.get_or_insert_with(plan::host_states);
                         for s in &plan.new_states {

@@ -246,6 +246,11 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Ignored: no update runs in this build, so none leaves files to recover.
+    pub fn data_dir(self, _dir: impl Into<PathBuf>) -> Self {
+        self
+    }
+
     /// Ignored: there is no control socket.
     pub fn control_allow_uid(self, _uid: u32) -> Self {
         self

@@ -20,6 +20,7 @@ pub struct RuntimeBuilder {
     program: Option<String>,
     version: Option<String>,
     patch_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
     allowed_uids: Vec<u32>,
     trusted: Vec<PublicKey>,
     trusted_files: Vec<PathBuf>,
@@ -82,6 +83,18 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The directory of the program's files that updates change (what `migrate` hooks write
+    /// with `dsu::write_staged`). An update's commit keeps its record there, and
+    /// [`start`](Self::start) finishes what a crash left: it puts back the old files of an
+    /// update whose commit was interrupted, deletes staged files an update left behind, and
+    /// refuses to start a version older than the one whose `migrate` last moved the files to
+    /// its format (DESIGN.md §5, "Crash safety"). It prints a line to stderr for each file it
+    /// changed.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
     /// Starts the runtime (and the control socket, if one was configured).
     pub fn start(self) -> Result<Runtime, Error> {
         static STARTED: AtomicBool = AtomicBool::new(false);
@@ -110,6 +123,13 @@ impl RuntimeBuilder {
                     STARTED.store(false, Ordering::Relaxed);
                     return Err(e);
                 }
+            }
+        }
+        if let Some(dir) = &self.data_dir {
+            if let Err(e) = recover_data_dir(dir, self.program.as_deref(), self.version.as_deref())
+            {
+                STARTED.store(false, Ordering::Relaxed);
+                return Err(e);
             }
         }
         manager().configure(self.program, self.version, self.patch_dir);
@@ -146,6 +166,19 @@ impl RuntimeBuilder {
         };
         Ok(Runtime { socket, stop })
     }
+}
+
+/// What a start does in the data directory (see [`RuntimeBuilder::data_dir`]).
+fn recover_data_dir(dir: &Path, program: Option<&str>, version: Option<&str>) -> Result<(), Error> {
+    use crate::update::staging;
+    staging::set_data_dir(dir);
+    for line in staging::recover(dir).map_err(Error::DataDir)? {
+        eprintln!("dsu: {line}");
+    }
+    if let (Some(p), Some(v)) = (program, version) {
+        staging::check_format(dir, p, v).map_err(Error::DataDir)?;
+    }
+    Ok(())
 }
 
 /// The started runtime. Dropping it closes the control socket; handles keep working.

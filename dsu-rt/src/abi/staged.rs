@@ -67,7 +67,7 @@ pub fn write_staged(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) -> std::
 }
 
 /// Creates (or truncates) `path`, writes `contents` and syncs it.
-fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(path)?;
     f.write_all(contents)?;
     f.sync_all()

@@ -5,8 +5,8 @@
 //! - `prepare`: once every component is ready to die, as if prepare-to-die had timed out;
 //! - `transfer`: after the transfers ran, as if one had failed;
 //! - `check`: after `migrate` and the health checks, as if one had failed;
-//! - `commit` (`kill` only): after the staged files were moved into place, before the gates
-//!   open.
+//! - `commit` (`kill` only): after the staged files were moved into place, before their
+//!   commit record is deleted and the gates open.
 //!
 //! The file is emptied once read, so one fault hits one update. Without the variable nothing
 //! is read; an unreadable or malformed file refuses the update, saying why.

@@ -25,6 +25,7 @@ pub(crate) fn to_commit(
     ready: &Ready,
     clear_poison: bool,
     fault: Option<Fault>,
+    program: &str,
     rec: &mut UpdateRecord,
 ) -> bool {
     // A call may have poisoned an instance while prepare-to-die waited for it.
@@ -57,17 +58,22 @@ pub(crate) fn to_commit(
     // What `migrate` writes with `dsu::write_staged` is moved into place only if the
     // checks pass, and with the commit; a rollback deletes it.
     staging::begin();
-    if let Err(reason) = check::run(plan, ready)
+    let staged = check::run(plan, ready)
         .and_then(|()| fault::hit(fault, Point::Check))
-        .and_then(|()| staging::commit())
-    {
-        staging::discard();
-        swapped.undo(plan, ready, &produced);
-        commit::roll_back(plan, ready, produced, rec, reason);
-        return false;
-    }
+        .and_then(|()| staging::commit());
+    let staged = match staged {
+        Ok(s) => s,
+        Err(reason) => {
+            staging::discard();
+            swapped.undo(plan, ready, &produced);
+            commit::roll_back(plan, ready, produced, rec, reason);
+            return false;
+        }
+    };
     drop(swapped);
     fault::hit(fault, Point::Commit).expect("a fault at commit only kills");
+    // The files are the new version's from here: before any call can acknowledge a write.
+    staged.finish(program, &rec.to);
     // The gates are still held: no call sees the poison end before the new version runs.
     rec.cleared_poison = poison::describe(&poisoned);
     poison::clear(&poisoned);

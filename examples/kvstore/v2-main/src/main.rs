@@ -71,8 +71,12 @@ fn main() {
         .program(env!("CARGO_PKG_NAME"))
         .version(env!("CARGO_PKG_VERSION"))
         .control_socket(&args.socket)
+        .data_dir(&args.data)
         .start()
-        .expect("start the dsu runtime");
+        .unwrap_or_else(|e| {
+            eprintln!("kvstore: cannot start the dsu runtime: {e}");
+            std::process::exit(2)
+        });
     let keyspace = rt.register(Keyspace::default());
     let journal = rt.register(Journal::open(args.data.join("kvstore.aof")));
     let engine = rt.register(Engine::new(keyspace, journal.clone()));
