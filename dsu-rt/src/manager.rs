@@ -327,6 +327,13 @@ impl Manager {
             Ok(exe) => exe,
             Err(reason) => return self.end(rec, Some(reason), started),
         };
+        let fault = match fault::take() {
+            Ok(f) => f,
+            Err(reason) => {
+                rec.outcome = Outcome::Refused;
+                return self.end(rec, Some(reason), started);
+            }
+        };
         let from = {
             let m = lock(&self.inner);
             Predecessor {
@@ -336,7 +343,7 @@ impl Manager {
                 next_id: m.next_id,
             }
         };
-        handoff::engine::run(&pkg, &exe, opts, from, &mut rec, started);
+        handoff::engine::run(&pkg, &exe, opts, from, fault, &mut rec, started);
         let rec = self.end(rec, None, started);
         if rec.outcome == Outcome::Committed {
             handoff::superseded(rec.new_pid.unwrap_or_default());

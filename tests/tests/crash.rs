@@ -235,3 +235,99 @@ fn kvstore_killed_at_each_step_of_an_update_comes_back_with_every_write() {
         assert_keys(&mut Client::connect(kv.port), 450);
     }
 }
+
+/// The pid `cargo dsu status` reports on `socket`.
+fn status_pid(socket: &Path) -> u32 {
+    let o = run_dsu(&[
+        "status",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["status"]["pid"].as_u64().expect("a pid") as u32
+}
+
+/// Waits until nothing accepts on `port` (the processes that served it are gone).
+fn wait_port_closed(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "something still serves port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The same for a hand-off (v4 -> v5, forced): a new process killed after it read the stream
+/// leaves the old one serving; an old process killed after the new one was ready, before the
+/// commit, takes the new one with it (it was never told to commit), and a restart serves every
+/// write.
+#[test]
+fn kvstore_killed_on_either_side_of_a_handoff_comes_back_with_every_write() {
+    let (v4, v5) = (version("v4"), version("v5"));
+    let old = dsu_tests::build_base(&v4).unwrap();
+    let pkgs = tempfile::tempdir().unwrap();
+    let pkg = pkgs.path().join("v4-v5-handoff.dsu");
+    let o = run_dsu(&[
+        "diff",
+        v4.to_str().unwrap(),
+        v5.to_str().unwrap(),
+        "--engine",
+        "handoff",
+        "-o",
+        pkg.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    for side in ["receive", "send"] {
+        let work = tempfile::tempdir().unwrap();
+        let (data, faults) = (work.path().join("data"), work.path().join("faults"));
+        let mut kv = start(&old, work.path(), Some(&faults));
+        let mut c = Client::connect(kv.port);
+        write_keys(&mut c, 0, 300);
+        std::fs::write(&faults, format!("{side} kill\n")).unwrap();
+        let o = apply(&kv, &pkg);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_ne!(o.status.code(), Some(0), "{out}");
+        if side == "receive" {
+            // The old process noticed and serves on, on the same connection.
+            assert!(out.contains("rolledback"), "{out}");
+            assert_keys(&mut c, 300);
+            write_keys(&mut c, 300, 400);
+        } else {
+            wait_killed(&mut kv);
+            wait_port_closed(kv.port);
+            drop(c);
+            drop(kv);
+            kv = start(&old, work.path(), None);
+            c = Client::connect(kv.port);
+            assert_keys(&mut c, 300);
+            write_keys(&mut c, 300, 400);
+        }
+        assert_eq!(names(&data), ["kvstore.aof"], "killed at {side}");
+        assert_eq!(journal_format(&data), 1);
+        // The hand-off then commits, and the new process has every write.
+        let o = apply(&kv, &pkg);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(o.status.code(), Some(0), "after a kill at {side}: {out}");
+        let pid = status_pid(&kv.socket);
+        let _new = dsu_tests::KillPid(pid);
+        assert_ne!(pid, kv.child.id());
+        assert_keys(&mut c, 400);
+        eprintln!("killed at {side}: all 400 keys served, the hand-off then committed");
+    }
+}

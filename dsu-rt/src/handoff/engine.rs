@@ -20,6 +20,7 @@ use crate::package::policy::Policy;
 use crate::package::Package;
 use crate::sockets;
 use crate::update::commit::release_after;
+use crate::update::fault::{self, Fault, Point};
 use crate::update::prepare::{prepare, Ready};
 use crate::update::record::{ms, ApplyOptions, Outcome, UpdateRecord};
 use crate::update::validate::{check_base, check_program};
@@ -69,6 +70,7 @@ pub(crate) fn run(
     exe: &Path,
     opts: &ApplyOptions,
     from: Predecessor,
+    fault: Option<Fault>,
     rec: &mut UpdateRecord,
     started: Instant,
 ) {
@@ -80,7 +82,7 @@ pub(crate) fn run(
         ms => Duration::from_millis(ms),
     };
     // 0. The new executable starts (up to its runtime's start) while this one serves.
-    let mut successor = match spawn_successor(exe) {
+    let mut successor = match spawn_successor(exe, fault::receive_action(fault)) {
         Ok(s) => s,
         Err(reason) => {
             rec.outcome = Outcome::RolledBack;
@@ -185,7 +187,9 @@ pub(crate) fn run(
     };
     rec.transfer_ms = ms(t0.elapsed());
     let result = match stream {
-        Ok((bytes, snap)) => successor.feed(&bytes, snap, super::control_socket(), ready_timeout),
+        Ok((bytes, snap)) => successor
+            .feed(&bytes, snap, super::control_socket(), ready_timeout)
+            .and_then(|()| fault::hit(fault, Point::Send).inspect_err(|_| successor.kill())),
         Err(reason) => {
             successor.kill();
             Err(reason)

@@ -23,6 +23,7 @@ use crate::call::thread::lock;
 use crate::call::{component, incoming};
 use crate::sockets::{self, SavedConnection};
 use crate::update::convert::Pass;
+use crate::update::fault;
 use crate::update::record::UpdateRecord;
 
 /// What a process started by a hand-off received, until its program has taken it.
@@ -416,6 +417,9 @@ pub(crate) fn report_ready() -> Option<UpdateRecord> {
     if !missing.is_empty() {
         missing.sort();
         fail(&missing.join("; "));
+    }
+    if let Err(reason) = fault::hit(fault::passed_on(), fault::Point::Receive) {
+        fail(&reason);
     }
     let mut chan = lock(&inc.chan).take()?;
     if chan.write_all(b"ready\n").is_err() {

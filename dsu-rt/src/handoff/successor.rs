@@ -25,7 +25,7 @@ pub(crate) struct Successor {
 /// Starts `exe` with this process's arguments and environment. It runs up to its runtime's
 /// start, where it waits for [`Successor::feed`]: starting it before the service pauses keeps
 /// the exec and the program's own early start-up out of the pause.
-pub(crate) fn spawn_successor(exe: &Path) -> Result<Successor, String> {
+pub(crate) fn spawn_successor(exe: &Path, fault: Option<&str>) -> Result<Successor, String> {
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| format!("cannot create the hand-off channel: {e}"))?;
     // The child's end must survive exec: a fresh duplicate without close-on-exec, closed here
@@ -47,6 +47,9 @@ pub(crate) fn spawn_successor(exe: &Path) -> Result<Successor, String> {
         .env(PRECOPY_ENV, "1");
     if let Some(path) = shared_library_path() {
         cmd.env("LD_LIBRARY_PATH", path);
+    }
+    if let Some(action) = fault {
+        cmd.env(crate::update::fault::RECEIVE_ENV, action);
     }
     let child = cmd.spawn();
     drop(inheritable);

@@ -8,6 +8,13 @@
 //! - `commit` (`kill` only): after the staged files were moved into place, before their
 //!   commit record is deleted and the gates open.
 //!
+//! A hand-off reads it too, with two points of its own:
+//!
+//! - `send`: in the old process, once the new one has taken the stream and reported ready,
+//!   before it is told to commit;
+//! - `receive`: in the new process, once it has read the stream, before it reports ready (the
+//!   old process passes the action on in `DSU_FAULT_RECEIVE`).
+//!
 //! The file is emptied once read, so one fault hits one update. Without the variable nothing
 //! is read; an unreadable or malformed file refuses the update, saying why.
 
@@ -15,6 +22,9 @@ use std::path::PathBuf;
 
 /// The variable that names the fault file.
 pub(crate) const FILE_ENV: &str = "DSU_FAULT_FILE";
+/// The variable that carries a `receive` fault's action (`fail` or `kill`) to the new process
+/// of a hand-off.
+pub(crate) const RECEIVE_ENV: &str = "DSU_FAULT_RECEIVE";
 
 /// Where in an update a fault hits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +33,8 @@ pub(crate) enum Point {
     Transfer,
     Check,
     Commit,
+    Send,
+    Receive,
 }
 
 /// One injected fault.
@@ -69,9 +81,12 @@ fn parse(line: &str) -> Result<Fault, String> {
         "transfer" => Point::Transfer,
         "check" => Point::Check,
         "commit" => Point::Commit,
+        "send" => Point::Send,
+        "receive" => Point::Receive,
         other => {
             return Err(format!(
-                "no fault point `{other}` (one of prepare, transfer, check, commit)"
+                "no fault point `{other}` (one of prepare, transfer, check, commit, send, \
+                 receive)"
             ))
         }
     };
@@ -87,6 +102,25 @@ fn parse(line: &str) -> Result<Fault, String> {
         return Err(format!("unexpected `{extra}` after the action"));
     }
     Ok(Fault { at, kill })
+}
+
+/// The action to pass to a hand-off's new process in [`RECEIVE_ENV`], if `fault` is for it.
+pub(crate) fn receive_action(fault: Option<Fault>) -> Option<&'static str> {
+    let f = fault.filter(|f| f.at == Point::Receive)?;
+    Some(if f.kill { "kill" } else { "fail" })
+}
+
+/// In a hand-off's new process: the `receive` fault the old process passed on, as a fault.
+pub(crate) fn passed_on() -> Option<Fault> {
+    let kill = match std::env::var(RECEIVE_ENV).ok()?.as_str() {
+        "kill" => true,
+        "fail" => false,
+        _ => return None,
+    };
+    Some(Fault {
+        at: Point::Receive,
+        kill,
+    })
 }
 
 /// Meets `fault` at `at`: nothing if it is for another point; else the process is killed, or
@@ -136,6 +170,10 @@ mod tests {
         assert!(parse("check fail now")
             .unwrap_err()
             .contains("unexpected `now`"));
+        let r = parse("receive kill").ok();
+        assert_eq!(receive_action(r), Some("kill"));
+        assert_eq!(receive_action(parse("send kill").ok()), None);
+        assert_eq!(hit(r, Point::Send), Ok(()));
         let f = parse("transfer fail").ok();
         assert_eq!(hit(f, Point::Check), Ok(()));
         assert!(hit(f, Point::Transfer)
