@@ -99,6 +99,16 @@ pub fn run(updates: usize, work: &Path) -> Result<()> {
         super::KEYS,
         rss_start
     );
+    // The load's rate without updates, measured just before the soak in the same run.
+    let (b0, bt) = (
+        info_field(&mut c, "total_commands_processed"),
+        Instant::now(),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let baseline =
+        (info_field(&mut c, "total_commands_processed") - b0) as f64 / bt.elapsed().as_secs_f64();
+    drop(c);
+    let at_start = info_field(&mut server.client(), "total_commands_processed");
     let t0 = Instant::now();
     let (mut at, mut committed, mut faulted, mut handoffs) = (0usize, 0, 0, 0);
     for i in 0..updates {
@@ -173,6 +183,7 @@ pub fn run(updates: usize, work: &Path) -> Result<()> {
     let _ = bench.wait();
     let mut c = server.client();
     let requests = info_field(&mut c, "total_commands_processed");
+    let during = (requests - at_start) as f64 / took.as_secs_f64();
     let errors = info_field(&mut c, "total_error_replies");
     let lost = missing_keys(&mut c)?;
     let rss_end = vm_rss_kib(server.pid);
@@ -183,6 +194,11 @@ pub fn run(updates: usize, work: &Path) -> Result<()> {
     println!(
         "requests served (INFO total_commands_processed): {requests}; error replies: {errors}; keys lost: {lost} of {}",
         super::KEYS
+    );
+    println!(
+        "throughput: {during:.0} requests/s during the soak, {baseline:.0} requests/s in the 2 s \
+         before it without updates (ratio {:.2})",
+        during / baseline
     );
     println!(
         "resident memory of the serving process: {rss_start} KiB at the start, {rss_end} KiB at the end (pid {})",
