@@ -52,6 +52,7 @@ pub(crate) fn check(pkg: &Package, opts: &ApplyOptions, program: &str) -> Result
         );
     }
     check_program(program, man)?;
+    no_migration(man)?;
     let policy = opts.policy.clone().unwrap_or_else(|| man.policy.clone());
     if policy != Policy::default() {
         return Err(format!(
@@ -61,6 +62,30 @@ pub(crate) fn check(pkg: &Package, opts: &ApplyOptions, program: &str) -> Result
     }
     check_base(man)?;
     Ok(())
+}
+
+/// A hand-off runs no `migrate` hook: the new process starts from its own `main`, and the files
+/// stay as the old version wrote them while the new one appends in its own format (kvstore v6
+/// would write format-2 lines into a format-1 journal, which the next start drops). So an
+/// update whose package changes data on disk (category 5) is refused by this engine.
+pub(crate) fn no_migration(man: &crate::package::Manifest) -> Result<(), String> {
+    let mut hooks: Vec<&str> = man
+        .changes
+        .iter()
+        .filter(|c| c.category == 5)
+        .map(|c| c.item.as_str())
+        .collect();
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    hooks.dedup();
+    Err(format!(
+        "this update changes data on disk ({}), and a process hand-off does not run `migrate`: \
+         the new process would write its format into files still in the old one. Apply the \
+         change to the data in place first (an update without `--engine handoff`), then the \
+         rest by hand-off; nothing changed",
+        hooks.join(", ")
+    ))
 }
 
 /// Runs the hand-off of the validated package whose executable is `exe`, writing how it went

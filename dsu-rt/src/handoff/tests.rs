@@ -237,3 +237,22 @@ fn a_channel_reads_back_and_malformed_ones_are_errors_not_allocations() {
     let e = read_channel(&named(&["Z"])).unwrap_err();
     assert!(e.contains("an unexpected descriptor named \"Z\""), "{e}");
 }
+
+#[test]
+fn a_handoff_that_would_need_migrate_is_refused() {
+    use crate::package::{Change, Manifest};
+    let mut man = Manifest::for_this_toolchain("kv", "5.0.0", "6.0.0");
+    assert_eq!(super::engine::no_migration(&man), Ok(()));
+    man.changes.push(Change {
+        item: "journal::Journal::migrate".into(),
+        file: String::new(),
+        line: 0,
+        category: 5,
+        description: "data on disk".into(),
+    });
+    let err = super::engine::no_migration(&man).unwrap_err();
+    assert!(
+        err.contains("journal::Journal::migrate") && err.contains("in place first"),
+        "{err}"
+    );
+}
