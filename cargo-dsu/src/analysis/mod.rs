@@ -64,14 +64,26 @@ impl Analysis {
 
     /// Whether a process hand-off can apply the update.
     pub fn handoff_possible(&self) -> bool {
-        self.blocking().next().is_none() && self.new.bin.is_some()
+        self.blocking().next().is_none() && self.new.bin.is_some() && self.migrations().is_empty()
+    }
+
+    /// The changes to data on disk (category 5: `migrate` hooks), which a hand-off does not run.
+    pub fn migrations(&self) -> Vec<String> {
+        let mut m: Vec<String> = self
+            .changes
+            .iter()
+            .filter(|c| c.category == 5)
+            .map(|c| c.item.clone())
+            .collect();
+        m.dedup();
+        m
     }
 
     /// Chooses the engine: `forced` (from `--engine`), else in place when nothing is refused,
     /// else a hand-off when it can apply every refused change. The choice and its reasons go
     /// into [`Analysis::plan`].
     pub fn choose_engine(&mut self, forced: Option<Engine>) {
-        self.plan = taxonomy::plan_engine(forced, &self.refusals, &self.new);
+        self.plan = taxonomy::plan_engine(forced, &self.refusals, &self.new, &self.migrations());
     }
 
     /// The highest category among the changes.

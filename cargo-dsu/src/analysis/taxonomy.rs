@@ -171,6 +171,7 @@ pub(super) fn plan_engine(
     forced: Option<Engine>,
     refusals: &[Refusal],
     new: &Version,
+    migrations: &[String],
 ) -> EnginePlan {
     let refused = !refusals.is_empty();
     let handoff_lines: Vec<String> = refusals
@@ -196,6 +197,12 @@ pub(super) fn plan_engine(
             "a hand-off starts the new version's executable, but package `{}` has no \
              binary target",
             new.name
+        ))
+    } else if !migrations.is_empty() {
+        Some(format!(
+            "the update changes data on disk ({}), and a hand-off runs no `migrate`: apply \
+             that change in place first, then the rest",
+            migrations.join(", ")
         ))
     } else {
         None
