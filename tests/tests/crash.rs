@@ -168,6 +168,23 @@ fn kvstore_killed_at_each_step_of_an_update_comes_back_with_every_write() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // By hand-off it is refused: the new process would run no `migrate` and append its format
+    // to the old journal.
+    let o = run_dsu(&[
+        "diff",
+        v5.to_str().unwrap(),
+        v6.to_str().unwrap(),
+        "--engine",
+        "handoff",
+        "-o",
+        pkgs.path().join("v5-v6-handoff.dsu").to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("a hand-off runs no `migrate`") && out.contains("journal::Journal::migrate"),
+        "{out}"
+    );
 
     for point in ["prepare", "transfer", "check", "commit"] {
         let work = tempfile::tempdir().unwrap();
