@@ -87,6 +87,25 @@ fn apply(kv: &Kv, pkg: &Path) -> Output {
     ])
 }
 
+/// `cargo dsu diff` of kvstore versions `from` and `to` into `out`, with `engine` (`--engine
+/// ENGINE`) if given.
+fn diff(from: &str, to: &str, engine: Option<&str>, out: &Path) -> Output {
+    let (from, to) = (version(from), version(to));
+    let mut args = vec!["diff", from.to_str().unwrap(), to.to_str().unwrap()];
+    if let Some(e) = engine {
+        args.extend(["--engine", e]);
+    }
+    args.extend(["-o", out.to_str().unwrap()]);
+    run_dsu(&args)
+}
+
+/// `diff` that must succeed.
+fn package(from: &str, to: &str, engine: Option<&str>, out: &Path) {
+    let o = diff(from, to, engine, out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "diff {from} {to}: {err}");
+}
+
 /// Writes keys `from..to` (and deletes every tenth), each acknowledged before the next.
 fn write_keys(c: &mut Client, from: usize, to: usize) {
     for i in from..to {
@@ -148,37 +167,21 @@ fn wait_killed(kv: &mut Kv) {
 
 #[test]
 fn kvstore_killed_at_each_step_of_an_update_comes_back_with_every_write() {
-    let (v5, v6) = (version("v5"), version("v6"));
     let (old, new) = (
-        dsu_tests::build_base(&v5).unwrap(),
-        dsu_tests::build_base(&v6).unwrap(),
+        dsu_tests::build_base(&version("v5")).unwrap(),
+        dsu_tests::build_base(&version("v6")).unwrap(),
     );
     let pkgs = tempfile::tempdir().unwrap();
     let pkg = pkgs.path().join("v5-v6.dsu");
-    let o = run_dsu(&[
-        "diff",
-        v5.to_str().unwrap(),
-        v6.to_str().unwrap(),
-        "-o",
-        pkg.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    package("v5", "v6", None, &pkg);
     // By hand-off it is refused: the new process would run no `migrate` and append its format
     // to the old journal.
-    let o = run_dsu(&[
-        "diff",
-        v5.to_str().unwrap(),
-        v6.to_str().unwrap(),
-        "--engine",
-        "handoff",
-        "-o",
-        pkgs.path().join("v5-v6-handoff.dsu").to_str().unwrap(),
-    ]);
+    let o = diff(
+        "v5",
+        "v6",
+        Some("handoff"),
+        &pkgs.path().join("v5-v6-handoff.dsu"),
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(
@@ -290,25 +293,10 @@ fn wait_port_closed(port: u16) {
 /// write.
 #[test]
 fn kvstore_killed_on_either_side_of_a_handoff_comes_back_with_every_write() {
-    let (v4, v5) = (version("v4"), version("v5"));
-    let old = dsu_tests::build_base(&v4).unwrap();
+    let old = dsu_tests::build_base(&version("v4")).unwrap();
     let pkgs = tempfile::tempdir().unwrap();
     let pkg = pkgs.path().join("v4-v5-handoff.dsu");
-    let o = run_dsu(&[
-        "diff",
-        v4.to_str().unwrap(),
-        v5.to_str().unwrap(),
-        "--engine",
-        "handoff",
-        "-o",
-        pkg.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    package("v4", "v5", Some("handoff"), &pkg);
 
     for side in ["receive", "send"] {
         let work = tempfile::tempdir().unwrap();

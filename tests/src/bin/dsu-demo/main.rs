@@ -75,6 +75,20 @@ fn build_package(
     Ok(out)
 }
 
+/// Applies `pkg` through the control socket; returns the update's record.
+fn apply(socket: &Path, pkg: &Path) -> Result<dsu::UpdateRecord> {
+    let resp = request(
+        socket,
+        &Request::Apply {
+            package: pkg.to_path_buf(),
+            timeout_ms: None,
+            policy: None,
+            clear_poison: false,
+        },
+    )?;
+    resp.report.context("no report in the reply")
+}
+
 /// How many of the `KEYS` keys `preload` loaded no longer read back with their values.
 fn missing_keys(c: &mut Client) -> Result<usize> {
     let mut lost = 0;
@@ -236,20 +250,11 @@ fn main() -> Result<()> {
         std::thread::sleep(window);
         let c1 = info_field(&mut c, "total_commands_processed");
         let t = Instant::now();
-        let resp = request(
-            &socket,
-            &Request::Apply {
-                package: pkg.clone(),
-                timeout_ms: None,
-                policy: None,
-                clear_poison: false,
-            },
-        )?;
+        let rec = apply(&socket, pkg)?;
         let took = t.elapsed();
         let c2 = info_field(&mut c, "total_commands_processed");
         std::thread::sleep(window);
         let c3 = info_field(&mut c, "total_commands_processed");
-        let rec = resp.report.context("no report")?;
         ensure!(
             rec.outcome == dsu::Outcome::Committed,
             "update {} not committed: {:?}",

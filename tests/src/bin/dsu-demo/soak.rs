@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use dsu::control::{request, Request, Response};
+use dsu::control::{request, Request};
 use dsu::Outcome;
 
 use super::{build_package, info_field, missing_keys, Server};
@@ -119,16 +119,7 @@ pub fn run(updates: usize, work: &Path) -> Result<()> {
             &faults,
             step.fault.map(|f| format!("{f}\n")).unwrap_or_default(),
         )?;
-        let resp: Response = request(
-            &server.socket,
-            &Request::Apply {
-                package: pkg.clone(),
-                timeout_ms: None,
-                policy: None,
-                clear_poison: false,
-            },
-        )?;
-        let rec = resp.report.context("no report in the reply")?;
+        let rec = super::apply(&server.socket, pkg)?;
         match step.fault {
             None => {
                 ensure!(
