@@ -31,11 +31,21 @@ pub(crate) fn staged_files() -> std::sync::MutexGuard<'static, Option<Vec<Staged
     STAGED.get().lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Added to a target's name for its staged new version (until the update commits).
+pub(crate) const STAGED_SUFFIX: &str = ".dsu-staged";
+/// Added to a target's name for its old version while the commit moves the files.
+pub(crate) const BACKUP_SUFFIX: &str = ".dsu-backup";
+
+/// `path` with `suffix` added to its file name, beside it.
+pub(crate) fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
 /// The staging name of `path`: `NAME.dsu-staged` beside it.
 pub(crate) fn staging_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".dsu-staged");
-    path.with_file_name(name)
+    suffixed(path, STAGED_SUFFIX)
 }
 
 /// Writes `contents` to `path` as part of the update whose `migrate` hook is running: the

@@ -191,7 +191,8 @@ fn parse_tagged(text: &str, tag: &'static str, what: &str) -> Result<[u8; 32], K
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`, two digits a byte.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -8,8 +8,9 @@
 //! 1. a commit record (`.dsu-commit`, in the data directory) lists every target and whether it
 //!    existed, and is synced before any file moves;
 //! 2. each target that existed is renamed to `NAME.dsu-backup`, and its staged file over it;
-//! 3. once the update is to commit, [`Committed::finish`] deletes the backups and then the
-//!    record: from that moment the new files are the files. The gates open only after it.
+//! 3. once the update is to commit, [`Committed::finish`] deletes the record (from that moment
+//!    the new files are the files), records the new version in `.dsu-format`, and deletes the
+//!    backups. The gates open only after it.
 //!
 //! A process that dies with the record still there never told anyone the update committed,
 //! and the next start ([`recover`]) puts the old files back. A start also deletes the staged
@@ -18,7 +19,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::abi::staged::{staged_files as list, StagedFile};
+use crate::abi::staged::{
+    staged_files as list, staging_path, suffixed, StagedFile, BACKUP_SUFFIX, STAGED_SUFFIX,
+};
+use crate::package::signing::hex;
 
 /// The commit record's name, in the data directory.
 pub(crate) const RECORD: &str = ".dsu-commit";
@@ -48,7 +52,7 @@ pub(crate) fn discard() {
 }
 
 /// Staged files moved into place, their old versions kept until [`Committed::finish`].
-#[must_use = "an update that commits must finish its staged files; one that does not must undo them"]
+#[must_use = "an update that commits must finish its staged files, or a restart puts the old ones back"]
 pub(crate) struct Committed {
     record: Option<PathBuf>,
     /// (target, its backup if it existed), in the order they were moved.
@@ -56,7 +60,7 @@ pub(crate) struct Committed {
 }
 
 impl Committed {
-    /// The update commits: the backups go, then the record. Called before the gates open, so
+    /// The update commits: the record goes, then the backups. Called before the gates open, so
     /// that nothing the new version acknowledges is written into files a restart would undo.
     /// `version` is the new version, written to `.dsu-format` (see [`check_format`]).
     pub(crate) fn finish(self, program: &str, version: &str) {
@@ -154,10 +158,6 @@ fn record_dir(files: &[StagedFile]) -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
@@ -221,7 +221,7 @@ fn replace(f: &StagedFile, done: &mut Vec<(PathBuf, Option<PathBuf>)>) -> Result
     let backup = f
         .target
         .exists()
-        .then(|| suffixed(&f.target, ".dsu-backup"));
+        .then(|| suffixed(&f.target, BACKUP_SUFFIX));
     if let Some(b) = &backup {
         std::fs::rename(&f.target, b)
             .map_err(|e| format!("cannot move {} aside: {e}", f.target.display()))?;
@@ -239,12 +239,6 @@ fn replace(f: &StagedFile, done: &mut Vec<(PathBuf, Option<PathBuf>)>) -> Result
     }
     done.push((f.target.clone(), backup));
     Ok(())
-}
-
-fn suffixed(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    path.with_file_name(name)
 }
 
 /// At start, in the program's data directory `dir`: undoes an on-disk commit a crash
@@ -289,7 +283,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Vec<String>, String> {
     for entry in leftovers.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.ends_with(".dsu-staged") || name.ends_with(".dsu-backup") {
+        if name.ends_with(STAGED_SUFFIX) || name.ends_with(BACKUP_SUFFIX) {
             let path = entry.path();
             std::fs::remove_file(&path)
                 .map_err(|e| format!("cannot delete the leftover {}: {e}", path.display()))?;
@@ -301,10 +295,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Vec<String>, String> {
 
 /// One target of an interrupted commit, put back as the old version left it.
 fn put_back(target: &Path, existed: bool) -> Result<Option<String>, String> {
-    let (backup, staged) = (
-        suffixed(target, ".dsu-backup"),
-        suffixed(target, ".dsu-staged"),
-    );
+    let (backup, staged) = (suffixed(target, BACKUP_SUFFIX), staging_path(target));
     let _ = std::fs::remove_file(&staged);
     if backup.exists() {
         std::fs::rename(&backup, target).map_err(|e| {
