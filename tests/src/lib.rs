@@ -295,9 +295,7 @@ impl Process {
     }
 
     pub fn status(&self) -> Result<dsu::Status> {
-        let resp = self.control(&Request::Status)?;
-        resp.status
-            .ok_or_else(|| anyhow!("status failed: {:?}", resp.error))
+        status_at(&self.socket)
     }
 
     pub fn control(&self, req: &Request) -> Result<Response> {
@@ -315,6 +313,13 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The status of the process whose control socket is `socket`.
+pub fn status_at(socket: &Path) -> Result<dsu::Status> {
+    let resp = request(socket, &Request::Status)?;
+    resp.status
+        .ok_or_else(|| anyhow!("status failed: {:?}", resp.error))
 }
 
 /// Kills (SIGKILL) the process a hand-off started when dropped: [`Process`] only knows the

@@ -256,25 +256,6 @@ fn kvstore_killed_at_each_step_of_an_update_comes_back_with_every_write() {
     }
 }
 
-/// The pid `cargo dsu status` reports on `socket`.
-fn status_pid(socket: &Path) -> u32 {
-    let o = run_dsu(&[
-        "status",
-        "--socket",
-        socket.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["status"]["pid"].as_u64().expect("a pid") as u32
-}
-
 /// Waits until nothing accepts on `port` (the processes that served it are gone).
 fn wait_port_closed(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -329,7 +310,7 @@ fn kvstore_killed_on_either_side_of_a_handoff_comes_back_with_every_write() {
         let o = apply(&kv, &pkg);
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         assert_eq!(o.status.code(), Some(0), "after a kill at {side}: {out}");
-        let pid = status_pid(&kv.socket);
+        let pid = dsu_tests::status_at(&kv.socket).unwrap().pid;
         let _new = dsu_tests::KillPid(pid);
         assert_ne!(pid, kv.child.id());
         assert_keys(&mut c, 400);

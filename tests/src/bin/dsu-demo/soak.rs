@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use dsu::control::{request, Request};
 use dsu::Outcome;
 
 use super::{build_package, info_field, missing_keys, Server};
@@ -65,11 +64,6 @@ fn vm_rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn status_pid(socket: &Path) -> Result<u32> {
-    let resp = request(socket, &Request::Status)?;
-    Ok(resp.status.context("no status in the reply")?.pid)
 }
 
 pub fn run(updates: usize, work: &Path) -> Result<()> {
@@ -155,7 +149,7 @@ pub fn run(updates: usize, work: &Path) -> Result<()> {
             i + 1
         );
         ensure!(
-            status_pid(&server.socket)? == server.pid,
+            dsu_tests::status_at(&server.socket)?.pid == server.pid,
             "update {}: the serving process is not the one expected",
             i + 1
         );
